@@ -1,0 +1,47 @@
+"""Hugging Face Hub access, in one place, with errors that say what to do when offline."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Downloader = Callable[..., str]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class HubUnavailableError(OSError):
+    """The Hub could not be reached (offline, blocked, unknown repository...)."""
+
+
+def looks_like_hub_id(name: str | os.PathLike) -> bool:
+    """True for ``owner/name`` or a legacy bare name such as ``t5-small`` that is not a local path."""
+    text = str(name)
+    return not Path(text).exists() and bool(_HUB_ID.match(text)) and not text.endswith((".json", ".bin"))
+
+
+def download_snapshot(
+    repo_id: str,
+    allow_patterns: Sequence[str],
+    *,
+    repo_type: str = "model",
+    what_instead: str,
+    downloader: Downloader | None = None,
+) -> Path:
+    """Download the files matching ``allow_patterns`` into the Hub cache and return the snapshot folder.
+
+    ``downloader`` replaces ``huggingface_hub.snapshot_download`` (tests inject a fake one). Any failure to
+    reach the Hub becomes a :class:`HubUnavailableError` that names ``what_instead``.
+    """
+    if downloader is None:
+        from huggingface_hub import snapshot_download as downloader
+    try:
+        folder = downloader(repo_id=repo_id, repo_type=repo_type, allow_patterns=list(allow_patterns))
+    except Exception as err:  # network errors come in many types (httpx, OSError, huggingface_hub's own)
+        raise HubUnavailableError(
+            f"could not download {repo_type} {repo_id!r} from the Hugging Face Hub "
+            f"({type(err).__name__}: {err}). If this machine is offline, pass {what_instead} instead."
+        ) from err
+    return Path(folder)

@@ -1,0 +1,253 @@
+"""Find, download, read, check and write T5 checkpoints in Hugging Face's file formats.
+
+Supported weight files, in order of preference: ``model.safetensors``, sharded safetensors
+(``model.safetensors.index.json``), ``pytorch_model.bin`` and sharded ``.bin``. ``.bin`` files are read
+with ``torch.load(weights_only=True)``, which refuses pickled objects other than tensors and containers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..hub import Downloader, download_snapshot, looks_like_hub_id
+from .config import T5Config
+from .t5 import T5ForConditionalGeneration
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_BIN = "pytorch_model.bin"
+PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN, PYTORCH_BIN_INDEX)
+
+# Keys Hugging Face writes that alias ``shared.weight`` or carry nothing the model uses.
+EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+IGNORED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: the message names the file and the tensor."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Locating files
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike, downloader: Downloader | None = None) -> Path:
+    """A local folder as it is, or a Hub id downloaded (config + weights only) into the Hub cache."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path}: expected a folder holding config.json and model weights")
+    if not looks_like_hub_id(name_or_path):
+        raise CheckpointError(f"{path}: no such folder, and not a Hugging Face Hub model id")
+    instead = "a local folder holding config.json and model.safetensors (or pytorch_model.bin)"
+    common = ["config.json"]
+    folder = download_snapshot(
+        str(name_or_path),
+        [*common, SAFETENSORS, SAFETENSORS_INDEX, "model-*.safetensors"],
+        what_instead=instead,
+        downloader=downloader,
+    )
+    if not any((folder / f).exists() for f in WEIGHT_FILES):
+        folder = download_snapshot(
+            str(name_or_path),
+            [*common, PYTORCH_BIN, PYTORCH_BIN_INDEX, "pytorch_model-*.bin"],
+            what_instead=instead,
+            downloader=downloader,
+        )
+    return folder
+
+
+def find_weight_file(directory: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading tensors
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def _read_bin(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds pickled objects other than tensors, which could run "
+            f"code ({first_line}). Convert trusted checkpoints to safetensors."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({err})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a mapping of tensor names to tensors")
+    return state
+
+
+def _read_sharded(index_path: Path, reader) -> dict[str, Tensor]:
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index_path}: not a valid shard index ({err})") from None
+    state: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointError(f"{index_path}: shard {shard} listed in the index is missing")
+        shard_state = reader(shard_path)
+        for key in weight_map:
+            if weight_map[key] == shard and key not in shard_state:
+                raise CheckpointError(f"{shard_path}: tensor {key} listed in the index is not in the shard")
+        state.update(shard_state)
+    return state
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Read every tensor of a weight file (or of all shards of an index)."""
+    name = path.name
+    if name.endswith(".safetensors.index.json"):
+        return _read_sharded(path, _read_safetensors)
+    if name.endswith(".bin.index.json"):
+        return _read_sharded(path, _read_bin)
+    if name.endswith(".safetensors"):
+        return _read_safetensors(path)
+    return _read_bin(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking and loading
+
+
+def normalize_state_dict(state: dict[str, Tensor], config: T5Config, source: str) -> dict[str, Tensor]:
+    """Resolve Hugging Face's aliases of the embedding to the model's own keys, drop unused ones.
+
+    Returns a state dict whose keys are exactly the model's parameters (``lm_head.weight`` only when
+    untied). A checkpoint whose ``lm_head.weight`` differs from ``shared.weight`` although the config
+    says they are tied is loaded untied, as ``transformers`` does, with a warning.
+    """
+    state = dict(state)
+    for key in IGNORED_KEYS:
+        state.pop(key, None)
+    aliases = [state.pop(k) for k in EMBEDDING_ALIASES if k in state]
+    if "shared.weight" not in state and aliases:
+        state["shared.weight"] = aliases[0]
+    if config.tie_word_embeddings:
+        head = state.pop("lm_head.weight", None)
+        shared = state.get("shared.weight")
+        if head is not None and shared is not None and not torch.equal(head, shared):
+            log.warning(
+                "%s: config says tie_word_embeddings=true but lm_head.weight differs from shared.weight; "
+                "loading them untied",
+                source,
+            )
+            config.tie_word_embeddings = False
+            state["lm_head.weight"] = head
+        elif "shared.weight" not in state and head is not None:
+            state["shared.weight"] = head
+    return state
+
+
+def check_state_dict(model: T5ForConditionalGeneration, state: dict[str, Tensor], source: str) -> None:
+    """Every parameter present with its shape, nothing unexpected; errors name each tensor."""
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)}, model {expected[k]}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    if wrong_shape:
+        problems.append(f"mismatched shapes: {'; '.join(wrong_shape)}")
+    if problems:
+        raise CheckpointError(f"{source}: " + " | ".join(problems))
+    not_float = [k for k, v in state.items() if not v.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"{source}: non floating-point tensors: {', '.join(not_float)}")
+
+
+def model_from_state_dict(
+    config: T5Config, state: dict[str, Tensor], source: str, dtype: torch.dtype = torch.float32
+) -> T5ForConditionalGeneration:
+    state = normalize_state_dict(state, config, source)
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(config)
+    check_state_dict(model, state, source)
+    state = {k: v.to(dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.shared.weight
+    return model
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    *,
+    downloader: Downloader | None = None,
+) -> T5ForConditionalGeneration:
+    """Load a Hugging Face T5 checkpoint from a folder or a Hub id, checking every tensor."""
+    directory = resolve_model_dir(name_or_path, downloader)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory}: config.json not found")
+    config = T5Config.from_json_file(config_path)
+    config.name_or_path = str(name_or_path)
+    weights = find_weight_file(directory)
+    model = model_from_state_dict(config, read_state_dict(weights), str(weights), dtype)
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def plain_state_dict(model: T5ForConditionalGeneration) -> dict[str, Tensor]:
+    """The model's own weights under Hugging Face's names, tied head left out."""
+    state = {}
+    for name, param in model.named_parameters():  # named_parameters lists a tied weight once
+        state[name] = param.detach().to("cpu").contiguous()
+    return state
+
+
+def save_pretrained(model: T5ForConditionalGeneration, directory: str | os.PathLike) -> None:
+    """Write ``config.json`` + ``model.safetensors`` that ``transformers`` and :func:`load_pretrained` read."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        expected = {name for name, _ in T5ForConditionalGeneration(model.config).named_parameters()}
+    state = plain_state_dict(model)
+    extra = sorted(set(state) - expected)
+    if extra:
+        raise CheckpointError(
+            f"the model carries parameters a plain T5 checkpoint cannot hold ({', '.join(extra[:5])}...); "
+            "merge or remove the PEFT method first, or save the adapter with save_adapter"
+        )
+    model.config.save(directory)
+    save_file(state, directory / SAFETENSORS, metadata={"format": "pt"})

@@ -1,0 +1,579 @@
+"""The whole T5 encoder-decoder in one file.
+
+Module names follow Hugging Face's ``modeling_t5.py`` exactly (``shared``, ``encoder.block.{i}.layer.{j}``,
+``SelfAttention``/``EncDecAttention`` with ``q, k, v, o``, ``DenseReluDense.{wi,wo}``, ``layer_norm``,
+``final_layer_norm``, ``relative_attention_bias``, ``lm_head``) so checkpoints and PEFT adapter files map
+without renaming. Differences from Hugging Face's code are in *how* it computes, not *what*:
+
+* attention runs through ``F.scaled_dot_product_attention`` with the relative position bias, the causal
+  mask and the padding mask folded into one additive mask, built once per stack and shared by all layers;
+* the stacks do not own an ``embed_tokens`` alias of ``shared``; the top-level model embeds tokens, so
+  input embeddings (soft prompts) can be edited in one place.
+
+Extension points used by the PEFT methods (``t5peft.methods``), all ``None`` on a plain model:
+
+* ``T5Stack.input_prefix``: ``(embeds, mask) -> (embeds, mask)`` applied to the encoder input (prompt tuning);
+* ``T5Stack.self_prefix`` / ``T5Stack.cross_prefix``: modules returning per-layer key/value prefixes,
+  a tensor ``[num_layers, 2, num_heads, prefix_len, d_kv]`` (deep prompts, P-Tuning v2);
+* ``T5LayerSelfAttention.adapter`` / ``T5LayerCrossAttention.adapter`` / ``T5LayerFF.adapter``: a module
+  applied to the sub-layer's output before the residual add (bottleneck adapters).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import T5Config
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class T5LayerNorm(nn.Module):
+    """RMS norm without mean subtraction or bias, accumulated in float32."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            hidden_states = hidden_states.to(self.weight.dtype)
+        return self.weight * hidden_states
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "gelu":
+        return nn.GELU()
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return nn.GELU(approximate="tanh")
+    return nn.SiLU()  # "silu" / "swish"; T5Config.validate rejects anything else
+
+
+class T5DenseActDense(nn.Module):
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.act = _activation(config.dense_act_fn)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.wo(self.dropout(self.act(self.wi(hidden_states))))
+
+
+class T5DenseGatedActDense(nn.Module):
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.act = _activation(config.dense_act_fn)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        gated = self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states)
+        return self.wo(self.dropout(gated))
+
+
+def relative_position_bucket(
+    relative_position: Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Tensor:
+    """Map ``key_pos - query_pos`` to a bucket: exact for small distances, log-spaced up to max_distance."""
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # float32 log as in Mesh TensorFlow; distance 0 only occurs where is_small selects the exact branch
+    log_ratio = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).long()
+    large = large.clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+@dataclass
+class KVCache:
+    """Key/value cache for incremental decoding: one entry per decoder layer."""
+
+    self_kv: list[tuple[Tensor, Tensor] | None]
+    cross_kv: list[tuple[Tensor, Tensor] | None]
+    length: int = 0  # decoder positions already cached
+
+    @classmethod
+    def empty(cls, num_layers: int) -> KVCache:
+        return cls([None] * num_layers, [None] * num_layers)
+
+
+class T5Attention(nn.Module):
+    """Multi-head attention without 1/sqrt(d_kv) scaling (T5 folds it into the initialisation)."""
+
+    def __init__(self, config: T5Config, has_relative_attention_bias: bool = False) -> None:
+        super().__init__()
+        self.n_heads = config.num_heads
+        self.d_kv = config.d_kv
+        self.dropout = config.dropout_rate
+        inner = config.inner_dim
+        self.q = nn.Linear(config.d_model, inner, bias=False)
+        self.k = nn.Linear(config.d_model, inner, bias=False)
+        self.v = nn.Linear(config.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, config.d_model, bias=False)
+        self.has_relative_attention_bias = has_relative_attention_bias
+        if has_relative_attention_bias:
+            self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.n_heads, self.d_kv).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        mask: Tensor | None,
+        key_value_states: Tensor | None = None,
+        cached_kv: tuple[Tensor, Tensor] | None = None,
+        prefix: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Attend; returns the output and the (un-prefixed) keys/values for a cache.
+
+        ``cached_kv`` holds earlier keys/values: for self-attention new ones are appended to them, for
+        cross-attention (``key_value_states`` given) they are reused as they are. ``prefix`` holds
+        ``[B, H, P, d_kv]`` keys/values prepended to every query's view (deep prompts).
+        """
+        batch, length, _ = hidden_states.shape
+        query = self._heads(self.q(hidden_states))
+        if key_value_states is not None and cached_kv is not None:
+            key, value = cached_kv
+        else:
+            source = hidden_states if key_value_states is None else key_value_states
+            key, value = self._heads(self.k(source)), self._heads(self.v(source))
+            if cached_kv is not None:
+                key = torch.cat([cached_kv[0], key], dim=2)
+                value = torch.cat([cached_kv[1], value], dim=2)
+        keys, values = key, value
+        if prefix is not None:
+            keys = torch.cat([prefix[0].to(key.dtype), key], dim=2)
+            values = torch.cat([prefix[1].to(value.dtype), value], dim=2)
+        out = F.scaled_dot_product_attention(
+            query,
+            keys,
+            values,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=1.0,
+        )
+        out = out.transpose(1, 2).reshape(batch, length, self.n_heads * self.d_kv)
+        return self.o(out), (key, value)
+
+
+class T5LayerSelfAttention(nn.Module):
+    def __init__(self, config: T5Config, has_relative_attention_bias: bool = False) -> None:
+        super().__init__()
+        self.SelfAttention = T5Attention(config, has_relative_attention_bias)
+        self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.adapter: nn.Module | None = None
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        mask: Tensor | None,
+        cached_kv: tuple[Tensor, Tensor] | None = None,
+        prefix: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, kv = self.SelfAttention(self.layer_norm(hidden_states), mask, cached_kv=cached_kv, prefix=prefix)
+        out = self.dropout(out)
+        if self.adapter is not None:
+            out = self.adapter(out)
+        return hidden_states + out, kv
+
+
+class T5LayerCrossAttention(nn.Module):
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        self.EncDecAttention = T5Attention(config, has_relative_attention_bias=False)
+        self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.adapter: nn.Module | None = None
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor,
+        mask: Tensor | None,
+        cached_kv: tuple[Tensor, Tensor] | None = None,
+        prefix: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, kv = self.EncDecAttention(
+            self.layer_norm(hidden_states),
+            mask,
+            key_value_states=encoder_hidden_states,
+            cached_kv=cached_kv,
+            prefix=prefix,
+        )
+        out = self.dropout(out)
+        if self.adapter is not None:
+            out = self.adapter(out)
+        return hidden_states + out, kv
+
+
+class T5LayerFF(nn.Module):
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        dense = T5DenseGatedActDense if config.is_gated_act else T5DenseActDense
+        self.DenseReluDense = dense(config)
+        self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.adapter: nn.Module | None = None
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        out = self.dropout(self.DenseReluDense(self.layer_norm(hidden_states)))
+        if self.adapter is not None:
+            out = self.adapter(out)
+        return hidden_states + out
+
+
+class T5Block(nn.Module):
+    def __init__(self, config: T5Config, is_decoder: bool, has_relative_attention_bias: bool) -> None:
+        super().__init__()
+        self.is_decoder = is_decoder
+        layers: list[nn.Module] = [T5LayerSelfAttention(config, has_relative_attention_bias)]
+        if is_decoder:
+            layers.append(T5LayerCrossAttention(config))
+        layers.append(T5LayerFF(config))
+        self.layer = nn.ModuleList(layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stacks
+
+
+def _mask_dtype(reference: Tensor) -> torch.dtype:
+    """The dtype attention runs in: the autocast dtype when autocast is on, else the activations'."""
+    device_type = reference.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return reference.dtype
+
+
+def _prefix_columns(mask: Tensor, prefix_len: int) -> Tensor:
+    """Prepend ``prefix_len`` always-visible key columns (value 0) to an additive mask."""
+    if prefix_len == 0:
+        return mask
+    zeros = mask.new_zeros((*mask.shape[:-1], prefix_len))
+    return torch.cat([zeros, mask], dim=-1)
+
+
+class T5Stack(nn.Module):
+    """The encoder or the decoder: blocks of (self-attention, [cross-attention], FFN) + final norm."""
+
+    def __init__(self, config: T5Config, is_decoder: bool) -> None:
+        super().__init__()
+        self.config = config
+        self.is_decoder = is_decoder
+        n_layers = config.num_decoder_layers if is_decoder else config.num_layers
+        self.block = nn.ModuleList(
+            [T5Block(config, is_decoder, has_relative_attention_bias=(i == 0)) for i in range(n_layers)]
+        )
+        self.final_layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.input_prefix: nn.Module | None = None
+        self.self_prefix: nn.Module | None = None
+        self.cross_prefix: nn.Module | None = None
+
+    def position_bias(self, query_len: int, key_len: int, offset: int, device: torch.device) -> Tensor:
+        """Relative position bias ``[1, H, query_len, key_len]``; query i sits at position offset + i."""
+        context = torch.arange(query_len, device=device)[:, None] + offset
+        memory = torch.arange(key_len, device=device)[None, :]
+        buckets = relative_position_bucket(
+            memory - context,
+            bidirectional=not self.is_decoder,
+            num_buckets=self.config.relative_attention_num_buckets,
+            max_distance=self.config.relative_attention_max_distance,
+        )
+        table = self.block[0].layer[0].SelfAttention.relative_attention_bias
+        return table(buckets).permute(2, 0, 1).unsqueeze(0)
+
+    def self_attention_mask(
+        self, hidden: Tensor, attention_mask: Tensor | None, offset: int, prefix_len: int
+    ) -> Tensor:
+        """Position bias, causal mask (decoder) and padding mask as one additive ``[B|1, H, Lq, P+Lk]``."""
+        query_len = hidden.shape[1]
+        key_len = offset + query_len
+        dtype = _mask_dtype(hidden)
+        bias = self.position_bias(query_len, key_len, offset, hidden.device).to(dtype)
+        allowed = None
+        if self.is_decoder:
+            positions = torch.arange(key_len, device=hidden.device)
+            allowed = (positions[None, :] <= positions[offset:, None])[None, None]
+        if attention_mask is not None:
+            keep = attention_mask[:, None, None, :key_len].bool()
+            allowed = keep if allowed is None else allowed & keep
+        mask = bias if allowed is None else torch.where(allowed, bias, torch.finfo(dtype).min)
+        return _prefix_columns(mask, prefix_len)
+
+    @staticmethod
+    def cross_attention_mask(
+        hidden: Tensor, encoder_mask: Tensor | None, prefix_len: int
+    ) -> Tensor | None:
+        if encoder_mask is None:
+            return None  # no padding: every key is visible, prefix included
+        dtype = _mask_dtype(hidden)
+        mask = torch.zeros(encoder_mask.shape, dtype=dtype, device=hidden.device)
+        mask = mask.masked_fill(~encoder_mask.bool(), torch.finfo(dtype).min)[:, None, None, :]
+        return _prefix_columns(mask, prefix_len)
+
+    @staticmethod
+    def _layer_prefixes(module: nn.Module | None, batch: int) -> Iterator[tuple[Tensor, Tensor] | None]:
+        if module is None:
+            while True:
+                yield None
+        table = module()  # [num_layers, 2, H, P, d_kv]
+        for layer in table:
+            yield (
+                layer[0].unsqueeze(0).expand(batch, -1, -1, -1),
+                layer[1].unsqueeze(0).expand(batch, -1, -1, -1),
+            )
+
+    @staticmethod
+    def _prefix_len(module: nn.Module | None) -> int:
+        return 0 if module is None else int(module.prefix_len)
+
+    def forward(
+        self,
+        inputs_embeds: Tensor,
+        attention_mask: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_attention_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        batch = inputs_embeds.shape[0]
+        offset = cache.length if cache is not None else 0
+        hidden = self.dropout(inputs_embeds)
+        self_mask = self.self_attention_mask(hidden, attention_mask, offset, self._prefix_len(self.self_prefix))
+        cross_mask = None
+        if self.is_decoder:
+            if encoder_hidden_states is None:
+                raise ValueError("the decoder needs encoder_hidden_states")
+            cross_mask = self.cross_attention_mask(
+                hidden, encoder_attention_mask, self._prefix_len(self.cross_prefix)
+            )
+        self_prefixes = self._layer_prefixes(self.self_prefix, batch)
+        cross_prefixes = self._layer_prefixes(self.cross_prefix, batch)
+        for i, block in enumerate(self.block):
+            cached = cache.self_kv[i] if cache is not None else None
+            hidden, kv = block.layer[0](hidden, self_mask, cached_kv=cached, prefix=next(self_prefixes))
+            if cache is not None:
+                cache.self_kv[i] = kv
+            if self.is_decoder:
+                cached = cache.cross_kv[i] if cache is not None else None
+                hidden, kv = block.layer[1](
+                    hidden, encoder_hidden_states, cross_mask, cached_kv=cached, prefix=next(cross_prefixes)
+                )
+                if cache is not None:
+                    cache.cross_kv[i] = kv
+            hidden = block.layer[-1](hidden)
+        if cache is not None:
+            cache.length += inputs_embeds.shape[1]
+        return self.dropout(self.final_layer_norm(hidden))
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+@dataclass
+class Seq2SeqLMOutput:
+    logits: Tensor
+    loss: Tensor | None = None
+    encoder_last_hidden_state: Tensor | None = None
+    encoder_attention_mask: Tensor | None = None
+
+
+class T5ForConditionalGeneration(nn.Module):
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        self.config = config
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = T5Stack(config, is_decoder=False)
+        self.decoder = T5Stack(config, is_decoder=True)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.shared.weight
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Random initialisation with the same distributions as Hugging Face's T5."""
+        c = self.config
+        f = c.initializer_factor
+        nn.init.normal_(self.shared.weight, std=f)
+        if not c.tie_word_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=f)
+        for module in self.modules():
+            if isinstance(module, T5LayerNorm):
+                module.weight.fill_(f)
+            elif isinstance(module, T5Attention):
+                nn.init.normal_(module.q.weight, std=f * (c.d_model * c.d_kv) ** -0.5)
+                nn.init.normal_(module.k.weight, std=f * c.d_model**-0.5)
+                nn.init.normal_(module.v.weight, std=f * c.d_model**-0.5)
+                nn.init.normal_(module.o.weight, std=f * c.inner_dim**-0.5)
+                if module.has_relative_attention_bias:
+                    nn.init.normal_(module.relative_attention_bias.weight, std=f * c.d_model**-0.5)
+            elif isinstance(module, (T5DenseActDense, T5DenseGatedActDense)):
+                for name in ("wi", "wi_0", "wi_1"):
+                    if hasattr(module, name):
+                        nn.init.normal_(getattr(module, name).weight, std=f * c.d_model**-0.5)
+                nn.init.normal_(module.wo.weight, std=f * c.d_ff**-0.5)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @property
+    def device(self) -> torch.device:
+        return self.shared.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.shared.weight.dtype
+
+    # ----------------------------------------------------------------------------------------------
+    def shift_right(self, labels: Tensor) -> Tensor:
+        """Decoder inputs from labels: start token first, -100 (ignored) replaced by padding."""
+        shifted = labels.new_full(labels.shape, self.config.decoder_start_token_id)
+        shifted[..., 1:] = labels[..., :-1]
+        return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
+
+    def encode(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Encoder states and the mask the decoder must use for them (prompts may lengthen both)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.shared(input_ids)
+        if self.encoder.input_prefix is not None:
+            inputs_embeds, attention_mask = self.encoder.input_prefix(inputs_embeds, attention_mask)
+        return self.encoder(inputs_embeds, attention_mask), attention_mask
+
+    def decode(
+        self,
+        decoder_input_ids: Tensor | None,
+        encoder_hidden_states: Tensor,
+        encoder_attention_mask: Tensor | None,
+        decoder_attention_mask: Tensor | None = None,
+        decoder_inputs_embeds: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """Logits for the decoder positions given."""
+        if decoder_inputs_embeds is None:
+            if decoder_input_ids is None:
+                raise ValueError("pass decoder_input_ids, decoder_inputs_embeds or labels")
+            decoder_inputs_embeds = self.shared(decoder_input_ids)
+        hidden = self.decoder(
+            decoder_inputs_embeds,
+            decoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            cache=cache,
+        )
+        if self.config.scale_decoder_outputs:
+            hidden = hidden * (self.config.d_model**-0.5)
+        return self.lm_head(hidden)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        decoder_input_ids: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        decoder_inputs_embeds: Tensor | None = None,
+    ) -> Seq2SeqLMOutput:
+        encoder_hidden, encoder_mask = self.encode(input_ids, attention_mask, inputs_embeds)
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self.shift_right(labels)
+        logits = self.decode(
+            decoder_input_ids,
+            encoder_hidden,
+            encoder_mask,
+            decoder_attention_mask=decoder_attention_mask,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+        )
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return Seq2SeqLMOutput(
+            logits=logits,
+            loss=loss,
+            encoder_last_hidden_state=encoder_hidden,
+            encoder_attention_mask=encoder_mask,
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        max_new_tokens: int = 20,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
+        """Greedy decoding with a key/value cache.
+
+        Returns ``[B, 1 + n]`` token ids starting with the decoder start token, like ``transformers``;
+        a sequence that emitted EOS is padded afterwards, and decoding stops once all have.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        encoder_hidden, encoder_mask = self.encode(input_ids, attention_mask, inputs_embeds)
+        batch = encoder_hidden.shape[0]
+        cache = KVCache.empty(len(self.decoder.block))
+        start = self.config.decoder_start_token_id
+        tokens = torch.full((batch, 1), start, dtype=torch.long, device=encoder_hidden.device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=encoder_hidden.device)
+        for _ in range(max_new_tokens):
+            logits = self.decode(tokens[:, -1:], encoder_hidden, encoder_mask, cache=cache)
+            next_token = logits[:, -1].argmax(dim=-1)
+            next_token = next_token.masked_fill(finished, self.config.pad_token_id)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            finished |= next_token == self.config.eos_token_id
+            if bool(finished.all()):
+                break
+        return tokens
+
+    # ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> T5ForConditionalGeneration:
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(name_or_path, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
