@@ -30,3 +30,33 @@ def shared_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real-data fixtures shared by the model, tokenizer and training tests.
+
+
+@pytest.fixture(scope="session")
+def t5_small_dir(shared_dir: Path) -> Path:
+    return shared_dir / "models" / "t5-small"
+
+
+@pytest.fixture(scope="session")
+def imdb_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "imdb"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(t5_small_dir: Path):
+    from t5peft import load_tokenizer
+
+    return load_tokenizer(t5_small_dir)
+
+
+@pytest.fixture(scope="session")
+def imdb_test_texts(imdb_dir: Path) -> list[str]:
+    """All 25,000 test reviews, in file order (read once per session)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(imdb_dir / "plain_text" / "test-00000-of-00001.parquet", columns=["text"])
+    return table.column("text").to_pylist()

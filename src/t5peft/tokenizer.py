@@ -64,7 +64,9 @@ class T5Tokenizer:
             ids = [truncate(seq, max_length, truncation_side) for seq in ids]
         return ids
 
-    def pad(self, sequences: Sequence[Sequence[int]], pad_value: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad(
+        self, sequences: Sequence[Sequence[int]], pad_value: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad to the longest sequence: ``(ids [B, L], attention_mask [B, L])``."""
         pad_value = self.pad_token_id if pad_value is None else pad_value
         return pad_batch(sequences, pad_value)
@@ -80,7 +82,9 @@ class T5Tokenizer:
             ids = ids.tolist()
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, batch: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+    def batch_decode(
+        self, batch: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True
+    ) -> list[str]:
         if isinstance(batch, torch.Tensor):
             batch = batch.tolist()
         return [self.decode(ids, skip_special_tokens) for ids in batch]
@@ -152,7 +156,9 @@ def tokenizer_from_spiece(path: Path) -> Tokenizer:
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     specials = [p.piece for p in proto.pieces if p.type in (2, 3)]  # UNKNOWN and CONTROL pieces
     sentinels = [f"<extra_id_{i}>" for i in reversed(range(NUM_EXTRA_IDS))]
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials + sentinels])
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in specials + sentinels]
+    )
     eos_id = tokenizer.token_to_id("</s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)]

@@ -21,10 +21,13 @@ numbers in messages are 1-based.
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import random
 import re
@@ -33,7 +36,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,6 +49,11 @@ _CLASS_DIRS = {"neg": 0, "pos": 1}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_COMPRESSED_OPENERS: tuple[tuple[bytes, Callable[..., Any]], ...] = (
+    (b"\x1f\x8b", gzip.open),
+    (b"BZh", bz2.open),
+    (b"\xfd7zXZ\x00", lzma.open),
+)
 _REVIEW_NAME = re.compile(r"^(\d+)_\d+\.txt$")
 _OFFLINE_HINT = (
     "pass a local source instead: a folder in the Hub parquet layout (plain_text/{split}-*.parquet), "
@@ -220,8 +228,8 @@ def _load_hub_id(repo_id: str, split: str, downloader: Callable[..., str] | None
     # OSError, httpx/requests transport errors) depending on its version, so catch them all here.
     except Exception as exc:
         raise DataError(
-            f"{repo_id}: could not download the dataset from the Hugging Face Hub "
-            f"({type(exc).__name__}: {exc}); we may be offline. {_OFFLINE_HINT}"
+            f"{repo_id}: not a local path, and could not reach the Hugging Face Hub to download it "
+            f"({type(exc).__name__}: {exc}). If we are offline, {_OFFLINE_HINT}"
         ) from exc
     data = _load_hub_dir(_hub_layout_dir(Path(local)) or Path(local) / "plain_text", split)
     data.origin = f"hf://datasets/{repo_id} ({data.origin})"
@@ -366,12 +374,13 @@ def _acl_root(path: Path) -> Path | None:
 
 
 def _load_acl_dir(root: Path, split: str) -> LabeledTexts:
+    missing = [f"{split}/{name}" for name in _CLASS_DIRS if not (root / split / name).is_dir()]
+    if missing:
+        raise DataError(f"{root}: missing folder(s) {', '.join(missing)} (expected aclImdb/{split}/pos|neg)")
     texts: list[str] = []
     labels: list[int] = []
     for class_name, label in _CLASS_DIRS.items():
         folder = root / split / class_name
-        if not folder.is_dir():
-            raise DataError(f"{root}: missing folder {split}/{class_name} (expected aclImdb/{split}/pos|neg)")
         files = sorted((f for f in folder.iterdir() if f.suffix == ".txt"), key=lambda f: _review_key(f.name))
         if not files:
             raise DataError(f"{folder}: no *.txt review files")
@@ -402,7 +411,7 @@ def _load_tar(path: Path, split: str) -> LabeledTexts:
 def _tar_files(path: Path, member_re: re.Pattern[str]) -> Iterator[tuple[str, bytes]]:
     """Stream (name, content) of the regular-file members whose name matches ``member_re``."""
     try:
-        with tarfile.open(path, mode="r|*") as archive:
+        with _open_decompressed(path) as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
             for member in archive:
                 name = member.name.removeprefix("./")
                 if not member.isfile() or not member_re.match(name):
@@ -410,8 +419,29 @@ def _tar_files(path: Path, member_re: re.Pattern[str]) -> Iterator[tuple[str, by
                 handle = archive.extractfile(member)
                 assert handle is not None  # regular files always have content
                 yield name, handle.read()
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read the archive ({exc})") from exc
+            _check_archive_end(path, stream, archive.offset)
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise DataError(f"{path}: cannot read the archive ({type(exc).__name__}: {exc})") from exc
+
+
+def _open_decompressed(path: Path) -> BinaryIO:
+    # These readers (unlike tarfile's own "r|gz") raise EOFError on a cut-off stream.
+    with path.open("rb") as handle:
+        magic = handle.read(6)
+    for prefix, opener in _COMPRESSED_OPENERS:
+        if magic.startswith(prefix):
+            return cast(BinaryIO, opener(path, "rb"))
+    return path.open("rb")
+
+
+def _check_archive_end(path: Path, stream: BinaryIO, end_offset: int) -> None:
+    """Fail on a truncated archive, which tarfile would take for the end of the archive."""
+    if isinstance(stream, io.BufferedReader):
+        if path.stat().st_size < end_offset + tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(f"archive is truncated after byte {end_offset}")
+        return
+    while stream.read(1 << 20):  # decompressing to the end verifies the stream's end marker
+        pass
 
 
 def _review_key(name: str) -> tuple[int, int, str]:

@@ -237,7 +237,7 @@ def plain_state_dict(model: T5ForConditionalGeneration) -> dict[str, Tensor]:
 
 
 def save_pretrained(model: T5ForConditionalGeneration, directory: str | os.PathLike) -> None:
-    """Write ``config.json`` + ``model.safetensors`` that ``transformers`` and :func:`load_pretrained` read."""
+    """Write ``config.json`` + ``model.safetensors`` for ``transformers`` and us."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):

@@ -106,7 +106,7 @@ class T5Config:
     # ----------------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> T5Config:
-        """Build from a ``config.json`` dictionary; keys that do not describe T5's architecture are ignored."""
+        """Build from a ``config.json`` dict; keys that do not describe the architecture are ignored."""
         model_type = values.get("model_type", "t5")
         if model_type not in ("t5", "mt5", "umt5"):
             raise ConfigError(f"{source}: model_type is {model_type!r}, expected 't5'")
