@@ -421,6 +421,7 @@ class T5ForConditionalGeneration(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.shared.weight
+        self.peft = None  # set by t5peft.methods.apply_method
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------
