@@ -47,17 +47,13 @@ def test_wrong_shape_is_named(saved):
         state["encoder.block.0.layer.0.SelfAttention.q.weight"] = torch.zeros(16, 17)
 
     _edit_weights(saved, widen)
-    with pytest.raises(
-        CheckpointError, match=r"encoder.block.0.layer.0.SelfAttention.q.weight: checkpoint \(16, 17\)"
-    ):
+    with pytest.raises(CheckpointError, match=r"encoder.block.0.layer.0.SelfAttention.q.weight: checkpoint \(16, 17\)"):
         load_pretrained(saved)
 
 
 def test_unexpected_tensor_is_named(saved):
     _edit_weights(saved, lambda s: s.update({"encoder.block.9.layer.0.layer_norm.weight": torch.ones(16)}))
-    with pytest.raises(
-        CheckpointError, match="unexpected tensors: encoder.block.9.layer.0.layer_norm.weight"
-    ):
+    with pytest.raises(CheckpointError, match="unexpected tensors: encoder.block.9.layer.0.layer_norm.weight"):
         load_pretrained(saved)
 
 
@@ -65,9 +61,7 @@ def test_shape_disagreeing_with_config(saved):
     config = json.loads((saved / "config.json").read_text())
     config["d_ff"] = 48
     (saved / "config.json").write_text(json.dumps(config))
-    with pytest.raises(
-        CheckpointError, match=r"DenseReluDense.wi.weight: checkpoint \(32, 16\), model \(48, 16\)"
-    ):
+    with pytest.raises(CheckpointError, match=r"DenseReluDense.wi.weight: checkpoint \(32, 16\), model \(48, 16\)"):
         load_pretrained(saved)
 
 
@@ -122,9 +116,7 @@ def test_shard_listed_but_missing(saved):
         for i, k in enumerate(keys)
     }
     (saved / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    with pytest.raises(
-        CheckpointError, match="shard model-00002-of-00002.safetensors listed in the index is missing"
-    ):
+    with pytest.raises(CheckpointError, match="shard model-00002-of-00002.safetensors listed in the index is missing"):
         load_pretrained(saved)
 
 
@@ -184,9 +176,7 @@ def test_hub_offline_fails_fast_with_advice():
     def offline(**kwargs):
         raise ConnectionError("Failed to resolve 'huggingface.co'")
 
-    with pytest.raises(
-        HubUnavailableError, match="pass a local folder holding config.json and model.safetensors"
-    ):
+    with pytest.raises(HubUnavailableError, match="pass a local folder holding config.json and model.safetensors"):
         load_pretrained("t5-small", downloader=offline)
 
 

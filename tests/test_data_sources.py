@@ -185,9 +185,7 @@ def test_sample_covers_hard_cases(sample: dict[str, list[Record]], real: dict[st
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-@pytest.mark.parametrize(
-    "kind", ["acl_dir", "acl_parent", "tar", "csv", "jsonl", "parquet", "hub", "hub_shards"]
-)
+@pytest.mark.parametrize("kind", ["acl_dir", "acl_parent", "tar", "csv", "jsonl", "parquet", "hub", "hub_shards"])
 def test_all_sources_yield_the_same_records(
     built: dict[str, Any], sample: dict[str, list[Record]], kind: str, split: str
 ) -> None:
@@ -485,9 +483,7 @@ def test_missing_path(source: str) -> None:
 
 def test_unrecognised_folder(tmp_path: Path) -> None:
     _write(tmp_path / "notes.md", "nothing here")
-    with pytest.raises(
-        DataError, match=r"not a recognised data folder; looked for plain_text/train-\*\.parquet"
-    ):
+    with pytest.raises(DataError, match=r"not a recognised data folder; looked for plain_text/train-\*\.parquet"):
         load_split(tmp_path, "train")
 
 

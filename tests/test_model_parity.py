@@ -75,9 +75,7 @@ def review_batch(tokenizer, imdb_test_texts):
     return batch, labels
 
 
-@pytest.fixture(
-    scope="module", params=[(v, f) for v in VARIANTS for f in FORMATS], ids=lambda p: f"{p[0]}-{p[1]}"
-)
+@pytest.fixture(scope="module", params=[(v, f) for v in VARIANTS for f in FORMATS], ids=lambda p: f"{p[0]}-{p[1]}")
 def checkpoint(request, t5_small_dir, tmp_path_factory):
     variant, fmt = request.param
     tmp = tmp_path_factory.mktemp(f"{variant}-{fmt}")

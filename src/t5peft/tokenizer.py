@@ -156,9 +156,7 @@ def tokenizer_from_spiece(path: Path) -> Tokenizer:
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     specials = [p.piece for p in proto.pieces if p.type in (2, 3)]  # UNKNOWN and CONTROL pieces
     sentinels = [f"<extra_id_{i}>" for i in reversed(range(NUM_EXTRA_IDS))]
-    tokenizer.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in specials + sentinels]
-    )
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials + sentinels])
     eos_id = tokenizer.token_to_id("</s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)]

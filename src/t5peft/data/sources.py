@@ -108,14 +108,11 @@ def load_split(
     if _looks_like_hub_id(str(source)):
         return _load_hub_id(str(source), split, downloader)
     raise DataError(
-        f"{source}: no such file or folder (and it does not look like a Hub dataset id such as "
-        "'stanfordnlp/imdb')"
+        f"{source}: no such file or folder (and it does not look like a Hub dataset id such as 'stanfordnlp/imdb')"
     )
 
 
-def split_validation(
-    data: LabeledTexts, size: int = 1000, seed: int = 0
-) -> tuple[LabeledTexts, LabeledTexts]:
+def split_validation(data: LabeledTexts, size: int = 1000, seed: int = 0) -> tuple[LabeledTexts, LabeledTexts]:
     """Hold out ``size`` rows as a validation set; return ``(train_rest, validation)``.
 
     The hold-out is stratified by label (each class present in ``data`` gets at least one row when
@@ -179,9 +176,7 @@ def _load_file(path: Path, split: str) -> LabeledTexts:
         return _load_jsonl(path)
     if name.endswith(".parquet"):
         return _load_parquet_files([path], str(path))
-    raise DataError(
-        f"{path}: unsupported file type; expected .csv, .jsonl, .json, .parquet, .tar, .tar.gz or .tgz"
-    )
+    raise DataError(f"{path}: unsupported file type; expected .csv, .jsonl, .json, .parquet, .tar, .tar.gz or .tgz")
 
 
 def _load_dir(path: Path, split: str) -> LabeledTexts:
@@ -312,9 +307,7 @@ def _load_jsonl(path: Path) -> LabeledTexts:
         where = f"line {lineno} (1-based)"
         missing = [key for key in ("text", "label") if key not in record]
         if missing:
-            raise DataError(
-                f"{path}: {where}: missing {' and '.join(missing)} (found keys: {sorted(record)})"
-            )
+            raise DataError(f"{path}: {where}: missing {' and '.join(missing)} (found keys: {sorted(record)})")
         texts.append(_check_text(record["text"], path, where))
         labels.append(_parse_label(record["label"], path, where))
     return _non_empty(LabeledTexts(texts, labels, str(path)), path)
@@ -336,9 +329,7 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     "expected one JSON object per line"
                 ) from exc
             if not isinstance(record, dict):
-                raise DataError(
-                    f"{path}: line {lineno} (1-based): expected a JSON object, got {type(record).__name__}"
-                )
+                raise DataError(f"{path}: line {lineno} (1-based): expected a JSON object, got {type(record).__name__}")
             yield lineno, record
 
 
@@ -481,8 +472,7 @@ def _parse_label(value: object, path: Path, where: str) -> int:
         label = _LABEL_WORDS.get(value.strip().lower())
     if label is None:
         raise DataError(
-            f"{path}: {where}: label {value!r} is not one of 0, 1, 'negative', 'positive' "
-            "(0 = negative, 1 = positive)"
+            f"{path}: {where}: label {value!r} is not one of 0, 1, 'negative', 'positive' (0 = negative, 1 = positive)"
         )
     return label
 

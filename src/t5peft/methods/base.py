@@ -163,9 +163,7 @@ class Method:
                 options[key] = value
             elif key in cls.ignored_file_fields:
                 if value not in cls.ignored_file_fields[key]:
-                    raise MethodConfigError(
-                        f"{source}: {key}={value!r} is not supported by t5peft's {cls.name}"
-                    )
+                    raise MethodConfigError(f"{source}: {key}={value!r} is not supported by t5peft's {cls.name}")
             else:
                 log.warning("%s: ignoring unknown adapter_config field %r", source, key)
         try:

@@ -48,9 +48,7 @@ def _method_for_peft_type(peft_type: str, source: str) -> type[Method]:
         if cls.peft_type == peft_type:
             return cls
     known = sorted({c.peft_type for c in _REGISTRY.values()})
-    raise MethodConfigError(
-        f"{source}: peft_type {peft_type!r} is not supported (supported: {', '.join(known)})"
-    )
+    raise MethodConfigError(f"{source}: peft_type {peft_type!r} is not supported (supported: {', '.join(known)})")
 
 
 def _load_builtin_methods() -> None:
@@ -141,9 +139,7 @@ def save_adapter(model: T5ForConditionalGeneration, directory: str | os.PathLike
         "revision": None,
         "t5peft_version": __version__,
     }
-    (directory / ADAPTER_CONFIG).write_text(
-        json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     save_file(tensors, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     return directory
 
@@ -161,9 +157,7 @@ def read_adapter_config(directory: Path) -> dict[str, Any]:
     return values
 
 
-def load_adapter(
-    model: T5ForConditionalGeneration, directory: str | os.PathLike
-) -> T5ForConditionalGeneration:
+def load_adapter(model: T5ForConditionalGeneration, directory: str | os.PathLike) -> T5ForConditionalGeneration:
     """Apply the method saved in ``directory`` (by t5peft or Hugging Face PEFT) and load its weights."""
     directory = Path(directory)
     values = read_adapter_config(directory)

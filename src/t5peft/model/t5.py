@@ -140,9 +140,7 @@ class T5Attention(nn.Module):
         self.o = nn.Linear(inner, config.d_model, bias=False)
         self.has_relative_attention_bias = has_relative_attention_bias
         if has_relative_attention_bias:
-            self.relative_attention_bias = nn.Embedding(
-                config.relative_attention_num_buckets, config.num_heads
-            )
+            self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
 
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.n_heads, self.d_kv).transpose(1, 2)
@@ -369,16 +367,12 @@ class T5Stack(nn.Module):
         batch = inputs_embeds.shape[0]
         offset = cache.length if cache is not None else 0
         hidden = self.dropout(inputs_embeds)
-        self_mask = self.self_attention_mask(
-            hidden, attention_mask, offset, self._prefix_len(self.self_prefix)
-        )
+        self_mask = self.self_attention_mask(hidden, attention_mask, offset, self._prefix_len(self.self_prefix))
         cross_mask = None
         if self.is_decoder:
             if encoder_hidden_states is None:
                 raise ValueError("the decoder needs encoder_hidden_states")
-            cross_mask = self.cross_attention_mask(
-                hidden, encoder_attention_mask, self._prefix_len(self.cross_prefix)
-            )
+            cross_mask = self.cross_attention_mask(hidden, encoder_attention_mask, self._prefix_len(self.cross_prefix))
         self_prefixes = self._layer_prefixes(self.self_prefix, batch)
         cross_prefixes = self._layer_prefixes(self.cross_prefix, batch)
         for i, block in enumerate(self.block):
