@@ -41,6 +41,8 @@ from typing import Any, BinaryIO, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..hub import HubUnavailableError, download_snapshot
+
 SPLITS = ("train", "test")
 HUB_ALLOW_PATTERNS = ["plain_text/*.parquet"]
 
@@ -55,8 +57,8 @@ _COMPRESSED_OPENERS: tuple[tuple[bytes, Callable[..., Any]], ...] = (
     (b"\xfd7zXZ\x00", lzma.open),
 )
 _REVIEW_NAME = re.compile(r"^(\d+)_\d+\.txt$")
-_OFFLINE_HINT = (
-    "pass a local source instead: a folder in the Hub parquet layout (plain_text/{split}-*.parquet), "
+_LOCAL_ALTERNATIVES = (
+    "a local source: a folder in the Hub parquet layout (plain_text/{split}-*.parquet), "
     "an aclImdb folder or aclImdb_v1.tar.gz, or a .csv/.jsonl/.parquet file with text and label columns"
 )
 
@@ -216,25 +218,19 @@ def _load_hub_dir(shard_dir: Path, split: str) -> LabeledTexts:
 
 
 def _load_hub_id(repo_id: str, split: str, downloader: Callable[..., str] | None) -> LabeledTexts:
-    download = downloader if downloader is not None else _snapshot_download
     try:
-        local = download(repo_id=repo_id, repo_type="dataset", allow_patterns=HUB_ALLOW_PATTERNS)
-    # The Hub client surfaces network failures through several libraries (huggingface_hub errors,
-    # OSError, httpx/requests transport errors) depending on its version, so catch them all here.
-    except Exception as exc:
-        raise DataError(
-            f"{repo_id}: not a local path, and could not reach the Hugging Face Hub to download it "
-            f"({type(exc).__name__}: {exc}). If we are offline, {_OFFLINE_HINT}"
-        ) from exc
-    data = _load_hub_dir(_hub_layout_dir(Path(local)) or Path(local) / "plain_text", split)
+        local = download_snapshot(
+            repo_id,
+            HUB_ALLOW_PATTERNS,
+            repo_type="dataset",
+            what_instead=_LOCAL_ALTERNATIVES,
+            downloader=downloader,
+        )
+    except HubUnavailableError as exc:
+        raise DataError(f"{repo_id}: not a local path, and {exc}") from exc
+    data = _load_hub_dir(_hub_layout_dir(local) or local / "plain_text", split)
     data.origin = f"hf://datasets/{repo_id} ({data.origin})"
     return data
-
-
-def _snapshot_download(**kwargs: Any) -> str:
-    from huggingface_hub import snapshot_download
-
-    return str(snapshot_download(**kwargs))
 
 
 # ---------------------------------------------------------------------------------------------------------
