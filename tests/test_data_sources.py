@@ -257,7 +257,9 @@ def test_hub_id_offline_explains_alternatives(error: Exception) -> None:
     def offline_download(**kwargs: Any) -> str:
         raise error
 
-    with pytest.raises(DataError, match="could not download dataset 'stanfordnlp/imdb' from the Hugging Face Hub") as info:
+    with pytest.raises(
+        DataError, match="could not download dataset 'stanfordnlp/imdb' from the Hugging Face Hub"
+    ) as info:
         load_split("stanfordnlp/imdb", "train", downloader=offline_download)
     message = str(info.value)
     for alternative in ("stanfordnlp/imdb", "offline", "plain_text", "aclImdb", ".csv", ".jsonl", ".parquet"):
