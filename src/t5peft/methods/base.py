@@ -123,6 +123,13 @@ class Method:
     def after_optimizer_step(self, model: T5ForConditionalGeneration, step: int, total_steps: int) -> None:
         """Called after each optimizer step (e.g. AdaLoRA's rank allocation)."""
 
+    def training_state(self) -> dict[str, Tensor]:
+        """Tensors the method keeps outside parameters (e.g. importance averages), for exact resume."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`training_state` returned."""
+
     def report(self, model: T5ForConditionalGeneration) -> dict[str, Any]:
         """Extra facts for results files (e.g. final ranks)."""
         return {}

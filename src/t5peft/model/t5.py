@@ -443,6 +443,18 @@ class T5ForConditionalGeneration(nn.Module):
                         nn.init.normal_(getattr(module, name).weight, std=f * c.d_model**-0.5)
                 nn.init.normal_(module.wo.weight, std=f * c.d_ff**-0.5)
 
+    def set_dropout(self, rate: float) -> None:
+        """Set the rate of every dropout, attention probabilities included (before applying a PEFT method,
+        whose own dropouts keep their configured rates)."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {rate}")
+        self.config.dropout_rate = rate
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = rate
+            elif isinstance(module, T5Attention):
+                module.dropout = rate
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 

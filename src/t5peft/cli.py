@@ -1,0 +1,265 @@
+"""Command line: ``t5peft train | evaluate | predict | compare | report | methods``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from .data.sources import DataError
+from .methods import MethodConfigError
+from .model.checkpoint import CheckpointError
+from .model.config import ConfigError
+from .tokenizer import TokenizerError
+
+USER_ERRORS = (DataError, MethodConfigError, CheckpointError, ConfigError, TokenizerError, OSError, ValueError)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value``: value read as JSON when it parses (numbers, true, lists), a comma list as a list of
+    strings, anything else as a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw.split(",") if "," in raw else raw
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .train.loop import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--model", default=d.model, help="folder with config.json (+ weights), or a Hub id")
+    p.add_argument(
+        "--data", default=d.data, help="Hub-layout folder, stanfordnlp/imdb, aclImdb dir/tar.gz, csv/jsonl/parquet"
+    )
+    p.add_argument("--test-data", default=None, help="test split source when --data is a single file")
+    p.add_argument("--output", required=True, help="run folder")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model)")
+    p.add_argument(
+        "--init",
+        choices=["pretrained", "random"],
+        default=d.init,
+        help="random: weights drawn from --seed with --model's architecture (every output says so)",
+    )
+    p.add_argument(
+        "--method", default=d.method, help="full, lora, adalora, adapter, prompt, ptuning2, lora+prompt, ia3"
+    )
+    p.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        type=parse_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, e.g. -o r=16 -o target_modules=q,k,v (see `t5peft methods`)",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--validation-size", type=int, default=d.validation_size)
+    p.add_argument("--train-size", type=int, default=None, help="train on a seeded subset of this many reviews")
+    p.add_argument("--test-size", type=int, default=None, help="test on a seeded subset (default: all 25,000)")
+    p.add_argument("--logs-per-two-epochs", type=int, default=d.logs_per_two_epochs)
+    p.add_argument("--max-source-length", type=int, default=d.max_source_length)
+    p.add_argument(
+        "--truncation-side",
+        choices=["right", "left", "both"],
+        default=d.truncation_side,
+        help="right keeps the head of a long review, left the tail, both head + tail",
+    )
+    p.add_argument("--strip-html", action="store_true", help="replace <br /> tags by spaces")
+    p.add_argument("--prefix", default=d.prefix)
+    p.add_argument("--label-words", nargs=2, default=list(d.label_words), metavar=("NEGATIVE", "POSITIVE"))
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_config(args: argparse.Namespace):
+    from .train.loop import TrainConfig
+
+    return TrainConfig(
+        model=args.model,
+        data=args.data,
+        output=args.output,
+        test_data=args.test_data,
+        tokenizer=args.tokenizer,
+        init=args.init,
+        method=args.method,
+        method_options=dict(args.option),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm,
+        dropout=args.dropout,
+        seed=args.seed,
+        validation_size=args.validation_size,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        logs_per_two_epochs=args.logs_per_two_epochs,
+        max_source_length=args.max_source_length,
+        truncation_side=args.truncation_side,
+        strip_html=args.strip_html,
+        prefix=args.prefix,
+        label_words=tuple(args.label_words),
+        device=args.device,
+        precision=args.precision,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.loop import train
+
+    results = train(_train_config(args))
+    _print_summary(results)
+    return 0
+
+
+def _print_summary(results: dict) -> None:
+    test, params, timing = results["test"], results["parameters"], results["training"]
+    print(f"method {results['method']} ({results['weights']} weights), seed {results['seed']}")
+    print(f"  trainable parameters: {params['trainable']:,} of {params['base']:,} ({params['trainable_percent']:.3f}%)")
+    print(f"  test accuracy: {test['accuracy']:.4f} on {test['n']:,} reviews, loss {test['loss']:.4f}")
+    print(f"  validation accuracy: {results['validation']['accuracy']:.4f}")
+    print(
+        f"  training: {timing['seconds']:.1f} s, {timing['examples_per_s']:.1f} examples/s, "
+        f"{timing['tokens_per_s']:.0f} tokens/s ({timing['precision']})"
+    )
+    print(f"  machine: {results['environment']['device_name']}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.sources import load_split
+    from .data.text2text import encode_split
+    from .train.evaluate import evaluate, generation_predictions
+    from .train.runs import load_run
+
+    run = load_run(args.run, args.device)
+    source = args.data or run.config.test_data or run.config.data
+    data = load_split(source, args.split)
+    if args.size is not None and args.size < len(data):
+        data = data.subset(range(args.size))
+    split = encode_split(data, run.tokenizer, run.task)
+    result = evaluate(run.model, split, run.tokenizer.pad_token_id, args.batch_size, run.task.label_words)
+    report = {"run": str(args.run), "split": args.split, "source": data.origin, **result.summary()}
+    if args.generate:
+        generated = generation_predictions(run.model, split, run.tokenizer, run.task.label_words, args.batch_size)
+        report["generation_accuracy"] = sum(g == t for g, t in zip(generated, split.labels, strict=True)) / len(split)
+        report["agreement_with_fast_path"] = sum(
+            g == p for g, p in zip(generated, result.predictions, strict=True)
+        ) / len(split)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .train.runs import load_run, predict
+
+    run = load_run(args.run, args.device)
+    for text, (label, probability) in zip(args.texts, predict(run, args.texts), strict=True):
+        print(json.dumps({"text": text[:80], "label": label, "probability": round(probability, 4)}))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .methods import get_method_class, method_names
+
+    for name in method_names():
+        cls = get_method_class(name)
+        options = ", ".join(
+            f"{f.name}={f.default if f.default is not dataclasses.MISSING else f.default_factory()}"
+            for f in dataclasses.fields(cls.config_class)
+        )
+        print(f"{name:12s} lr {cls.default_lr:g}  peft_type {cls.peft_type}  options: {options or '-'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .experiments.compare import run_compare
+
+    run_compare(args.config, args.output, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .experiments.report import render_report
+
+    for path in render_report(args.results, args.output):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t5peft", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune on IMDb with one method")
+    _add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a finished run folder")
+    p.add_argument("run")
+    p.add_argument("--data", default=None, help="default: the run's test data")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--size", type=int, default=None, help="only the first N reviews")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--generate", action="store_true", help="also score by greedy generation and compare")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label reviews with a finished run")
+    p.add_argument("run")
+    p.add_argument("texts", nargs="+")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("methods", help="list the methods, their default learning rates and options")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("compare", help="run an experiment file (every method x seed) and write the report")
+    p.add_argument("--config", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="re-render the figure and table from a results JSON")
+    p.add_argument("results")
+    p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"t5peft {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""End-of-epoch training checkpoints: everything needed to continue a killed run bit for bit.
+
+A checkpoint folder holds tensors in safetensors files and the rest in JSON (no pickle anywhere):
+
+* ``trainable.safetensors``: the trained weights (the whole model for full fine-tuning);
+* ``optimizer.safetensors`` + ``optimizer.json``: AdamW's moments and step counts, and its param groups;
+* ``rng.safetensors`` + ``state.json``: torch / CUDA / numpy generator states, Python's ``random`` state,
+  the scheduler state, the data position (epochs done, global step) and the number of metric lines
+  written up to this point;
+* ``method.safetensors``: method state kept outside parameters (AdaLoRA's importance averages).
+
+It is written to a temporary folder and renamed into place, so a kill while saving leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@dataclass
+class Position:
+    epochs_done: int = 0
+    global_step: int = 0
+    metric_lines: int = 0
+    train_seconds: float = 0.0
+    train_examples: int = 0
+    train_tokens: int = 0
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, path, metadata={"format": "pt"})
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"{index}.{name}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_states() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+    version, internal, gauss = random.getstate()
+    meta = {
+        "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+    return tensors, meta
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = sorted(k for k in tensors if k.startswith("cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    method_state: dict[str, torch.Tensor],
+    position: Position,
+) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    _save_tensors(trainable_state(model), tmp / "trainable.safetensors")
+    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+    _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+    rng_tensors, rng_meta = _rng_states()
+    _save_tensors(rng_tensors, tmp / "rng.safetensors")
+    _save_tensors(method_state, tmp / "method.safetensors")
+    meta = {"position": asdict(position), "rng": rng_meta, "scheduler": scheduler.state_dict()}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_checkpoint(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[Position, dict[str, torch.Tensor]]:
+    """Restore weights, optimizer, scheduler and RNG; returns the data position and the method state."""
+    weights = load_file(directory / "trainable.safetensors")
+    expected = trainable_state(model)
+    if set(weights) != set(expected):
+        raise ValueError(
+            f"{directory}: the checkpoint's trainable tensors do not match this run's method "
+            f"(missing {sorted(set(expected) - set(weights))[:3]}, extra {sorted(set(weights) - set(expected))[:3]})"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            expected[name].copy_(tensor)
+    opt_tensors = load_file(directory / "optimizer.safetensors")
+    opt_meta = json.loads((directory / "optimizer.json").read_text())
+    optimizer.load_state_dict(_optimizer_from_files(opt_tensors, opt_meta))
+    meta = json.loads((directory / "state.json").read_text())
+    scheduler.load_state_dict(meta["scheduler"])
+    _restore_rng(load_file(directory / "rng.safetensors"), meta["rng"])
+    method_state = load_file(directory / "method.safetensors")
+    return Position(**meta["position"]), method_state
