@@ -1,0 +1,1 @@
+"""Experiments: experiment files, the comparison runner and its report."""

@@ -1,0 +1,150 @@
+"""``t5peft compare`` on configs/smoke.toml against the real data: schema, every method, figure, resumability."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from t5peft.experiments.compare import run_compare, run_dir
+from t5peft.experiments.config import ExperimentError, load_experiment, parse_experiment
+from t5peft.experiments.report import FIGURE_FILE, RESULTS_FILE, SCHEMA_FILE, TABLE_FILE, render_report
+
+jsonschema = pytest.importorskip("jsonschema")
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "configs" / "smoke.toml"
+
+
+@pytest.fixture
+def in_repo(monkeypatch, shared_dir):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("T5PEFT_SHARED", str(shared_dir))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_smoke_compare_end_to_end_and_resume(in_repo, tmp_path):
+    experiment = load_experiment(SMOKE)
+    methods = [m.name for m in experiment.methods]
+    assert methods == ["full", "lora", "adalora", "adapter", "prompt", "ptuning2", "lora+prompt", "ia3"]
+    output = tmp_path / "smoke"
+
+    # Interrupt: kill the comparison once its second run has finished.
+    command = [
+        sys.executable,
+        "-m",
+        "t5peft.cli",
+        "compare",
+        "--config",
+        str(SMOKE),
+        "--output",
+        str(output),
+        "--no-progress",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = run_dir(output, methods[1], 0) / "results.json"
+    try:
+        deadline = time.time() + 600
+        while not second.exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.1)
+    finally:
+        process.kill()
+        process.wait()
+    finished = {m: (run_dir(output, m, 0) / "results.json") for m in methods}
+    done_before = {m: p.stat().st_mtime_ns for m, p in finished.items() if p.exists()}
+    assert methods[0] in done_before and methods[1] in done_before
+    assert len(done_before) < len(methods), "the comparison finished before it could be interrupted"
+
+    # Re-run: only the remaining runs are run; finished ones keep their files untouched.
+    run_compare(SMOKE, output, progress=False)
+    for method, mtime in done_before.items():
+        assert finished[method].stat().st_mtime_ns == mtime, f"{method} was run again"
+    assert all(p.exists() for p in finished.values())
+
+    results = json.loads((output / RESULTS_FILE).read_text())
+    jsonschema.validate(results, json.loads(SCHEMA_FILE.read_text()))
+    assert set(results["summary"]) == set(methods)
+    assert results["weights"] == "random-init"
+    for run in results["runs"]:
+        numbers = [
+            run["test_accuracy"],
+            run["validation_accuracy"],
+            run["test_loss"],
+            run["training"]["seconds"],
+            run["training"]["examples_per_s"],
+            run["training"]["tokens_per_s"],
+            run["evaluation_seconds"],
+            run["memory"]["peak_cpu_rss_bytes"],
+            run["parameters"]["trainable_percent"],
+        ]
+        assert all(_finite(v) for v in numbers), run["method"]
+        assert all(_finite(p["train_loss"]) and _finite(p["val_accuracy"]) for p in run["curve"])
+        assert run["test_n"] == 64 and run["adapter_file_bytes"] > 0
+    adalora = next(r for r in results["runs"] if r["method"] == "adalora")
+    assert adalora["method_report"]["final_ranks"]
+    assert results["summary"]["full"]["fewer_parameters_than_full"] == 1
+    assert results["summary"]["lora"]["fewer_parameters_than_full"] > 1
+
+    png = output / FIGURE_FILE
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as image:
+        image.verify()
+        assert image.size[0] > 800
+    table = (output / TABLE_FILE).read_text()
+    assert all(f"| {m} |" in table for m in methods) and "random-init" in table
+
+    # `t5peft report` re-renders both from the JSON alone.
+    elsewhere = tmp_path / "report"
+    paths = render_report(output / RESULTS_FILE, elsewhere)
+    assert {p.name for p in paths} == {FIGURE_FILE, TABLE_FILE}
+    assert (elsewhere / TABLE_FILE).read_text() == table
+
+
+def test_seed_config_is_the_setup_of_record(in_repo):
+    experiment = load_experiment(REPO / "configs" / "seed.toml")
+    assert experiment.seeds == [0, 1, 2]
+    assert len(experiment.methods) == 8
+    cfg = experiment.run_config(experiment.methods[0], 0, Path("x"))
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.max_source_length, cfg.learning_rate) == (
+        "google-t5/t5-small",
+        3,
+        16,
+        128,
+        3e-4,
+    )
+    assert cfg.test_size is None and cfg.train_size is None and cfg.validation_size == 1000
+    rates = {m.name: experiment.run_config(m, 0, Path("x")).learning_rate for m in experiment.methods}
+    assert rates["prompt"] == 0.3 and rates["lora"] == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"experiment": {"methods": ["lora"]}, "trian": {}}, "unknown key.*trian"),
+        ({"experiment": {"methods": ["lora"]}, "train": {"epoch": 3}}, r"\[train\]: unknown key.*epoch"),
+        ({"experiment": {"methods": ["lora-xl"]}}, "unknown method 'lora-xl'"),
+        ({"experiment": {"methods": ["lora"]}, "methods": {"lora": {"options": {"rank": 4}}}}, "no option 'rank'"),
+        ({"experiment": {"methods": ["lora"]}, "methods": {"ia3": {}}}, r"\[methods.ia3\] is not in"),
+        ({"experiment": {"methods": ["lora"], "seeds": []}}, "seeds must be"),
+        ({"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": -1}}}, r"\[methods.lora\]"),
+    ],
+)
+def test_bad_experiment_files(values, message):
+    with pytest.raises(ExperimentError, match=message):
+        parse_experiment(values, "exp.toml")
+
+
+def test_unreadable_experiment_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[experiment\nmethods = ")
+    with pytest.raises(ExperimentError, match="bad.toml: not valid TOML"):
+        load_experiment(bad)
