@@ -249,7 +249,7 @@ def _cost_panel(ax, summary: dict, methods: list[str]) -> None:
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")
     finite = [v for v in memory + time if math.isfinite(v)]
-    twin.set_ylim(0, max(finite + [1.0]) * 1.25)
+    twin.set_ylim(0, max([*finite, 1.0]) * 1.25)
 
 
 def render_report(results_path: str | Path, output: str | Path | None = None) -> list[Path]:

@@ -89,6 +89,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "logs_per_two_epochs"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise TrainError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise TrainError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         self.label_words = tuple(self.label_words)
