@@ -542,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         shared = shared_folder(args.shared)
         device = resolve_device(args.device)
         bf16 = use_bf16(args.precision, device)
+        values = model_config(args, shared)
+        batch = imdb_batch(shared, args.batch_size, args.source_length, args.seed)
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -550,8 +552,6 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats if args.repeats is not None else (20 if cuda else 5)
     output = Path(args.output or f"train_step_{device.type}.json")
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    values = model_config(args, shared)
-    batch = imdb_batch(shared, args.batch_size, args.source_length, args.seed)
     settings = {
         "methods": args.methods,
         "device": str(device),

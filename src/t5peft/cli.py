@@ -146,7 +146,7 @@ def _print_summary(results: dict) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data.sources import load_split
+    from .data.sources import load_split, split_validation
     from .data.text2text import encode_split
     from .train.evaluate import evaluate, generation_predictions
     from .train.runs import load_run
@@ -155,7 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     source = args.data or run.config.test_data or run.config.data
     data = load_split(source, args.split)
     if args.size is not None and args.size < len(data):
-        data = data.subset(range(args.size))
+        data = split_validation(data, size=args.size, seed=0)[1]  # stratified: the splits are sorted by label
     split = encode_split(data, run.tokenizer, run.task)
     result = evaluate(run.model, split, run.tokenizer.pad_token_id, args.batch_size, run.task.label_words)
     report = {"run": str(args.run), "split": args.split, "source": data.origin, **result.summary()}
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--data", default=None, help="default: the run's test data")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--size", type=int, default=None, help="only the first N reviews")
+    p.add_argument("--size", type=int, default=None, help="a seeded, class-balanced sample of N reviews")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--generate", action="store_true", help="also score by greedy generation and compare")
     p.add_argument("--device", default="cpu")
