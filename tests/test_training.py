@@ -216,3 +216,69 @@ def test_cli_reports_bad_input_clearly(t5_small_dir, tmp_path, capsys):
     assert "method 'lora' has no option 'rank'" in capsys.readouterr().err
     assert cli_main(["train", *common, "--method", "lora-plus"]) == 2
     assert "unknown method 'lora-plus'" in capsys.readouterr().err
+
+
+def test_random_init_t5_learns_sentiment_above_chance(imdb_dir, t5_small_dir, tmp_path):
+    """Tiny random-init T5, 4,000 real reviews, 2 epochs (about a minute on 2 CPU cores).
+
+    Measured on this project's 2-core CPU machine (2026-11-26), seeds 0/1/2: validation accuracy 0.678 /
+    0.682 / 0.684 on 500 held-out reviews (test 0.622 / 0.650 / 0.662). Chance is 0.5 with a standard error
+    of 0.022 at n = 500, so the bound 0.60 is 4.5 standard errors above chance and 0.08 below every
+    measured seed.
+    """
+    cfg = tiny_config(
+        imdb_dir,
+        t5_small_dir,
+        tmp_path / "run",
+        train_size=4000,
+        test_size=500,
+        validation_size=500,
+        epochs=2,
+        lr=1e-3,
+        max_source_length=128,
+        logs_per_two_epochs=4,
+    )
+    results = train(cfg)
+    assert results["validation"]["accuracy"] >= 0.60
+    assert results["test"]["accuracy"] > 0.55
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "adalora", "adapter", "prompt", "ptuning2", "lora+prompt", "ia3"])
+def test_cli_train_each_method_end_to_end(method, imdb_dir, t5_small_dir, tmp_path, capsys):
+    out = tmp_path / method
+    code = cli_main(
+        [
+            "train",
+            "--model",
+            TINY,
+            "--tokenizer",
+            str(t5_small_dir),
+            "--init",
+            "random",
+            "--data",
+            str(imdb_dir),
+            "--output",
+            str(out),
+            "--train-size",
+            "48",
+            "--test-size",
+            "32",
+            "--validation-size",
+            "16",
+            "--epochs",
+            "1",
+            "--method",
+            method,
+            "--max-source-length",
+            "40",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == method and results["test"]["n"] == 32
+    assert 0 < results["parameters"]["trainable"] <= results["parameters"]["base"]
+    assert (out / "final").is_dir()
+    # the saved run reopens and predicts
+    assert cli_main(["predict", str(out), "Great acting and a clever plot."]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["label"] in ("positive", "negative")
