@@ -32,3 +32,14 @@ def hf_model(seed: int = 0, **overrides) -> transformers.T5ForConditionalGenerat
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max |expected|."""
     return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+
+
+def random_batch(seed: int = 0, vocab: int = 32000) -> dict[str, torch.Tensor]:
+    """Three rows of random ids (two of them padded) and random labels, for the method tests."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(2, vocab, (3, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    attention_mask[2, 4:] = 0
+    labels = torch.randint(2, vocab, (3, 5), generator=generator)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)

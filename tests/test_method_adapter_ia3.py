@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from oracles import hf_model, relative_error
+from oracles import random_batch as _batch
 from t5peft import (
     T5Config,
     T5ForConditionalGeneration,
@@ -45,16 +46,6 @@ def base_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("base")
     hf_model(seed=3).save_pretrained(directory)
     return directory
-
-
-def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(2, 32000, (3, 9), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 6:] = 0
-    attention_mask[2, 4:] = 0
-    labels = torch.randint(2, 32000, (3, 5), generator=generator)
-    return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
 def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from oracles import hf_model, relative_error
+from oracles import hf_model, random_batch, relative_error
 from t5peft import (
     T5Config,
     T5ForConditionalGeneration,
@@ -58,13 +58,7 @@ def _reference_base():
 
 
 def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(2, VOCAB, (3, 9), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 6:] = 0
-    attention_mask[2, 4:] = 0
-    labels = torch.randint(2, VOCAB, (3, 5), generator=generator)
-    return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    return random_batch(seed, VOCAB)
 
 
 def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

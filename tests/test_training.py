@@ -42,6 +42,15 @@ def tiny_config(imdb_dir: Path, t5_small_dir: Path, output: Path, **overrides) -
     return TrainConfig(**values)
 
 
+def tiny_cli_args(imdb_dir: Path, t5_small_dir: Path, sizes: tuple[int, int, int], length: int) -> list[str]:
+    """`t5peft train` arguments for the tiny random-init model on (train, test, validation) real reviews."""
+    train_size, test_size, validation_size = sizes
+    return (
+        f"--model {TINY} --tokenizer {t5_small_dir} --init random --data {imdb_dir} --train-size {train_size} "
+        f"--test-size {test_size} --validation-size {validation_size} --max-source-length {length} --no-progress"
+    ).split()
+
+
 def test_tiny_t5_overfits_32_real_reviews(imdb_dir, t5_small_dir, tmp_path):
     """Random-init tiny T5, 32 real reviews, no dropout: 100% training accuracy.
 
@@ -72,29 +81,7 @@ def test_tiny_t5_overfits_32_real_reviews(imdb_dir, t5_small_dir, tmp_path):
 def test_resume_after_kill_gives_identical_weights(imdb_dir, t5_small_dir, tmp_path):
     """A run killed (SIGKILL) after its first epoch checkpoint and resumed ends bit-identical to an
     uninterrupted run with the same seed; its metrics log is the same too."""
-    args = [
-        "--model",
-        TINY,
-        "--tokenizer",
-        str(t5_small_dir),
-        "--init",
-        "random",
-        "--data",
-        str(imdb_dir),
-        "--train-size",
-        "96",
-        "--test-size",
-        "32",
-        "--validation-size",
-        "16",
-        "--epochs",
-        "3",
-        "--max-source-length",
-        "48",
-        "--method",
-        "lora",
-        "--no-progress",
-    ]
+    args = [*tiny_cli_args(imdb_dir, t5_small_dir, (96, 32, 16), 48), "--epochs", "3", "--method", "lora"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     command = [sys.executable, "-m", "t5peft.cli", "train", *args]
@@ -163,38 +150,9 @@ def test_unknown_setting_and_bad_values():
 
 def test_cli_train_evaluate_predict(imdb_dir, t5_small_dir, tmp_path, capsys):
     out = tmp_path / "cli"
-    code = cli_main(
-        [
-            "train",
-            "--model",
-            TINY,
-            "--tokenizer",
-            str(t5_small_dir),
-            "--init",
-            "random",
-            "--data",
-            str(imdb_dir),
-            "--output",
-            str(out),
-            "--train-size",
-            "32",
-            "--test-size",
-            "32",
-            "--validation-size",
-            "16",
-            "--epochs",
-            "1",
-            "--method",
-            "lora",
-            "-o",
-            "r=4",
-            "-o",
-            "target_modules=q,v,o",
-            "--max-source-length",
-            "48",
-            "--no-progress",
-        ]
-    )
+    args = tiny_cli_args(imdb_dir, t5_small_dir, (32, 32, 16), 48)
+    options = ["--method", "lora", "-o", "r=4", "-o", "target_modules=q,v,o", "--epochs", "1"]
+    code = cli_main(["train", *args, *options, "--output", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and "random-init" in printed
@@ -246,34 +204,8 @@ def test_random_init_t5_learns_sentiment_above_chance(imdb_dir, t5_small_dir, tm
 @pytest.mark.parametrize("method", ["full", "lora", "adalora", "adapter", "prompt", "ptuning2", "lora+prompt", "ia3"])
 def test_cli_train_each_method_end_to_end(method, imdb_dir, t5_small_dir, tmp_path, capsys):
     out = tmp_path / method
-    code = cli_main(
-        [
-            "train",
-            "--model",
-            TINY,
-            "--tokenizer",
-            str(t5_small_dir),
-            "--init",
-            "random",
-            "--data",
-            str(imdb_dir),
-            "--output",
-            str(out),
-            "--train-size",
-            "48",
-            "--test-size",
-            "32",
-            "--validation-size",
-            "16",
-            "--epochs",
-            "1",
-            "--method",
-            method,
-            "--max-source-length",
-            "40",
-            "--no-progress",
-        ]
-    )
+    args = tiny_cli_args(imdb_dir, t5_small_dir, (48, 32, 16), 40)
+    code = cli_main(["train", *args, "--epochs", "1", "--method", method, "--output", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == method and results["test"]["n"] == 32
