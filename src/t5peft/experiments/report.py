@@ -152,7 +152,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {method} | {_pm(s['test_accuracy'], 100)} | {_pm(s['validation_accuracy'], 100)} "
             f"| {s['trainable_parameters']:,} | {s['trainable_percent']:.3f} | "
             f"{'1 x' if method == 'full' else f'{fewer:,.0f} x' if fewer else '-'} "
-            f"| {_mib(s['peak_memory_bytes']['mean'])} | {_pm(s['training_seconds'], 1, 0)} "
+            f"| {_mib(s['peak_memory_bytes']['mean'])} | {_pm(s['training_seconds'], 1, 1)} "
             f"| {_pm(s['examples_per_s'], 1, 1)} | {s['adapter_file_bytes'] / 1024:,.0f} KiB | {len(s['seeds'])} |"
         )
     ranks = [r for r in runs if r["method_report"].get("final_ranks")]
@@ -206,7 +206,7 @@ def render_figure(results: dict[str, Any], path: Path) -> Path:
             xytext=(5, 5),
             fontsize=9,
         )
-    loss_ax.set(title="Training loss (mean over seeds)", xlabel="epoch", ylabel="cross-entropy", yscale="log")
+    loss_ax.set(title="Training loss (mean over seeds)", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="Validation accuracy during training", xlabel="epoch", ylabel="accuracy (%)")
     params_ax.set(
         title="Test accuracy vs trainable parameters",
@@ -247,9 +247,10 @@ def _cost_panel(ax, summary: dict, methods: list[str]) -> None:
     ax.set(title="Accuracy, memory and time per method", ylabel="test accuracy (%)")
     twin.set_ylabel("relative to full fine-tuning")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper center", ncol=3)
+    ax.set_ylim(0, max(accuracy) * 1.3)
     finite = [v for v in memory + time if math.isfinite(v)]
-    twin.set_ylim(0, max([*finite, 1.0]) * 1.25)
+    twin.set_ylim(0, max([*finite, 1.0]) * 1.3)
 
 
 def render_report(results_path: str | Path, output: str | Path | None = None) -> list[Path]:
