@@ -64,6 +64,8 @@ def measure_method(experiment, plan, args, workdir: Path) -> dict:
     cfg.init, cfg.progress, cfg.device = "random", False, args.device
     cfg.train_size = cfg.batch_size * (args.steps + args.warmup)
     cfg.test_size, cfg.validation_size = args.eval_size, 16
+    if plan.name == "adalora":  # time the rank-allocation phase (the costly one) over the real plan's schedule
+        cfg.method_options = {**cfg.method_options, "total_step": planned_steps, "tinit": 0}
     run = Run(cfg)
     run.model.train()
     times = []

@@ -84,7 +84,7 @@ def checkpoint(request, t5_small_dir, tmp_path_factory):
     return reference, tmp / "checkpoint"
 
 
-def test_logits_and_loss_match_transformers(checkpoint, review_batch):
+def test_logits_and_loss_match_transformers(checkpoint, review_batch, record_property):
     reference, directory = checkpoint
     ours = load_pretrained(directory)
     batch, labels = review_batch
@@ -92,6 +92,8 @@ def test_logits_and_loss_match_transformers(checkpoint, review_batch):
         expected = reference(**batch, labels=labels)
         actual = ours(**batch, labels=labels)
     assert actual.logits.shape == expected.logits.shape
+    record_property("logits_relative_error", relative_error(actual.logits, expected.logits))
+    record_property("loss_relative_error", relative_error(actual.loss, expected.loss))
     assert relative_error(actual.logits, expected.logits) <= TOLERANCE
     assert relative_error(actual.loss, expected.loss) <= TOLERANCE
     assert ours.num_parameters() == reference.num_parameters()
@@ -129,7 +131,7 @@ def test_greedy_generation_matches_transformers(checkpoint, review_batch):
     assert torch.equal(actual, expected)
 
 
-def test_transformers_loads_what_we_save(checkpoint, review_batch, tmp_path):
+def test_transformers_loads_what_we_save(checkpoint, review_batch, tmp_path, record_property):
     reference, directory = checkpoint
     ours = load_pretrained(directory)
     ours.save_pretrained(tmp_path / "ours")
@@ -138,6 +140,7 @@ def test_transformers_loads_what_we_save(checkpoint, review_batch, tmp_path):
     with torch.no_grad():
         expected = reference(**batch, labels=labels).logits
         actual = reloaded(**batch, labels=labels).logits
+    record_property("logits_relative_error", relative_error(actual, expected))
     assert relative_error(actual, expected) <= TOLERANCE
     # and our own loader reads it back bit for bit
     again = load_pretrained(tmp_path / "ours")
