@@ -88,40 +88,14 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):
+    """A TrainConfig from the parsed arguments: every option is named after its setting, but three."""
+    import dataclasses
+
     from .train.loop import TrainConfig
 
-    return TrainConfig(
-        model=args.model,
-        data=args.data,
-        output=args.output,
-        test_data=args.test_data,
-        tokenizer=args.tokenizer,
-        init=args.init,
-        method=args.method,
-        method_options=dict(args.option),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm,
-        dropout=args.dropout,
-        seed=args.seed,
-        validation_size=args.validation_size,
-        train_size=args.train_size,
-        test_size=args.test_size,
-        logs_per_two_epochs=args.logs_per_two_epochs,
-        max_source_length=args.max_source_length,
-        truncation_side=args.truncation_side,
-        strip_html=args.strip_html,
-        prefix=args.prefix,
-        label_words=tuple(args.label_words),
-        device=args.device,
-        precision=args.precision,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    values.update(method_options=dict(args.option), label_words=tuple(args.label_words), progress=not args.no_progress)
+    return TrainConfig(**values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -202,3 +202,19 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, leaf, new)
+
+
+def merge_wrapped_linears(model: nn.Module, wrapper: type[nn.Module]) -> nn.Module:
+    """Fold every ``wrapper`` layer (one with ``merge()``, ``weight``, ``in/out_features``) into its base weight,
+    put plain ``nn.Linear`` layers back and detach the method: the result is a plain T5 that ``save_pretrained``
+    writes as a normal checkpoint."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, wrapper):
+            module.merge()
+            plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+            plain.weight = module.weight
+            replace_module(model, name, plain)
+    model.peft = None
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, MethodConfig, find_linear_targets, replace_module, require
+from .base import Method, MethodConfig, find_linear_targets, merge_wrapped_linears, replace_module, require
 from .registry import register
 
 DEFAULT_TARGETS = ["k", "v", "wo"]
@@ -141,17 +141,5 @@ class IA3(Method):
 
 
 def merge_ia3(model: nn.Module) -> nn.Module:
-    """Fold every (IA)^3 vector into its base weight and restore plain ``nn.Linear`` layers.
-
-    The result is a plain T5 (no method attached) that ``save_pretrained`` writes as a normal checkpoint.
-    """
-    for name, module in list(model.named_modules()):
-        if isinstance(module, IA3Linear):
-            module.merge()
-            plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
-            plain.weight = module.weight
-            replace_module(model, name, plain)
-    model.peft = None
-    for param in model.parameters():
-        param.requires_grad_(True)
-    return model
+    """Fold every (IA)^3 vector into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
+    return merge_wrapped_linears(model, IA3Linear)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, MethodConfig, find_linear_targets, replace_module, require
+from .base import Method, MethodConfig, find_linear_targets, merge_wrapped_linears, replace_module, require
 from .registry import register
 
 # Fields of PEFT's LoraConfig that t5peft reads but does not implement, with the values it accepts.
@@ -146,17 +146,5 @@ class Lora(Method):
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every LoRA update into its base weight and restore plain ``nn.Linear`` layers.
-
-    The result is a plain T5 (no method attached) that ``save_pretrained`` writes as a normal checkpoint.
-    """
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoraLinear):
-            module.merge()
-            plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
-            plain.weight = module.weight
-            replace_module(model, name, plain)
-    model.peft = None
-    for param in model.parameters():
-        param.requires_grad_(True)
-    return model
+    """Fold every LoRA update into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
+    return merge_wrapped_linears(model, LoraLinear)
