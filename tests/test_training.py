@@ -122,6 +122,9 @@ def test_metrics_log_points_and_random_init_labels(imdb_dir, t5_small_dir, tmp_p
     assert {"train_loss", "val_loss", "val_accuracy", "lr", "step", "epoch"} <= set(lines[0])
     assert results["weights"] == "random-init"
     assert json.loads((tmp_path / "run" / "results.json").read_text())["weights"] == "random-init"
+    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["_name_or_path"].startswith(
+        "random-init:"
+    )
     assert results["test"]["n"] == 64 and results["parameters"]["trainable_percent"] == 100.0
     assert sum(map(sum, results["test"]["confusion"])) == 64
     # an existing run folder is not overwritten silently

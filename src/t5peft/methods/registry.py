@@ -137,10 +137,10 @@ def save_adapter(model: T5ForConditionalGeneration, directory: str | os.PathLike
         "base_model_name_or_path": model.config.name_or_path or None,
         "inference_mode": True,
         "revision": None,
-        "t5peft_version": __version__,
     }
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    save_file(tensors, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    # our version goes in the tensor file's metadata: PEFT warns about config fields it does not know
+    save_file(tensors, directory / ADAPTER_WEIGHTS, metadata={"format": "pt", "t5peft_version": __version__})
     return directory
 
 

@@ -147,6 +147,8 @@ class T5Config:
             is_gated_act=self.is_gated_act,
             dense_act_fn=self.dense_act_fn,
         )
+        if self.name_or_path:  # e.g. "random-init:configs/models/t5-tiny" for weights drawn from a seed
+            values["_name_or_path"] = self.name_or_path
         return values
 
     def save(self, directory: str | os.PathLike) -> Path:
