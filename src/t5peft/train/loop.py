@@ -29,7 +29,7 @@ from ..model.config import T5Config
 from ..model.t5 import T5ForConditionalGeneration
 from ..tokenizer import load_tokenizer
 from .env import environment, memory_report
-from .evaluate import evaluate
+from .evaluate import EvalResult, evaluate
 from .state import Position, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,8 @@ class Run:
         self.steps_per_epoch = steps_per_epoch(len(self.data.train), cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.trained_params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.last_validation: tuple[int, EvalResult] | None = None  # (step, result) of the latest log point
         warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(self.total_steps, warmup))
         self.log_interval = max(1, round(2 * self.steps_per_epoch / cfg.logs_per_two_epochs))
@@ -281,15 +283,19 @@ class Run:
         self._truncate_metrics(self.position.metric_lines)
         log.info("resumed %s after epoch %d (step %d)", self.out, self.position.epochs_done, self.position.global_step)
 
+    def evaluate_split(self, split: EncodedSplit) -> EvalResult:
+        pad = self.tokenizer.pad_token_id
+        return evaluate(self.model, split, pad, self.cfg.eval_batch_size, self.task.label_words, self.bf16)
+
+    def final_validation(self) -> EvalResult:
+        """The validation result of the trained model; the last log point's when it was at the last step."""
+        if self.last_validation is not None and self.last_validation[0] == self.position.global_step:
+            return self.last_validation[1]
+        return self.evaluate_split(self.data.validation)
+
     def validate(self, step: int, epoch: float, train_loss: float) -> None:
-        result = evaluate(
-            self.model,
-            self.data.validation,
-            self.tokenizer.pad_token_id,
-            self.cfg.eval_batch_size,
-            self.task.label_words,
-            self.bf16,
-        )
+        result = self.evaluate_split(self.data.validation)
+        self.last_validation = (step, result)
         self.write_metric(
             {
                 "step": step,
@@ -313,8 +319,7 @@ class Run:
         total.backward()
         step = self.position.global_step
         self.method.after_backward(model, step)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.trained_params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.method.after_optimizer_step(model, step, self.total_steps)
         self.scheduler.step()
@@ -412,12 +417,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(run.device)
     run.fit()
     final = run.save_final()
-    validation = evaluate(
-        run.model, run.data.validation, run.tokenizer.pad_token_id, cfg.eval_batch_size, run.task.label_words, run.bf16
-    )
-    test = evaluate(
-        run.model, run.data.test, run.tokenizer.pad_token_id, cfg.eval_batch_size, run.task.label_words, run.bf16
-    )
-    results = run.results(test, validation, final)
+    results = run.results(run.evaluate_split(run.data.test), run.final_validation(), final)
     (run.out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     return results
