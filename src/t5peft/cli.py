@@ -129,7 +129,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     source = args.data or run.config.test_data or run.config.data
     data = load_split(source, args.split)
     if args.size is not None and args.size < len(data):
+        origin = data.origin
         data = split_validation(data, size=args.size, seed=0)[1]  # stratified: the splits are sorted by label
+        data.origin = f"{origin} [class-balanced sample of {args.size}, seed 0]"
     split = encode_split(data, run.tokenizer, run.task)
     result = evaluate(run.model, split, run.tokenizer.pad_token_id, args.batch_size, run.task.label_words)
     report = {"run": str(args.run), "split": args.split, "source": data.origin, **result.summary()}
