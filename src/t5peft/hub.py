@@ -9,17 +9,26 @@ from pathlib import Path
 
 Downloader = Callable[..., str]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 class HubUnavailableError(OSError):
     """The Hub could not be reached (offline, blocked, unknown repository...)."""
 
 
-def looks_like_hub_id(name: str | os.PathLike) -> bool:
-    """True for ``owner/name`` or a legacy bare name such as ``t5-small`` that is not a local path."""
+def looks_like_hub_id(
+    name: str | os.PathLike, *, owner_required: bool = False, file_suffixes: tuple[str, ...] = (".json", ".bin")
+) -> bool:
+    """True for ``owner/name`` (or, unless ``owner_required``, a legacy bare name such as ``t5-small``) that is
+    not a local path; a name ending in one of ``file_suffixes`` is a missing file, not a Hub id."""
     text = str(name)
-    return not Path(text).exists() and bool(_HUB_ID.match(text)) and not text.endswith((".json", ".bin"))
+    match = _HUB_ID.match(text)
+    return (
+        match is not None
+        and (match.group(1) is not None or not owner_required)
+        and not text.lower().endswith(file_suffixes)
+        and not Path(text).exists()
+    )
 
 
 def download_snapshot(

@@ -41,14 +41,13 @@ from typing import Any, BinaryIO, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..hub import HubUnavailableError, download_snapshot
+from ..hub import HubUnavailableError, download_snapshot, looks_like_hub_id
 
 SPLITS = ("train", "test")
 HUB_ALLOW_PATTERNS = ["plain_text/*.parquet"]
 
 _LABEL_WORDS = {"negative": 0, "positive": 1, "0": 0, "1": 1}
 _CLASS_DIRS = {"neg": 0, "pos": 1}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _COMPRESSED_OPENERS: tuple[tuple[bytes, Callable[..., Any]], ...] = (
@@ -164,8 +163,8 @@ def _check_split(split: str) -> None:
 
 
 def _looks_like_hub_id(source: str) -> bool:
-    # "data/reviews.csv" that does not exist is a missing file, not a Hub id.
-    return bool(_HUB_ID.match(source)) and not source.lower().endswith(_FILE_SUFFIXES + _TAR_SUFFIXES)
+    # datasets always have an owner; "data/reviews.csv" that does not exist is a missing file, not a Hub id
+    return looks_like_hub_id(source, owner_required=True, file_suffixes=_FILE_SUFFIXES + _TAR_SUFFIXES)
 
 
 def _load_file(path: Path, split: str) -> LabeledTexts:

@@ -118,10 +118,6 @@ def inject_ia3(model: nn.Module, config: IA3Config) -> list[str]:
     return names
 
 
-def ia3_layers(model: nn.Module) -> list[IA3Linear]:
-    return [m for m in model.modules() if isinstance(m, IA3Linear)]
-
-
 @register
 class IA3(Method):
     name = "ia3"

@@ -121,10 +121,6 @@ def inject_lora(model: nn.Module, config: LoraConfig) -> list[str]:
     return names
 
 
-def lora_layers(model: nn.Module) -> list[LoraLinear]:
-    return [m for m in model.modules() if isinstance(m, LoraLinear)]
-
-
 @register
 class Lora(Method):
     name = "lora"
