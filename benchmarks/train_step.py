@@ -44,8 +44,10 @@ import torch
 import transformers
 
 from t5peft import apply_method, load_pretrained, load_tokenizer
+from t5peft.data.text2text import Batch as TrainBatch
 from t5peft.methods import get_method_class
 from t5peft.train.env import environment
+from t5peft.train.step import TrainStep
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("full", "lora", "adalora", "prompt", "ia3")
@@ -259,25 +261,14 @@ def build_ours(method: str, base: Path, batch: Batch, device: torch.device, bf16
     except NotImplementedError as err:
         raise MethodUnavailable(f"t5peft's {method!r} is not implemented yet: {err}") from err
     model.to(device).train()
-    hooks = model.peft.method
-    hooks.on_train_begin(model, ADALORA_TOTAL_STEP)
-    params = trainable_params(model)
-    optimizer = make_optimizer(params, device)
-    kwargs = batch.as_kwargs()
+    model.peft.method.on_train_begin(model, ADALORA_TOTAL_STEP)
+    optimizer = make_optimizer(trainable_params(model), device)
+    runner = TrainStep(model, optimizer, total_steps=ADALORA_TOTAL_STEP, max_grad_norm=MAX_GRAD_NORM, bf16=bf16)
+    step_batch = TrainBatch.from_tensors(batch.input_ids, batch.attention_mask, batch.labels)
 
-    def step(index: int) -> None:  # Run.train_step, less the learning-rate schedule and loss.item()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**kwargs).loss
-        total = loss
-        extra = hooks.extra_loss(model)
-        if extra is not None:
-            total = total + extra
-        total.backward()
-        hooks.after_backward(model, index)
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-        optimizer.step()
-        hooks.after_optimizer_step(model, index, ADALORA_TOTAL_STEP)
-        optimizer.zero_grad(set_to_none=True)
+    def step(index: int) -> None:  # the training loop's step, less the learning-rate schedule
+        runner.step = index
+        runner(step_batch)
 
     return Side("t5peft", model, step, optimizer)
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from helpers import train_steps
 from oracles import hf_model, relative_error, transformers
 from oracles import random_batch as _batch
 from t5peft import (
@@ -64,20 +65,8 @@ def _randomise(model: nn.Module, seed: int = 1) -> None:
 
 
 def _train(model: T5ForConditionalGeneration, steps: int, total_steps: int, seed: int = 0) -> None:
-    """The training loop's protocol: on_train_begin, extra_loss, after_backward, clipping, step, allocation."""
-    method = model.peft.method
-    optimizer = torch.optim.AdamW(method.param_groups(model, 1e-2, 0.01))
-    params = [p for p in model.parameters() if p.requires_grad]
-    method.on_train_begin(model, total_steps)
-    model.train()
-    for step in range(steps):
-        loss = model(**_batch(seed + step)).loss
-        (loss + method.extra_loss(model)).backward()
-        method.after_backward(model, step)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        method.after_optimizer_step(model, step, total_steps)
-        optimizer.zero_grad(set_to_none=True)
+    """The training loop's step: on_train_begin, extra_loss, clipping, step, allocation."""
+    train_steps(model, lambda step: _batch(seed + step), steps, lr=1e-2, total_steps=total_steps)
     model.eval()
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import train_steps
 from oracles import hf_model, relative_error
 from oracles import random_batch as _batch
 from t5peft import (
@@ -90,19 +91,8 @@ def test_only_method_parameters_get_gradients(base_dir, case):
 @pytest.mark.parametrize("case", CASES)
 def test_base_weights_unchanged_after_training_steps(base_dir, case):
     model = _applied(base_dir, case).train()
-    method = model.peft.method
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW(method.param_groups(model, method.default_lr, 0.01))
-    method.on_train_begin(model, 3)
-    for step in range(3):
-        loss = model(**_batch(step)).loss
-        extra = method.extra_loss(model)
-        (loss + (extra if extra is not None else 0)).backward()
-        method.after_backward(model, step)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        method.after_optimizer_step(model, step, 3)
-        optimizer.zero_grad()
+    train_steps(model, _batch, 3)
     trainable = set(model.peft.trainable)
     for name, param in model.named_parameters():
         if name in trainable:

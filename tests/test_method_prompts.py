@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from helpers import train_steps
 from oracles import hf_model, random_batch, relative_error
 from t5peft import (
     T5Config,
@@ -82,20 +83,8 @@ def _applied(base_dir: Path, case: str):
 
 
 def _train(model, steps: int = 3) -> None:
-    """The training loop's calls, in its order."""
-    model.train()
-    method = model.peft.method
-    optimizer = torch.optim.AdamW(method.param_groups(model, method.default_lr, 0.01))
-    method.on_train_begin(model, steps)
-    for step in range(steps):
-        loss = model(**_batch(step)).loss
-        extra = method.extra_loss(model)
-        (loss + (extra if extra is not None else 0)).backward()
-        method.after_backward(model, step)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        method.after_optimizer_step(model, step, steps)
-        optimizer.zero_grad()
+    """The training loop's step."""
+    train_steps(model, _batch, steps)
 
 
 def _t5_small_meta(t5_small_dir: Path) -> T5ForConditionalGeneration:

@@ -6,15 +6,11 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from typing import Any
 
-from .data.sources import DataError
-from .methods import MethodConfigError
-from .model.checkpoint import CheckpointError
-from .model.config import ConfigError
-from .tokenizer import TokenizerError
-
-USER_ERRORS = (DataError, MethodConfigError, CheckpointError, ConfigError, TokenizerError, OSError, ValueError)
+from ._version import __version__
+from .errors import T5PeftError
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -60,7 +56,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="default: 512 when compiled, else 64")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
@@ -83,6 +79,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-words", nargs=2, default=list(d.label_words), metavar=("NEGATIVE", "POSITIVE"))
     p.add_argument("--device", default=d.device)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision)
+    p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default=d.compile,
+        help="torch.compile the step (+ CUDA graphs on CUDA); auto: on for CUDA, off on the CPU",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
 
@@ -120,27 +122,17 @@ def _print_summary(results: dict) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data.sources import load_split, split_validation
-    from .data.text2text import encode_split
-    from .train.evaluate import evaluate, generation_predictions
-    from .train.runs import load_run
+    from .train.runs import evaluate_run
 
-    run = load_run(args.run, args.device)
-    source = args.data or run.config.test_data or run.config.data
-    data = load_split(source, args.split)
-    if args.size is not None and args.size < len(data):
-        origin = data.origin
-        data = split_validation(data, size=args.size, seed=0)[1]  # stratified: the splits are sorted by label
-        data.origin = f"{origin} [class-balanced sample of {args.size}, seed 0]"
-    split = encode_split(data, run.tokenizer, run.task)
-    result = evaluate(run.model, split, run.tokenizer.pad_token_id, args.batch_size, run.task.label_words)
-    report = {"run": str(args.run), "split": args.split, "source": data.origin, **result.summary()}
-    if args.generate:
-        generated = generation_predictions(run.model, split, run.tokenizer, run.task.label_words, args.batch_size)
-        report["generation_accuracy"] = sum(g == t for g, t in zip(generated, split.labels, strict=True)) / len(split)
-        report["agreement_with_fast_path"] = sum(
-            g == p for g, p in zip(generated, result.predictions, strict=True)
-        ) / len(split)
+    report = evaluate_run(
+        args.run,
+        data=args.data,
+        split=args.split,
+        size=args.size,
+        batch_size=args.batch_size,
+        generate=args.generate,
+        device=args.device,
+    )
     print(json.dumps(report, indent=2))
     return 0
 
@@ -186,7 +178,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t5peft", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details; tracebacks of bugs")
+    parser.add_argument("--version", action="version", version=f"t5peft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune on IMDb with one method")
@@ -232,9 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except (T5PeftError, OSError) as err:  # the user's input, files or machine: one line, no traceback
         print(f"t5peft {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        print(f"t5peft {args.command}: internal error (a bug in t5peft): {type(err).__name__}: {err}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        else:
+            print("run again with -v to see the traceback, and please report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

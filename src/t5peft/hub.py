@@ -7,12 +7,14 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .errors import T5PeftError
+
 Downloader = Callable[..., str]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
-class HubUnavailableError(OSError):
+class HubUnavailableError(T5PeftError, OSError):
     """The Hub could not be reached (offline, blocked, unknown repository...)."""
 
 

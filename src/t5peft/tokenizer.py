@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from .errors import T5PeftError
 from .hub import Downloader, download_snapshot, looks_like_hub_id
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json")
@@ -22,7 +23,7 @@ NUM_EXTRA_IDS = 100
 TRUNCATION_SIDES = ("right", "left", "both")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(T5PeftError, ValueError):
     pass
 
 

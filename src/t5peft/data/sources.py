@@ -41,6 +41,7 @@ from typing import Any, BinaryIO, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import T5PeftError
 from ..hub import HubUnavailableError, download_snapshot, looks_like_hub_id
 
 SPLITS = ("train", "test")
@@ -62,7 +63,7 @@ _LOCAL_ALTERNATIVES = (
 )
 
 
-class DataError(ValueError):
+class DataError(T5PeftError, ValueError):
     """A data source is missing, malformed or holds an invalid record."""
 
 

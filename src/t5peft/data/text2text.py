@@ -1,7 +1,9 @@
 """IMDb sentiment as text-to-text: ``"Review: <text>"`` -> ``"positive"`` / ``"negative"``.
 
-Texts are tokenized once up front (the tokenizer is fast and a split is 25,000 reviews); batches are padded
-dynamically to their longest member.
+Texts are tokenized once up front (the tokenizer is fast and a split is 25,000 reviews). Batches are padded
+to their longest member, or, for the compiled step, to fixed shapes (:class:`StaticShape`): sources to
+``max_source_length``, targets to the longest label, and a short last batch filled with empty rows (all
+padding, labels ignored), so every step has the same shapes and computes the same loss.
 """
 
 from __future__ import annotations
@@ -98,25 +100,58 @@ def encode_split(data: LabeledTexts, tokenizer: T5Tokenizer, task: TaskFormat) -
 class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    labels: torch.Tensor  # target ids, -100 where padded
-    classes: torch.Tensor  # 0 / 1
+    labels: torch.Tensor  # target ids, -100 where padded (and in every empty filler row)
+    rows: int  # real examples; rows after these are fillers of a static-shape batch
+    tokens: int  # real source tokens (counted on the host, so counting never waits for the device)
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(
-            *(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels, self.classes))
-        )
+        move = [t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels)]
+        return Batch(*move, self.rows, self.tokens)
 
     @property
     def size(self) -> int:
-        return self.input_ids.shape[0]
+        return self.rows
+
+    @classmethod
+    def from_tensors(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Batch:
+        return cls(input_ids, attention_mask, labels, input_ids.shape[0], int(attention_mask.sum()))
 
 
-def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int) -> Batch:
-    input_ids, mask = pad_batch([split.source_ids[i] for i in indices], pad_id)
-    targets, target_mask = pad_batch([split.target_ids[split.labels[i]] for i in indices], pad_id)
-    labels = targets.masked_fill(target_mask == 0, -100)
-    classes = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
-    return Batch(input_ids, mask, labels, classes)
+@dataclass(frozen=True)
+class StaticShape:
+    """Fixed batch shapes for the compiled step: ``[batch_size, source_length]`` and ``[batch_size, target_length]``."""
+
+    batch_size: int
+    source_length: int
+    target_length: int
+
+    @classmethod
+    def for_split(cls, split: EncodedSplit, batch_size: int, max_source_length: int) -> StaticShape:
+        return cls(batch_size, max_source_length, max(len(t) for t in split.target_ids))
+
+
+def _pad(sequences: list[list[int]], pad_id: int, shape: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if shape is None:
+        return pad_batch(sequences, pad_id)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    mask = torch.zeros(shape, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int, static: StaticShape | None = None) -> Batch:
+    sources = [split.source_ids[i] for i in indices]
+    targets = [split.target_ids[split.labels[i]] for i in indices]
+    if static is not None and (len(indices) > static.batch_size or max(map(len, sources)) > static.source_length):
+        raise ValueError(f"batch of {len(indices)} x {max(map(len, sources))} tokens exceeds the static shape {static}")
+    input_ids, mask = _pad(sources, pad_id, None if static is None else (static.batch_size, static.source_length))
+    target_ids, target_mask = _pad(
+        targets, pad_id, None if static is None else (static.batch_size, static.target_length)
+    )
+    labels = target_ids.masked_fill(target_mask == 0, -100)
+    return Batch(input_ids, mask, labels, len(indices), sum(map(len, sources)))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -126,20 +161,30 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def train_batches(
-    split: EncodedSplit, batch_size: int, seed: int, epoch: int, pad_id: int, start: int = 0
+    split: EncodedSplit,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    pad_id: int,
+    start: int = 0,
+    static: StaticShape | None = None,
 ) -> Iterator[Batch]:
     """Batches of one epoch in shuffled order, skipping the first ``start`` batches (resume)."""
     order = epoch_order(len(split), seed, epoch)
     for first in range(start * batch_size, len(order), batch_size):
-        yield collate(split, order[first : first + batch_size], pad_id)
+        yield collate(split, order[first : first + batch_size], pad_id, static)
 
 
-def eval_batches(split: EncodedSplit, batch_size: int, pad_id: int) -> Iterator[tuple[list[int], Batch]]:
-    """Length-sorted batches (less padding); yields the original indices with each batch."""
-    order = sorted(range(len(split)), key=lambda i: len(split.source_ids[i]))
+def eval_batches(
+    split: EncodedSplit, batch_size: int, pad_id: int, static: StaticShape | None = None
+) -> Iterator[tuple[list[int], Batch]]:
+    """Batches with the original indices of their rows: length-sorted (less padding) unless shapes are static."""
+    order = list(range(len(split)))
+    if static is None:
+        order.sort(key=lambda i: len(split.source_ids[i]))
     for first in range(0, len(order), batch_size):
         indices = order[first : first + batch_size]
-        yield indices, collate(split, indices, pad_id)
+        yield indices, collate(split, indices, pad_id, static)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..train.loop import RESULTS, RUN_CONFIG
+from ..train.layout import RunFolder
 from .config import Experiment, load_experiment
 from .report import RESULTS_FILE, collect_results, render_report
 
@@ -40,20 +40,20 @@ def run_compare(config_file: str | Path, output: str | Path, device: str = "auto
     output.mkdir(parents=True, exist_ok=True)
     (output / "experiment.json").write_text(json.dumps(_describe(experiment), indent=2) + "\n")
     plan = experiment.plan()
-    done = sum((run_dir(output, m.name, s) / RESULTS).exists() for m, s in plan)
+    done = sum(RunFolder(run_dir(output, m.name, s)).results.exists() for m, s in plan)
     bar = tqdm(
         total=len(plan), initial=done, desc=f"compare {experiment.name}", unit="run", disable=not progress, position=0
     )
     for method, seed in plan:
         folder = run_dir(output, method.name, seed)
-        if (folder / RESULTS).exists():
+        if RunFolder(folder).results.exists():
             continue
         cfg = experiment.run_config(method, seed, folder)
         cfg.device = device if device != "auto" else cfg.device
-        cfg.resume = (folder / RUN_CONFIG).exists()
+        cfg.resume = RunFolder(folder).run_config.exists()
         cfg.progress = progress
         folder.mkdir(parents=True, exist_ok=True)
-        request = folder / "request.json"
+        request = RunFolder(folder).request
         request.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         bar.set_postfix(run=folder.name)
         _launch(request, progress)
@@ -78,7 +78,7 @@ def _describe(experiment: Experiment) -> dict:
 
 def write_aggregate(experiment: Experiment, output: Path) -> Path:
     folders = [run_dir(output, m.name, s) for m, s in experiment.plan()]
-    results = collect_results(_describe(experiment), [f for f in folders if (f / RESULTS).exists()])
+    results = collect_results(_describe(experiment), [f for f in folders if RunFolder(f).results.exists()])
     path = output / RESULTS_FILE
     path.write_text(json.dumps(results, indent=2) + "\n")
     render_report(path, output)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import T5PeftError
 from ..methods import get_method_class
 from ..methods.base import MethodConfigError
 from ..train.loop import TrainConfig
@@ -47,7 +48,7 @@ def expand_shared(value: str) -> str:
     return value.replace("${T5PEFT_SHARED}", os.environ.get("T5PEFT_SHARED", "../shared"))
 
 
-class ExperimentError(ValueError):
+class ExperimentError(T5PeftError, ValueError):
     pass
 
 

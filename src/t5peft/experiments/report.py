@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..train.loop import METRICS, RESULTS
+from ..train.layout import RunFolder
 
 RESULTS_FILE = "t5_peft_results.json"
 FIGURE_FILE = "t5_peft_comparison.png"
@@ -28,13 +28,13 @@ SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 
 def _curve(run_folder: Path) -> list[dict[str, float]]:
     keys = ("step", "epoch", "train_loss", "val_loss", "val_accuracy")
-    lines = (run_folder / METRICS).read_text(encoding="utf-8").splitlines()
+    lines = RunFolder(run_folder).metrics.read_text(encoding="utf-8").splitlines()
     return [{k: json.loads(line)[k] for k in keys} for line in lines if line.strip()]
 
 
 def run_record(run_folder: Path) -> dict[str, Any]:
     """The facts of one finished run, as the results file records them."""
-    r = json.loads((run_folder / RESULTS).read_text(encoding="utf-8"))
+    r = json.loads(RunFolder(run_folder).results.read_text(encoding="utf-8"))
     params = r["parameters"]
     return {
         "method": r["method"],

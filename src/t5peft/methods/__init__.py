@@ -1,17 +1,13 @@
-"""Fine-tuning methods: one module per method, a registry, and generic freeze / count / save / load."""
+"""Fine-tuning methods: one module per method, one registration list, and generic apply / count / save / load."""
 
+from .apply import AppliedMethod, apply_method, count_parameters
 from .base import Method, MethodConfig, MethodConfigError
-from .registry import (
-    apply_method,
-    count_parameters,
-    get_method_class,
-    load_adapter,
-    method_names,
-    register,
-    save_adapter,
-)
+from .files import load_adapter, load_trained, save_adapter, save_base, save_trained
+from .registry import METHODS, get_method_class, method_names
 
 __all__ = [
+    "METHODS",
+    "AppliedMethod",
     "Method",
     "MethodConfig",
     "MethodConfigError",
@@ -19,7 +15,9 @@ __all__ = [
     "count_parameters",
     "get_method_class",
     "load_adapter",
+    "load_trained",
     "method_names",
-    "register",
     "save_adapter",
+    "save_base",
+    "save_trained",
 ]

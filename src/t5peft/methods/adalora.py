@@ -50,9 +50,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, MethodConfig, MethodConfigError, find_linear_targets, replace_module, require
+from .base import (
+    Method,
+    MethodConfig,
+    MethodConfigError,
+    Neutral,
+    check_fraction,
+    check_int,
+    check_non_negative,
+    check_positive,
+    find_linear_targets,
+    is_int,
+    module_list,
+    neutral_values,
+    replace_module,
+    require,
+)
 from .lora import PEFT_LORA_NEUTRAL_FIELDS
-from .registry import register
 
 if TYPE_CHECKING:
     from ..model.t5 import T5ForConditionalGeneration
@@ -63,9 +77,10 @@ PARTS = ("lora_A", "lora_E", "lora_B")
 PATTERN_SUFFIX = ".lora_E"
 # PEFT's LoraConfig fields that AdaLoRA either ignores or we accept only at their neutral values
 PEFT_ADALORA_NEUTRAL_FIELDS = {
-    **{k: v for k, v in PEFT_LORA_NEUTRAL_FIELDS.items() if k != "rank_pattern"},
-    "init_lora_weights": (True, False),  # initialisation only; a loaded adapter's weights come from the file
-    "use_rslora": (False, True),  # PEFT's AdaLoRA scaling ignores it
+    **{k: v for k, v in PEFT_LORA_NEUTRAL_FIELDS.items() if k != "rank_pattern"},  # rank_pattern is an option
+    # initialisation only; a loaded adapter's weights come from the file
+    "init_lora_weights": Neutral((True, False), written=True),
+    "use_rslora": Neutral((False, True)),  # PEFT's AdaLoRA scaling ignores it
 }
 
 
@@ -121,41 +136,29 @@ class AdaLoraConfig(MethodConfig):
     rank_pattern: dict[str, list[bool]] | None = None
 
     def validate(self) -> None:
-        require(_is_int(self.init_r) and self.init_r > 0, f"init_r must be a positive integer, got {self.init_r!r}")
-        require(
-            _is_int(self.target_r) and 0 < self.target_r <= self.init_r,
-            f"target_r must be an integer in [1, init_r={self.init_r}], got {self.target_r!r}",
-        )
-        require(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha!r}")
-        require(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        for name in ("tinit", "tfinal"):
-            value = getattr(self, name)
-            require(_is_int(value) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
-        require(_is_int(self.deltaT) and self.deltaT >= 1, f"deltaT must be an integer >= 1, got {self.deltaT!r}")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            require(0 < value < 1, f"{name} must be in (0, 1), got {value!r}")
-        require(self.orth_reg_weight >= 0, f"orth_reg_weight must be >= 0, got {self.orth_reg_weight!r}")
+        check_int("init_r", self.init_r)
+        check_int("target_r", self.target_r, 1, self.init_r if is_int(self.init_r) else None)
+        check_positive("lora_alpha", self.lora_alpha)
+        check_fraction("lora_dropout", self.lora_dropout)
+        check_int("tinit", self.tinit, 0)
+        check_int("tfinal", self.tfinal, 0)
+        check_int("deltaT", self.deltaT)
+        check_fraction("beta1", self.beta1, open_low=True)
+        check_fraction("beta2", self.beta2, open_low=True)
+        check_non_negative("orth_reg_weight", self.orth_reg_weight)
         if self.total_step is not None:
             self.check_schedule(self.total_step)
-        if isinstance(self.target_modules, str):
-            self.target_modules = [self.target_modules]
-        require(bool(self.target_modules), "target_modules must name at least one linear layer")
-        self.target_modules = sorted(set(self.target_modules))
+        self.target_modules = module_list("target_modules", self.target_modules)
         if self.rank_pattern is not None:
             self.rank_pattern = _normalise_pattern(self.rank_pattern, self.init_r)
 
     def check_schedule(self, total_step: int) -> None:
-        require(_is_int(total_step) and total_step > 0, f"total_step must be a positive integer, got {total_step!r}")
+        check_int("total_step", total_step)
         require(
             self.tinit < total_step - self.tfinal,
             f"tinit={self.tinit} and tfinal={self.tfinal} leave no rank-reduction phase in total_step={total_step} "
             "steps (need tinit < total_step - tfinal)",
         )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _normalise_pattern(pattern: Any, init_r: int) -> dict[str, list[bool]]:
@@ -335,14 +338,13 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> list[str]:
     return targets
 
 
-@register
 class AdaLora(Method):
     name = "adalora"
     peft_type = "ADALORA"
     config_class = AdaLoraConfig
     default_lr = 1e-3
     peft_compatible = True
-    ignored_file_fields = PEFT_ADALORA_NEUTRAL_FIELDS
+    neutral_file_fields = PEFT_ADALORA_NEUTRAL_FIELDS
 
     def __init__(self, config: AdaLoraConfig) -> None:
         super().__init__(config)
@@ -459,9 +461,7 @@ class AdaLora(Method):
         values = c.to_dict()
         values["total_step"] = c.total_step if c.total_step is not None else c.tinit + c.tfinal + 1
         values["rank_pattern"] = self.rank_pattern()
-        values.update(bias="none", fan_in_fan_out=False, use_dora=False, init_lora_weights=True)
-        values.update(modules_to_save=None, layers_to_transform=None, layers_pattern=None, alpha_pattern={})
-        return values
+        return {**values, **neutral_values(self.neutral_file_fields)}
 
     @classmethod
     def config_from_file(cls, values: dict[str, Any], source: str) -> MethodConfig:

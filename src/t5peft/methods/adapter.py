@@ -34,8 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model.t5 import T5LayerCrossAttention, T5LayerFF, T5LayerSelfAttention
-from .base import Method, MethodConfig, MethodConfigError, require
-from .registry import register
+from .base import Method, MethodConfig, MethodConfigError, check_choice, check_fraction, check_int, check_non_negative
 
 if TYPE_CHECKING:
     from ..model.t5 import T5ForConditionalGeneration
@@ -89,22 +88,11 @@ class AdapterConfig(MethodConfig):
     init_scale: float = 0.0
 
     def validate(self) -> None:
-        require(
-            self.placement in PLACEMENTS,
-            f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}",
-        )
-        require(
-            isinstance(self.reduction_factor, int)
-            and not isinstance(self.reduction_factor, bool)
-            and self.reduction_factor > 0,
-            f"reduction_factor must be a positive integer, got {self.reduction_factor!r}",
-        )
-        require(
-            self.non_linearity in NON_LINEARITIES,
-            f"non_linearity must be one of {', '.join(NON_LINEARITIES)}, got {self.non_linearity!r}",
-        )
-        require(0 <= self.adapter_dropout < 1, f"adapter_dropout must be in [0, 1), got {self.adapter_dropout!r}")
-        require(self.init_scale >= 0, f"init_scale must be >= 0, got {self.init_scale!r}")
+        check_choice("placement", self.placement, PLACEMENTS)
+        check_int("reduction_factor", self.reduction_factor)
+        check_choice("non_linearity", self.non_linearity, NON_LINEARITIES)
+        check_fraction("adapter_dropout", self.adapter_dropout)
+        check_non_negative("init_scale", self.init_scale)
 
 
 def adapter_sites(model: nn.Module, placement: str) -> list[nn.Module]:
@@ -133,7 +121,6 @@ def inject_adapters(model: T5ForConditionalGeneration, config: AdapterConfig) ->
         )
 
 
-@register
 class BottleneckAdapters(Method):
     name = "adapter"
     peft_type = "T5PEFT_BOTTLENECK"

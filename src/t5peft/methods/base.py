@@ -1,11 +1,14 @@
 """What every fine-tuning method declares, and the generic code driven by it.
 
-A method is a :class:`Method` subclass with a :class:`MethodConfig` dataclass, registered by name with
-:func:`register`. Applying a method inserts its modules into the model in place; the parameters it adds
+A method is a :class:`Method` subclass with a :class:`MethodConfig` dataclass, listed once in
+``registry.METHODS``. Method modules import this module (and, where one builds on another, that one) and
+nothing above it. Applying a method inserts its modules into the model in place; the parameters it adds
 are found by comparing parameter names before and after, so freezing, counting, optimizer groups and
 saving need no per-method code. A method overrides only what differs: how adapter tensors are named in
-the file (``file_key`` / ``model_key``), what happens before saving (``export_state``), extra loss terms,
-and per-step updates.
+the file (``file_key`` / ``model_key``), what happens before saving (``export_state``), an extra loss
+term, and an update after each optimizer step.
+
+Options are checked by the validators below (``check_*``), so every method reports a bad value the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from ..errors import T5PeftError
 
 if TYPE_CHECKING:
     from ..model.t5 import T5ForConditionalGeneration
@@ -39,7 +44,7 @@ COMMON_FILE_FIELDS = frozenset(
 )
 
 
-class MethodConfigError(ValueError):
+class MethodConfigError(T5PeftError, ValueError):
     """An option that does not exist or a value a method cannot use."""
 
 
@@ -77,6 +82,89 @@ def require(condition: bool, message: str) -> None:
         raise MethodConfigError(message)
 
 
+# --------------------------------------------------------------------------------------------------
+# Option validators: each raises MethodConfigError naming the option and the value
+
+
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (``True`` is an ``int`` in Python, never a rank)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> None:
+    """An integer in ``[minimum, maximum]``."""
+    upper = "" if maximum is None else f" and <= {maximum}"
+    ok = is_int(value) and value >= minimum and (maximum is None or value <= maximum)
+    require(ok, f"{name} must be an integer >= {minimum}{upper}, got {value!r}")
+
+
+def check_optional_int(name: str, value: Any, minimum: int = 1) -> None:
+    if value is not None:
+        check_int(name, value, minimum)
+
+
+def check_bool(name: str, value: Any) -> None:
+    require(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+
+
+def check_positive(name: str, value: Any) -> None:
+    require(is_number(value) and value > 0, f"{name} must be a number > 0, got {value!r}")
+
+
+def check_non_negative(name: str, value: Any) -> None:
+    require(is_number(value) and value >= 0, f"{name} must be a number >= 0, got {value!r}")
+
+
+def check_fraction(name: str, value: Any, *, open_low: bool = False) -> None:
+    """A number in ``[0, 1)`` (``(0, 1)`` with ``open_low``), e.g. a dropout rate or a decay."""
+    low_ok = value > 0 if open_low else value >= 0
+    interval = "(0, 1)" if open_low else "[0, 1)"
+    require(is_number(value) and low_ok and value < 1, f"{name} must be in {interval}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: Any) -> None:
+    require(value in choices, f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def module_list(name: str, value: Any) -> list[str]:
+    """A non-empty list of module names (one name may be given as a string), sorted and without repeats."""
+    names = [value] if isinstance(value, str) else value
+    require(
+        isinstance(names, list) and bool(names) and all(isinstance(n, str) and n for n in names),
+        f"{name} must name at least one module, got {value!r}",
+    )
+    return sorted(set(names))
+
+
+# --------------------------------------------------------------------------------------------------
+# PEFT's neutral adapter_config.json fields
+
+
+@dataclass(frozen=True)
+class Neutral:
+    """A field of a PEFT config that carries no information for t5peft at its neutral values.
+
+    ``values[0]`` is what t5peft writes (when ``written``); any of ``values`` is accepted when reading, and
+    ``accept_int`` accepts any integer too (sizes of features that are off).
+    """
+
+    values: tuple[Any, ...]
+    written: bool = False
+    accept_int: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        return value in self.values or (self.accept_int and is_int(value))
+
+
+def neutral_values(table: dict[str, Neutral]) -> dict[str, Any]:
+    """The neutral fields to write, with their written values."""
+    return {name: field.values[0] for name, field in table.items() if field.written}
+
+
 class Method:
     """One fine-tuning method. Subclasses set the class attributes and implement :meth:`inject`."""
 
@@ -86,11 +174,9 @@ class Method:
     default_lr: ClassVar[float]
     # True where the file format is Hugging Face PEFT's own (PEFT can load it)
     peft_compatible: ClassVar[bool] = False
-    # False for full fine-tuning, whose "adapter" is the whole model (save_pretrained writes it)
-    saves_adapter: ClassVar[bool] = True
-    # adapter_config.json fields PEFT writes that we read but do not use, with the values we accept
-    # (a PEFT file asking for anything else, e.g. use_dora=true, is refused rather than ignored)
-    ignored_file_fields: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    # adapter_config.json fields PEFT writes that we read but do not use (a PEFT file asking for another
+    # value, e.g. use_dora=true, is refused rather than ignored); ``file_config`` writes those marked so
+    neutral_file_fields: ClassVar[dict[str, Neutral]] = {}
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -116,9 +202,6 @@ class Method:
     def extra_loss(self, model: T5ForConditionalGeneration) -> Tensor | None:
         """A term added to the training loss (e.g. AdaLoRA's orthogonality penalty)."""
         return None
-
-    def after_backward(self, model: T5ForConditionalGeneration, step: int) -> None:
-        """Called after each backward pass, before the optimizer step (e.g. importance statistics)."""
 
     def after_optimizer_step(self, model: T5ForConditionalGeneration, step: int, total_steps: int) -> None:
         """Called after each optimizer step (e.g. AdaLoRA's rank allocation)."""
@@ -156,8 +239,8 @@ class Method:
                 params[key].copy_(tensor)
 
     def file_config(self) -> dict[str, Any]:
-        """The method's fields of adapter_config.json."""
-        return self.config.to_dict()
+        """The method's fields of adapter_config.json: its options, then PEFT's neutral fields it writes."""
+        return {**self.config.to_dict(), **neutral_values(self.neutral_file_fields)}
 
     @classmethod
     def config_from_file(cls, values: dict[str, Any], source: str) -> MethodConfig:
@@ -168,8 +251,8 @@ class Method:
                 continue
             if key in cls.config_class.option_names():
                 options[key] = value
-            elif key in cls.ignored_file_fields:
-                if value not in cls.ignored_file_fields[key]:
+            elif key in cls.neutral_file_fields:
+                if not cls.neutral_file_fields[key].accepts(value):
                     raise MethodConfigError(f"{source}: {key}={value!r} is not supported by t5peft's {cls.name}")
             else:
                 log.warning("%s: ignoring unknown adapter_config field %r", source, key)

@@ -1,11 +1,13 @@
-"""Full fine-tuning: every weight of the model is trained (the baseline of the comparison)."""
+"""Full fine-tuning: every weight of the model is trained (the baseline of the comparison).
+
+It adds nothing and trains base weights, so what it saves is the whole model (``methods.files.save_trained``
+decides that from what an applied method added and trains, not from its name)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .base import Method, MethodConfig
-from .registry import register
 
 
 @dataclass
@@ -13,13 +15,11 @@ class FullConfig(MethodConfig):
     pass
 
 
-@register
 class FullFineTuning(Method):
     name = "full"
     peft_type = "T5PEFT_FULL"
     config_class = FullConfig
     default_lr = 3e-4
-    saves_adapter = False
 
     def inject(self, model) -> None:
         pass

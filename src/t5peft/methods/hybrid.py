@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import require
+from .base import check_positive
 from .lora import LoraConfig, inject_lora
 from .prompt import PROMPT_MODEL_KEY, PromptTuning, PromptTuningConfig, inject_prompt
-from .registry import register
 
 
 @dataclass
@@ -38,13 +37,9 @@ class LoraPromptConfig(LoraConfig, PromptTuningConfig):
     def validate(self) -> None:
         LoraConfig.validate(self)
         PromptTuningConfig.validate(self)
-        require(
-            isinstance(self.prompt_lr, (int, float)) and self.prompt_lr > 0,
-            f"prompt_lr must be > 0, got {self.prompt_lr!r}",
-        )
+        check_positive("prompt_lr", self.prompt_lr)
 
 
-@register
 class LoraPrompt(PromptTuning):
     """Shares the prompt method's file keys and loading; adds LoRA and a second optimizer group."""
 

@@ -32,17 +32,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, MethodConfig, find_linear_targets, merge_wrapped_linears, replace_module, require
-from .registry import register
+from .base import (
+    Method,
+    MethodConfig,
+    Neutral,
+    check_bool,
+    find_linear_targets,
+    merge_wrapped_linears,
+    module_list,
+    replace_module,
+    require,
+)
 
 DEFAULT_TARGETS = ["k", "v", "wo"]
 DEFAULT_FEEDFORWARD = ["wo"]
 
 # Fields of PEFT's IA3Config that t5peft reads but does not implement, with the values it accepts.
 PEFT_IA3_NEUTRAL_FIELDS = {
-    "fan_in_fan_out": (False,),
-    "modules_to_save": (None, []),
-    "exclude_modules": (None, []),
+    "fan_in_fan_out": Neutral((False,), written=True),
+    "modules_to_save": Neutral((None, []), written=True),
+    "exclude_modules": Neutral((None, []), written=True),
 }
 
 
@@ -86,10 +95,6 @@ class IA3Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, scales={kind}"
 
 
-def _as_list(value: list[str] | str | None) -> list[str] | None:
-    return [value] if isinstance(value, str) else value
-
-
 @dataclass
 class IA3Config(MethodConfig):
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
@@ -98,16 +103,14 @@ class IA3Config(MethodConfig):
     init_ia3_weights: bool = True
 
     def validate(self) -> None:
-        self.target_modules = _as_list(self.target_modules)
-        require(bool(self.target_modules), "target_modules must name at least one linear layer")
-        self.target_modules = sorted(set(self.target_modules))
-        feedforward = _as_list(self.feedforward_modules)
-        if feedforward is None:
-            feedforward = [f for f in DEFAULT_FEEDFORWARD if f in self.target_modules]
-        self.feedforward_modules = sorted(set(feedforward))
+        self.target_modules = module_list("target_modules", self.target_modules)
+        if self.feedforward_modules is None:
+            self.feedforward_modules = [f for f in DEFAULT_FEEDFORWARD if f in self.target_modules]
+        elif self.feedforward_modules != []:
+            self.feedforward_modules = module_list("feedforward_modules", self.feedforward_modules)
         extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
         require(not extra, f"feedforward_modules must be a subset of target_modules; not targets: {extra}")
-        require(isinstance(self.init_ia3_weights, bool), "init_ia3_weights must be true or false")
+        check_bool("init_ia3_weights", self.init_ia3_weights)
 
 
 def inject_ia3(model: nn.Module, config: IA3Config) -> list[str]:
@@ -118,22 +121,16 @@ def inject_ia3(model: nn.Module, config: IA3Config) -> list[str]:
     return names
 
 
-@register
 class IA3(Method):
     name = "ia3"
     peft_type = "IA3"
     config_class = IA3Config
     default_lr = 3e-3
     peft_compatible = True
-    ignored_file_fields = PEFT_IA3_NEUTRAL_FIELDS
+    neutral_file_fields = PEFT_IA3_NEUTRAL_FIELDS
 
     def inject(self, model) -> None:
         inject_ia3(model, self.config)
-
-    def file_config(self) -> dict:
-        values = self.config.to_dict()
-        values.update(fan_in_fan_out=False, modules_to_save=None, exclude_modules=None)
-        return values
 
 
 def merge_ia3(model: nn.Module) -> nn.Module:

@@ -15,41 +15,52 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, MethodConfig, find_linear_targets, merge_wrapped_linears, replace_module, require
-from .registry import register
+from .base import (
+    Method,
+    MethodConfig,
+    Neutral,
+    check_bool,
+    check_fraction,
+    check_int,
+    check_positive,
+    find_linear_targets,
+    merge_wrapped_linears,
+    module_list,
+    replace_module,
+)
 
-# Fields of PEFT's LoraConfig that t5peft reads but does not implement, with the values it accepts.
+# Fields of PEFT's LoraConfig that t5peft reads but does not implement: the values it accepts, and those it writes.
 PEFT_LORA_NEUTRAL_FIELDS = {
-    "bias": ("none",),
-    "fan_in_fan_out": (False,),
-    "use_dora": (False,),
-    "lora_bias": (False,),
-    "use_qalora": (False,),
-    "init_lora_weights": (True,),
-    "modules_to_save": (None, []),
-    "layers_to_transform": (None,),
-    "layers_pattern": (None,),
-    "rank_pattern": ({}, None),
-    "alpha_pattern": ({}, None),
-    "exclude_modules": (None,),
-    "layer_replication": (None,),
-    "trainable_token_indices": (None,),
-    "target_parameters": (None,),
-    "alora_invocation_tokens": (None,),
-    "ensure_weight_tying": (False,),
-    "use_bdlora": (None, False),
+    "bias": Neutral(("none",), written=True),
+    "fan_in_fan_out": Neutral((False,), written=True),
+    "use_dora": Neutral((False,), written=True),
+    "init_lora_weights": Neutral((True,), written=True),
+    "modules_to_save": Neutral((None, []), written=True),
+    "layers_to_transform": Neutral((None,), written=True),
+    "layers_pattern": Neutral((None,), written=True),
+    "rank_pattern": Neutral(({}, None), written=True),
+    "alpha_pattern": Neutral(({}, None), written=True),
+    "lora_bias": Neutral((False,)),
+    "use_qalora": Neutral((False,)),
+    "exclude_modules": Neutral((None,)),
+    "layer_replication": Neutral((None,)),
+    "trainable_token_indices": Neutral((None,)),
+    "target_parameters": Neutral((None,)),
+    "alora_invocation_tokens": Neutral((None,)),
+    "ensure_weight_tying": Neutral((False,)),
+    "use_bdlora": Neutral((None, False)),
     # settings of initialisers / integrations that do not change a saved adapter's function
-    "loftq_config": ({}, None),
-    "eva_config": (None,),
-    "corda_config": (None,),
-    "megatron_config": (None,),
-    "megatron_core": ("megatron.core", None),
-    "qalora_group_size": tuple(range(1, 4097)),
-    "arrow_config": (None,),
-    "lora_ga_config": (None,),
-    "kasa_config": (None,),
-    "monteclora_config": (None,),
-    "velora_config": (None,),
+    "loftq_config": Neutral(({}, None)),
+    "eva_config": Neutral((None,)),
+    "corda_config": Neutral((None,)),
+    "megatron_config": Neutral((None,)),
+    "megatron_core": Neutral(("megatron.core", None)),
+    "qalora_group_size": Neutral((16,), accept_int=True),
+    "arrow_config": Neutral((None,)),
+    "lora_ga_config": Neutral((None,)),
+    "kasa_config": Neutral((None,)),
+    "monteclora_config": Neutral((None,)),
+    "velora_config": Neutral((None,)),
 }
 
 
@@ -102,13 +113,11 @@ class LoraConfig(MethodConfig):
     use_rslora: bool = False
 
     def validate(self) -> None:
-        require(isinstance(self.r, int) and self.r > 0, f"r must be a positive integer, got {self.r!r}")
-        require(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha!r}")
-        require(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if isinstance(self.target_modules, str):
-            self.target_modules = [self.target_modules]
-        require(bool(self.target_modules), "target_modules must name at least one linear layer")
-        self.target_modules = sorted(set(self.target_modules))
+        check_int("r", self.r)
+        check_positive("lora_alpha", self.lora_alpha)
+        check_fraction("lora_dropout", self.lora_dropout)
+        self.target_modules = module_list("target_modules", self.target_modules)
+        check_bool("use_rslora", self.use_rslora)
 
 
 def inject_lora(model: nn.Module, config: LoraConfig) -> list[str]:
@@ -121,24 +130,16 @@ def inject_lora(model: nn.Module, config: LoraConfig) -> list[str]:
     return names
 
 
-@register
 class Lora(Method):
     name = "lora"
     peft_type = "LORA"
     config_class = LoraConfig
     default_lr = 1e-3
     peft_compatible = True
-    ignored_file_fields = PEFT_LORA_NEUTRAL_FIELDS
+    neutral_file_fields = PEFT_LORA_NEUTRAL_FIELDS
 
     def inject(self, model) -> None:
         inject_lora(model, self.config)
-
-    def file_config(self) -> dict:
-        values = self.config.to_dict()
-        values.update(bias="none", fan_in_fan_out=False, use_dora=False, init_lora_weights=True)
-        values.update(modules_to_save=None, layers_to_transform=None, layers_pattern=None)
-        values.update(rank_pattern={}, alpha_pattern={})
-        return values
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -46,8 +46,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .base import Method, MethodConfig, MethodConfigError, require
-from .registry import register
+from .base import (
+    Method,
+    MethodConfig,
+    MethodConfigError,
+    Neutral,
+    check_choice,
+    check_int,
+    check_optional_int,
+    neutral_values,
+    require,
+)
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
@@ -59,9 +68,9 @@ PROMPT_TUNING_INITS = ("SAMPLE_VOCAB", "TEXT", "RANDOM")
 SAMPLE_VOCAB_LIMIT = 32000  # sentencepiece pieces of T5's vocabulary; sentinels and padding rows follow
 
 # Fields of PEFT's PromptTuningConfig that t5peft reads but does not use, with the values it accepts.
-PEFT_PROMPT_NEUTRAL_FIELDS: dict[str, tuple[Any, ...]] = {
-    "modules_to_save": (None, []),
-    "tokenizer_kwargs": (None, {}),
+PEFT_PROMPT_NEUTRAL_FIELDS = {
+    "modules_to_save": Neutral((None, []), written=True),
+    "tokenizer_kwargs": Neutral((None, {}), written=True),
 }
 
 
@@ -87,10 +96,6 @@ class SoftPrompt(nn.Module):
         return f"num_virtual_tokens={self.num_virtual_tokens}, rows={rows}, d_model={d_model}"
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 @dataclass
 class PromptTuningConfig(MethodConfig):
     num_virtual_tokens: int = 20
@@ -107,22 +112,12 @@ class PromptTuningConfig(MethodConfig):
     skip_init: bool = False
 
     def validate(self) -> None:
-        require(
-            _positive_int(self.num_virtual_tokens),
-            f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}",
-        )
+        check_int("num_virtual_tokens", self.num_virtual_tokens)
         self.prompt_tuning_init = str(self.prompt_tuning_init).upper()
-        require(
-            self.prompt_tuning_init in PROMPT_TUNING_INITS,
-            f"prompt_tuning_init must be one of {', '.join(PROMPT_TUNING_INITS)}, got {self.prompt_tuning_init!r}",
-        )
-        require(
-            self.num_transformer_submodules in (1, 2),
-            f"num_transformer_submodules must be 1 or 2, got {self.num_transformer_submodules!r}",
-        )
+        check_choice("prompt_tuning_init", self.prompt_tuning_init, PROMPT_TUNING_INITS)
+        check_int("num_transformer_submodules", self.num_transformer_submodules, 1, 2)
         for name in ("token_dim", "num_attention_heads", "num_layers"):
-            value = getattr(self, name)
-            require(value is None or _positive_int(value), f"{name} must be a positive integer, got {value!r}")
+            check_optional_int(name, getattr(self, name))
         if self.prompt_tuning_init_ids is not None:
             ids = self.prompt_tuning_init_ids
             require(
@@ -217,18 +212,16 @@ def prompt_file_config(config: PromptTuningConfig) -> dict[str, Any]:
     del values["skip_init"]
     if values["prompt_tuning_init_ids"] is None:
         del values["prompt_tuning_init_ids"]  # not a PEFT field: only written when used
-    values.update(modules_to_save=None, tokenizer_kwargs=None)
-    return values
+    return {**values, **neutral_values(PEFT_PROMPT_NEUTRAL_FIELDS)}
 
 
-@register
 class PromptTuning(Method):
     name = "prompt"
     peft_type = "PROMPT_TUNING"
     config_class = PromptTuningConfig
     default_lr = 0.3
     peft_compatible = True
-    ignored_file_fields = PEFT_PROMPT_NEUTRAL_FIELDS
+    neutral_file_fields = PEFT_PROMPT_NEUTRAL_FIELDS
 
     def inject(self, model) -> None:
         inject_prompt(model, self.config)

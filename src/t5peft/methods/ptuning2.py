@@ -53,8 +53,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .base import Method, MethodConfig, MethodConfigError, require
-from .registry import register
+from .base import (
+    Method,
+    MethodConfig,
+    MethodConfigError,
+    check_bool,
+    check_int,
+    check_non_negative,
+    check_optional_int,
+    require,
+)
 
 if TYPE_CHECKING:
     from ..model.t5 import T5ForConditionalGeneration
@@ -116,10 +124,6 @@ class ProjectedDeepPrefix(nn.Module):
         return out.view(s.prefix_len, s.num_layers, 2, s.num_heads, s.d_kv).permute(1, 2, 3, 0, 4)
 
 
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
 @dataclass
 class DeepPromptConfig(MethodConfig):
     num_virtual_tokens: int = 20
@@ -131,23 +135,12 @@ class DeepPromptConfig(MethodConfig):
     init_std: float = 0.02  # direct prefixes only
 
     def validate(self) -> None:
-        n = self.num_virtual_tokens
-        require(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0,
-            f"num_virtual_tokens must be a positive integer, got {n!r}",
-        )
+        check_int("num_virtual_tokens", self.num_virtual_tokens)
         for name in (*SITES, "prefix_projection"):
-            require(_is_bool(getattr(self, name)), f"{name} must be true or false, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         require(any(getattr(self, s) for s in SITES), f"enable at least one of {', '.join(SITES)}")
-        h = self.encoder_hidden_size
-        require(
-            h is None or (isinstance(h, int) and not isinstance(h, bool) and h > 0),
-            f"encoder_hidden_size must be a positive integer, got {h!r}",
-        )
-        require(
-            isinstance(self.init_std, (int, float)) and self.init_std >= 0,
-            f"init_std must be >= 0, got {self.init_std!r}",
-        )
+        check_optional_int("encoder_hidden_size", self.encoder_hidden_size)
+        check_non_negative("init_std", self.init_std)
 
     def sites(self) -> list[str]:
         return [s for s in SITES if getattr(self, s)]
@@ -181,7 +174,6 @@ def site_key(site: str) -> str:
     return f"{stack_name}.{attr}.prefixes"
 
 
-@register
 class DeepPrompt(Method):
     name = "ptuning2"
     peft_type = "T5PEFT_DEEP_PROMPT"

@@ -1,6 +1,6 @@
-from .checkpoint import CheckpointError, load_pretrained, save_pretrained
+from .checkpoint import CheckpointError
 from .config import ConfigError, T5Config
-from .t5 import KVCache, Seq2SeqLMOutput, T5ForConditionalGeneration
+from .t5 import KVCache, Seq2SeqLMOutput, T5ForConditionalGeneration, load_pretrained, save_pretrained
 
 __all__ = [
     "CheckpointError",

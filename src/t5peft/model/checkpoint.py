@@ -1,5 +1,8 @@
 """Find, download, read, check and write T5 checkpoints in Hugging Face's file formats.
 
+File-level code only: it never builds a model (``t5.py`` does, through :func:`read_checkpoint` and
+:func:`write_checkpoint`), so the dependency runs one way, ``t5 -> checkpoint``.
+
 Supported weight files, in order of preference: ``model.safetensors``, sharded safetensors
 (``model.safetensors.index.json``), ``pytorch_model.bin`` and sharded ``.bin``. ``.bin`` files are read
 with ``torch.load(weights_only=True)``, which refuses pickled objects other than tensors and containers.
@@ -16,11 +19,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..errors import T5PeftError
 from ..hub import Downloader, download_snapshot, looks_like_hub_id
 from .config import T5Config
-from .t5 import T5ForConditionalGeneration
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight
 IGNORED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(T5PeftError, ValueError):
     """A checkpoint that cannot be loaded: the message names the file and the tensor."""
 
 
@@ -167,7 +170,7 @@ def normalize_state_dict(state: dict[str, Tensor], config: T5Config, source: str
     return state
 
 
-def check_state_dict(model: T5ForConditionalGeneration, state: dict[str, Tensor], source: str) -> None:
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
     """Every parameter present with its shape, nothing unexpected; errors name each tensor."""
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     missing = sorted(set(expected) - set(state))
@@ -191,28 +194,10 @@ def check_state_dict(model: T5ForConditionalGeneration, state: dict[str, Tensor]
         raise CheckpointError(f"{source}: non floating-point tensors: {', '.join(not_float)}")
 
 
-def model_from_state_dict(
-    config: T5Config, state: dict[str, Tensor], source: str, dtype: torch.dtype = torch.float32
-) -> T5ForConditionalGeneration:
-    state = normalize_state_dict(state, config, source)
-    with torch.device("meta"):
-        model = T5ForConditionalGeneration(config)
-    check_state_dict(model, state, source)
-    state = {k: v.to(dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.shared.weight
-    return model
-
-
-def load_pretrained(
-    name_or_path: str | os.PathLike,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    *,
-    downloader: Downloader | None = None,
-) -> T5ForConditionalGeneration:
-    """Load a Hugging Face T5 checkpoint from a folder or a Hub id, checking every tensor."""
+def read_checkpoint(
+    name_or_path: str | os.PathLike, downloader: Downloader | None = None
+) -> tuple[T5Config, dict[str, Tensor], str]:
+    """The config and the normalised weights of a checkpoint folder or Hub id, and the weight file's path."""
     directory = resolve_model_dir(name_or_path, downloader)
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -220,34 +205,18 @@ def load_pretrained(
     config = T5Config.from_json_file(config_path)
     config.name_or_path = str(name_or_path)
     weights = find_weight_file(directory)
-    model = model_from_state_dict(config, read_state_dict(weights), str(weights), dtype)
-    return model.to(device).eval()
+    return config, normalize_state_dict(read_state_dict(weights), config, str(weights)), str(weights)
 
 
 # --------------------------------------------------------------------------------------------------
 # Writing
 
 
-def plain_state_dict(model: T5ForConditionalGeneration) -> dict[str, Tensor]:
-    """The model's own weights under Hugging Face's names, tied head left out."""
-    state = {}
-    for name, param in model.named_parameters():  # named_parameters lists a tied weight once
-        state[name] = param.detach().to("cpu").contiguous()
-    return state
-
-
-def save_pretrained(model: T5ForConditionalGeneration, directory: str | os.PathLike) -> None:
-    """Write ``config.json`` + ``model.safetensors`` for ``transformers`` and us."""
+def write_checkpoint(config: T5Config, state: dict[str, Tensor], directory: str | os.PathLike) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (tensors copied to the CPU) for ``transformers`` and us."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with torch.device("meta"):
-        expected = {name for name, _ in T5ForConditionalGeneration(model.config).named_parameters()}
-    state = plain_state_dict(model)
-    extra = sorted(set(state) - expected)
-    if extra:
-        raise CheckpointError(
-            f"the model carries parameters a plain T5 checkpoint cannot hold ({', '.join(extra[:5])}...); "
-            "merge or remove the PEFT method first, or save the adapter with save_adapter"
-        )
-    model.config.save(directory)
-    save_file(state, directory / SAFETENSORS, metadata={"format": "pt"})
+    config.save(directory)
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
+    save_file(tensors, directory / SAFETENSORS, metadata={"format": "pt"})
+    return directory

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import T5PeftError
+
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
 
 
-class ConfigError(ValueError):
+class ConfigError(T5PeftError, ValueError):
     """A configuration value that cannot describe a T5 model."""
 
 

@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..hub import Downloader
+from .checkpoint import CheckpointError, check_state_dict, read_checkpoint, write_checkpoint
 from .config import T5Config
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
 
 # --------------------------------------------------------------------------------------------------
 # Building blocks
@@ -185,13 +183,26 @@ class T5Attention(nn.Module):
         return self.o(out), (key, value)
 
 
-class T5LayerSelfAttention(nn.Module):
-    def __init__(self, config: T5Config, has_relative_attention_bias: bool = False) -> None:
+class _SubLayer(nn.Module):
+    """What the three sub-layers share: pre-norm, and "dropout -> optional adapter -> residual" after them."""
+
+    def __init__(self, config: T5Config) -> None:
         super().__init__()
-        self.SelfAttention = T5Attention(config, has_relative_attention_bias)
         self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
-        self.adapter: nn.Module | None = None
+        self.adapter: nn.Module | None = None  # extension point (bottleneck adapters)
+
+    def add_residual(self, hidden_states: Tensor, out: Tensor) -> Tensor:
+        out = self.dropout(out)
+        if self.adapter is not None:
+            out = self.adapter(out)
+        return hidden_states + out
+
+
+class T5LayerSelfAttention(_SubLayer):
+    def __init__(self, config: T5Config, has_relative_attention_bias: bool = False) -> None:
+        super().__init__(config)
+        self.SelfAttention = T5Attention(config, has_relative_attention_bias)
 
     def forward(
         self,
@@ -201,19 +212,13 @@ class T5LayerSelfAttention(nn.Module):
         prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         out, kv = self.SelfAttention(self.layer_norm(hidden_states), mask, cached_kv=cached_kv, prefix=prefix)
-        out = self.dropout(out)
-        if self.adapter is not None:
-            out = self.adapter(out)
-        return hidden_states + out, kv
+        return self.add_residual(hidden_states, out), kv
 
 
-class T5LayerCrossAttention(nn.Module):
+class T5LayerCrossAttention(_SubLayer):
     def __init__(self, config: T5Config) -> None:
-        super().__init__()
+        super().__init__(config)
         self.EncDecAttention = T5Attention(config, has_relative_attention_bias=False)
-        self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
-        self.dropout = nn.Dropout(config.dropout_rate)
-        self.adapter: nn.Module | None = None
 
     def forward(
         self,
@@ -230,29 +235,30 @@ class T5LayerCrossAttention(nn.Module):
             cached_kv=cached_kv,
             prefix=prefix,
         )
-        out = self.dropout(out)
-        if self.adapter is not None:
-            out = self.adapter(out)
-        return hidden_states + out, kv
+        return self.add_residual(hidden_states, out), kv
 
 
-class T5LayerFF(nn.Module):
+class T5LayerFF(_SubLayer):
     def __init__(self, config: T5Config) -> None:
-        super().__init__()
+        super().__init__(config)
         dense = T5DenseGatedActDense if config.is_gated_act else T5DenseActDense
         self.DenseReluDense = dense(config)
-        self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
-        self.dropout = nn.Dropout(config.dropout_rate)
-        self.adapter: nn.Module | None = None
 
     def forward(self, hidden_states: Tensor) -> Tensor:
-        out = self.dropout(self.DenseReluDense(self.layer_norm(hidden_states)))
-        if self.adapter is not None:
-            out = self.adapter(out)
-        return hidden_states + out
+        return self.add_residual(hidden_states, self.DenseReluDense(self.layer_norm(hidden_states)))
+
+
+@dataclass
+class LayerPrefixes:
+    """Deep-prompt key/value prefixes for one block, each ``([B, H, P, d_kv], [B, H, P, d_kv])`` or None."""
+
+    self_kv: tuple[Tensor, Tensor] | None = None
+    cross_kv: tuple[Tensor, Tensor] | None = None
 
 
 class T5Block(nn.Module):
+    """Self-attention, cross-attention (decoder only) and the FFN, applied in that order."""
+
     def __init__(self, config: T5Config, is_decoder: bool, has_relative_attention_bias: bool) -> None:
         super().__init__()
         self.is_decoder = is_decoder
@@ -261,6 +267,33 @@ class T5Block(nn.Module):
             layers.append(T5LayerCrossAttention(config))
         layers.append(T5LayerFF(config))
         self.layer = nn.ModuleList(layers)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        self_mask: Tensor | None,
+        encoder_hidden_states: Tensor | None = None,
+        cross_mask: Tensor | None = None,
+        prefixes: LayerPrefixes | None = None,
+        cache: KVCache | None = None,
+        index: int = 0,
+    ) -> Tensor:
+        """One block; ``cache`` (incremental decoding) is read and updated at position ``index``."""
+        prefixes = prefixes or LayerPrefixes()
+        cached = cache.self_kv[index] if cache is not None else None
+        hidden_states, kv = self.layer[0](hidden_states, self_mask, cached_kv=cached, prefix=prefixes.self_kv)
+        if cache is not None:
+            cache.self_kv[index] = kv
+        if self.is_decoder:
+            if encoder_hidden_states is None:
+                raise ValueError("the decoder needs encoder_hidden_states")
+            cached = cache.cross_kv[index] if cache is not None else None
+            hidden_states, kv = self.layer[1](
+                hidden_states, encoder_hidden_states, cross_mask, cached_kv=cached, prefix=prefixes.cross_kv
+            )
+            if cache is not None:
+                cache.cross_kv[index] = kv
+        return self.layer[-1](hidden_states)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,20 +374,22 @@ class T5Stack(nn.Module):
         return _prefix_columns(mask, prefix_len)
 
     @staticmethod
-    def _layer_prefixes(module: nn.Module | None, batch: int) -> Iterator[tuple[Tensor, Tensor] | None]:
-        if module is None:
-            while True:
-                yield None
-        table = module()  # [num_layers, 2, H, P, d_kv]
-        for layer in table:
-            yield (
-                layer[0].unsqueeze(0).expand(batch, -1, -1, -1),
-                layer[1].unsqueeze(0).expand(batch, -1, -1, -1),
-            )
-
-    @staticmethod
     def _prefix_len(module: nn.Module | None) -> int:
         return 0 if module is None else int(module.prefix_len)
+
+    def layer_prefixes(self, batch: int) -> list[LayerPrefixes]:
+        """Per block, the deep-prompt prefixes of the ``self_prefix`` / ``cross_prefix`` modules, batch-expanded."""
+        tables = [None if module is None else module() for module in (self.self_prefix, self.cross_prefix)]
+        prefixes = []
+        for i in range(len(self.block)):
+            pairs = [
+                None
+                if table is None  # [num_layers, 2, H, P, d_kv]
+                else (table[i, 0].expand(batch, -1, -1, -1), table[i, 1].expand(batch, -1, -1, -1))
+                for table in tables
+            ]
+            prefixes.append(LayerPrefixes(*pairs))
+        return prefixes
 
     def forward(
         self,
@@ -364,30 +399,15 @@ class T5Stack(nn.Module):
         encoder_attention_mask: Tensor | None = None,
         cache: KVCache | None = None,
     ) -> Tensor:
-        batch = inputs_embeds.shape[0]
         offset = cache.length if cache is not None else 0
         hidden = self.dropout(inputs_embeds)
         self_mask = self.self_attention_mask(hidden, attention_mask, offset, self._prefix_len(self.self_prefix))
         cross_mask = None
         if self.is_decoder:
-            if encoder_hidden_states is None:
-                raise ValueError("the decoder needs encoder_hidden_states")
             cross_mask = self.cross_attention_mask(hidden, encoder_attention_mask, self._prefix_len(self.cross_prefix))
-        self_prefixes = self._layer_prefixes(self.self_prefix, batch)
-        cross_prefixes = self._layer_prefixes(self.cross_prefix, batch)
+        prefixes = self.layer_prefixes(inputs_embeds.shape[0])
         for i, block in enumerate(self.block):
-            cached = cache.self_kv[i] if cache is not None else None
-            hidden, kv = block.layer[0](hidden, self_mask, cached_kv=cached, prefix=next(self_prefixes))
-            if cache is not None:
-                cache.self_kv[i] = kv
-            if self.is_decoder:
-                cached = cache.cross_kv[i] if cache is not None else None
-                hidden, kv = block.layer[1](
-                    hidden, encoder_hidden_states, cross_mask, cached_kv=cached, prefix=next(cross_prefixes)
-                )
-                if cache is not None:
-                    cache.cross_kv[i] = kv
-            hidden = block.layer[-1](hidden)
+            hidden = block(hidden, self_mask, encoder_hidden_states, cross_mask, prefixes[i], cache, i)
         if cache is not None:
             cache.length += inputs_embeds.shape[1]
         return self.dropout(self.final_layer_norm(hidden))
@@ -577,12 +597,48 @@ class T5ForConditionalGeneration(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> T5ForConditionalGeneration:
-        from .checkpoint import load_pretrained
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        *,
+        downloader: Downloader | None = None,
+    ) -> T5ForConditionalGeneration:
+        """Load a Hugging Face T5 checkpoint from a folder or a Hub id, checking every tensor."""
+        config, state, source = read_checkpoint(name_or_path, downloader)
+        with torch.device("meta"):
+            model = cls(config)
+        check_state_dict(model, state, source)
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.shared.weight
+        return model.to(device).eval()
 
-        return load_pretrained(name_or_path, **kwargs)
+    def save_pretrained(self, directory: str | os.PathLike, exclude: Collection[str] = ()) -> None:
+        """Write ``config.json`` + ``model.safetensors``; ``exclude`` names parameters a method added (not T5's)."""
+        state = {name: p for name, p in self.named_parameters() if name not in exclude}  # tied weight listed once
+        with torch.device("meta"):
+            expected = {name for name, _ in type(self)(self.config).named_parameters()}
+        extra = sorted(set(state) - expected)
+        if extra:
+            raise CheckpointError(
+                f"the model carries parameters a plain T5 checkpoint cannot hold ({', '.join(extra[:5])}...); "
+                "merge or remove the PEFT method first, or save the adapter with save_adapter"
+            )
+        write_checkpoint(self.config, state, directory)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from .checkpoint import save_pretrained
 
-        save_pretrained(self, directory)
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    *,
+    downloader: Downloader | None = None,
+) -> T5ForConditionalGeneration:
+    """Load a Hugging Face T5 checkpoint (see :meth:`T5ForConditionalGeneration.from_pretrained`)."""
+    return T5ForConditionalGeneration.from_pretrained(name_or_path, dtype, device, downloader=downloader)
+
+
+def save_pretrained(model: T5ForConditionalGeneration, directory: str | os.PathLike) -> None:
+    model.save_pretrained(directory)

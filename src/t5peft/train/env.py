@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .._version import __version__
+
 PACKAGES = ("torch", "safetensors", "tokenizers", "huggingface_hub", "numpy", "pyarrow", "transformers", "peft")
 
 
@@ -54,8 +56,6 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device) -> dict:
-    from .. import __version__
-
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "t5peft": __version__,

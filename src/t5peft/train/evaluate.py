@@ -14,9 +14,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
 
-from ..data.text2text import EncodedSplit, eval_batches
+from ..data.text2text import Batch, EncodedSplit, StaticShape, eval_batches
 from ..tokenizer import T5Tokenizer
+from .step import autocast, compile_fn
 
 
 @dataclass
@@ -50,8 +53,37 @@ def class_metrics(confusion: list[list[int]], names: tuple[str, str]) -> dict[st
     return metrics
 
 
-def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+def label_pair_probabilities(first_step_logits: Tensor, first_tokens: Tensor) -> Tensor:
+    """``[B, 2]``: softmax over the first tokens of the two label words at the first decoder step."""
+    return first_step_logits.float()[:, first_tokens].softmax(dim=-1)
+
+
+class Scorer:
+    """Scores a batch on the device: loss summed over the target tokens, their count, label-word probabilities.
+
+    With ``compile`` the scoring runs through ``torch.compile`` (static shapes: see ``evaluate``); keep one
+    scorer per model so the compiled code is reused by every evaluation.
+    """
+
+    def __init__(self, model: nn.Module, first_tokens: list[int], bf16: bool = False, compile: bool = False) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.first_tokens = torch.tensor(first_tokens, device=self.device)
+        self.bf16 = bf16 and self.device.type == "cuda"
+        self.compiled = compile
+        self._fn = compile_fn(self._score) if compile else self._score
+
+    def _score(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        with autocast(self.device, self.bf16):
+            decoder_input_ids = self.model.shift_right(labels)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+        logits = logits.logits.float()
+        loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        return loss_sum, (labels != -100).sum(), label_pair_probabilities(logits[:, 0], self.first_tokens)
+
+    def __call__(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            return self._fn(batch.input_ids, batch.attention_mask, batch.labels)
 
 
 @torch.no_grad()
@@ -62,35 +94,51 @@ def evaluate(
     batch_size: int = 64,
     label_names: tuple[str, str] = ("negative", "positive"),
     bf16: bool = False,
+    *,
+    scorer: Scorer | None = None,
+    max_source_length: int | None = None,
+    progress: bool = False,
+    desc: str = "evaluate",
 ) -> EvalResult:
-    """Fast-path accuracy, loss, confusion matrix and per-class precision/recall/F1."""
+    """Fast-path accuracy, loss, confusion matrix and per-class precision/recall/F1.
+
+    Everything is computed on the device and copied back once. A compiled ``scorer`` gets batches of one
+    static shape (sources padded to ``max_source_length``, the last batch filled with empty rows).
+    """
     was_training = model.training
     model.eval()
     device = model.device
-    first_tokens = torch.tensor([ids[0] for ids in split.target_ids], device=device)
-    predictions = [0] * len(split)
-    probabilities = [0.0] * len(split)
-    loss_sum, token_count = 0.0, 0
+    scorer = scorer or Scorer(model, [ids[0] for ids in split.target_ids], bf16)
+    static = None
+    if scorer.compiled:
+        longest = max(len(ids) for ids in split.source_ids)
+        static = StaticShape.for_split(split, batch_size, max_source_length or longest)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    token_count = torch.zeros((), dtype=torch.long, device=device)
+    order: list[int] = []
+    pairs: list[Tensor] = []
     start = time.perf_counter()
-    for indices, batch in eval_batches(split, batch_size, pad_id):
-        batch = batch.to(device)
-        with _autocast(device, bf16):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).logits
-        logits = logits.float()
-        mask = batch.labels != -100
-        loss_sum += F.cross_entropy(logits[mask], batch.labels[mask], reduction="sum").item()
-        token_count += int(mask.sum())
-        pair = logits[:, 0, first_tokens].softmax(dim=-1)
-        for row, index in enumerate(indices):
-            predictions[index] = int(pair[row].argmax())
-            probabilities[index] = float(pair[row, 1])
+    batches = eval_batches(split, batch_size, pad_id, static)
+    total = (len(split) + batch_size - 1) // batch_size
+    for indices, batch in tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
+        batch_loss, batch_tokens, pair = scorer(batch.to(device))
+        loss_sum += batch_loss
+        token_count += batch_tokens
+        pairs.append(pair[: batch.rows])
+        order.extend(indices)
+    pair_sorted = torch.cat(pairs).cpu() if pairs else torch.zeros(0, 2)  # the one copy back to the host
+    predictions, probabilities = [0] * len(split), [0.0] * len(split)
+    for index, guess, probability in zip(
+        order, pair_sorted.argmax(dim=-1).tolist(), pair_sorted[:, 1].double().tolist(), strict=True
+    ):
+        predictions[index], probabilities[index] = guess, probability
     confusion = [[0, 0], [0, 0]]
     for truth, guess in zip(split.labels, predictions, strict=True):
         confusion[truth][guess] += 1
     model.train(was_training)
     return EvalResult(
         accuracy=(confusion[0][0] + confusion[1][1]) / max(len(split), 1),
-        loss=loss_sum / max(token_count, 1),
+        loss=float(loss_sum.item()) / max(int(token_count.item()), 1),
         n=len(split),
         confusion=confusion,
         per_class=class_metrics(confusion, label_names),

@@ -22,27 +22,32 @@ import torch
 from tqdm import tqdm
 
 from ..data.sources import LabeledTexts, dataset_checksums, load_split, split_validation
-from ..data.text2text import EncodedSplit, TaskFormat, encode_split, steps_per_epoch, train_batches
-from ..methods import apply_method, count_parameters, get_method_class, save_adapter
-from ..model.checkpoint import CheckpointError, load_pretrained, resolve_model_dir
+from ..data.text2text import (
+    Batch,
+    EncodedSplit,
+    StaticShape,
+    TaskFormat,
+    encode_split,
+    label_token_ids,
+    steps_per_epoch,
+    train_batches,
+)
+from ..errors import T5PeftError
+from ..methods import apply_method, count_parameters, get_method_class, save_base, save_trained
+from ..model.checkpoint import CheckpointError, resolve_model_dir
 from ..model.config import T5Config
-from ..model.t5 import T5ForConditionalGeneration
+from ..model.t5 import T5ForConditionalGeneration, load_pretrained
 from ..tokenizer import load_tokenizer
 from .env import environment, memory_report
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, Scorer, evaluate
+from .layout import RunFolder
 from .state import Position, load_checkpoint, save_checkpoint
+from .step import COMPILE_SETTINGS, TrainStep, resolve_compile
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.json"
-METRICS = "metrics.jsonl"
-RESULTS = "results.json"
-CHECKPOINT = "checkpoint"
-FINAL = "final"
-BASE = "base"
 
-
-class TrainError(ValueError):
+class TrainError(T5PeftError, ValueError):
     pass
 
 
@@ -60,7 +65,7 @@ class TrainConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 3
     batch_size: int = 16
-    eval_batch_size: int = 64
+    eval_batch_size: int | None = None  # None: 512 when compiled (static shapes), 64 otherwise
     lr: float | None = None  # None: the method's default
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
@@ -78,6 +83,7 @@ class TrainConfig:
     label_words: tuple[str, str] = ("negative", "positive")
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU; or "fp32" / "bf16"
+    compile: str = "auto"  # auto: torch.compile + CUDA graphs on CUDA, eager on the CPU; or "on" / "off"
     resume: bool = False
     progress: bool = True
 
@@ -86,9 +92,12 @@ class TrainConfig:
             raise TrainError(f"init must be 'pretrained' or 'random', got {self.init!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise TrainError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.compile not in COMPILE_SETTINGS:
+            raise TrainError(f"compile must be one of {', '.join(COMPILE_SETTINGS)}, got {self.compile!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "logs_per_two_epochs"):
-            if getattr(self, name) < 1:
-                raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TrainError(f"{name} must be >= 1, got {value}")
         if self.lr is not None and not self.lr > 0:
             raise TrainError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
@@ -124,7 +133,15 @@ def seed_everything(seed: int) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: this machine has no CUDA GPU that PyTorch can use (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -203,52 +220,113 @@ def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.opti
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=device.type == "cuda")
 
 
+class DeviceTimer:
+    """Seconds of a stretch of steps: CUDA events on CUDA, the host clock elsewhere; ``stop`` waits for the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._start: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self._start is not None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> float:
+        if self._start is None:
+            return 0.0
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            seconds = self._start.elapsed_time(end) / 1000
+        else:
+            seconds = time.perf_counter() - self._start
+        self._start = None
+        return seconds
+
+
 # --------------------------------------------------------------------------------------------------
 # The run
 
 
 class Run:
-    """A training run: owns the model, optimizer, data and the run folder."""
+    """A training run: owns the model, optimizer, data and the run folder. Setup runs in named steps."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.out = Path(cfg.output)
-        method_class = get_method_class(cfg.method)
-        method_class.config_class.from_options(cfg.method_options, cfg.method)  # fail on a typo before any work
+        self.folder = RunFolder(self.out)
+        get_method_class(cfg.method).config_class.from_options(cfg.method_options, cfg.method)  # typos first
         self._check_output_folder()
-        self.out.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.device)
+        self.compiled = resolve_compile(cfg.compile, self.device)
+        self.eval_batch_size = cfg.eval_batch_size or (512 if self.compiled else 64)
         seed_everything(cfg.seed)
+        self._setup_data()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._setup_model()
+        self._setup_optimizer()
+        self.position = Position()
+        self.last_validation: tuple[int, EvalResult] | None = None  # (step, result) of the latest log point
+        self.compile_seconds = 0.0
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
         self.task = TaskFormat(cfg.prefix, cfg.label_words, cfg.max_source_length, cfg.truncation_side, cfg.strip_html)
         self.data = prepare_data(cfg, self.tokenizer, self.task)
+        self.static = (
+            StaticShape.for_split(self.data.train, cfg.batch_size, cfg.max_source_length) if self.compiled else None
+        )
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
         model = build_model(cfg)
         model.set_dropout(cfg.dropout)
-        if cfg.init == "random" and get_method_class(cfg.method).saves_adapter:
-            # a random base cannot be fetched again: keep it, and point the adapter's config at it
-            model.save_pretrained(self.out / BASE)
-            model.config.name_or_path = str(self.out / BASE)
         torch.manual_seed(cfg.seed)  # method initialisation is seeded on its own, whatever came before
-        self.model = apply_method(model, cfg.method, **cfg.method_options).to(self.device)
+        self.model = apply_method(model, cfg.method, **cfg.method_options)
+        if cfg.init == "random" and not self.model.peft.trains_base:
+            # a random base cannot be fetched again: keep it, and point the adapter's config at it
+            save_base(self.model, self.folder.base)
+            self.model.config.name_or_path = str(self.folder.base)
+        self.model.to(self.device)
         self.method = self.model.peft.method
+        first_tokens = [ids[0] for ids in label_token_ids(self.tokenizer, self.task)]
+        self.scorer = Scorer(self.model, first_tokens, self.bf16, self.compiled)
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.cfg
         self.steps_per_epoch = steps_per_epoch(len(self.data.train), cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.trained_params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self.last_validation: tuple[int, EvalResult] | None = None  # (step, result) of the latest log point
         warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(self.total_steps, warmup))
         self.log_interval = max(1, round(2 * self.steps_per_epoch / cfg.logs_per_two_epochs))
-        self.position = Position()
         self.method.on_train_begin(self.model, self.total_steps)
+        self.step = TrainStep(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            total_steps=self.total_steps,
+            max_grad_norm=cfg.max_grad_norm,
+            bf16=self.bf16,
+            compile=self.compiled,
+        )
 
     @property
     def weights_label(self) -> str:
         return "random-init" if self.cfg.init == "random" else "pretrained"
 
     def _check_output_folder(self) -> None:
-        config_path = self.out / RUN_CONFIG
+        config_path = self.folder.run_config
         if config_path.exists() and not self.cfg.resume:
             raise TrainError(f"{self.out} already holds a run; pass --resume to continue it or choose another --output")
         if self.cfg.resume and config_path.exists():
@@ -263,38 +341,50 @@ class Run:
     # ----------------------------------------------------------------------------------------------
     def write_metric(self, record: dict[str, Any]) -> None:
         record = {"weights": self.weights_label, **record}
-        with open(self.out / METRICS, "a", encoding="utf-8") as handle:
+        with open(self.folder.metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self.position.metric_lines += 1
 
     def _truncate_metrics(self, lines: int) -> None:
-        path = self.out / METRICS
+        path = self.folder.metrics
         if path.exists():
             kept = path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
             path.write_text("".join(kept), encoding="utf-8")
 
     def resume_if_asked(self) -> None:
-        checkpoint = self.out / CHECKPOINT
+        checkpoint = self.folder.checkpoint
         if not (self.cfg.resume and checkpoint.exists()):
             self._truncate_metrics(0)
             return
         self.position, method_state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
         self.method.load_training_state(method_state)
+        self.step.step = self.position.global_step
+        self.step.reset_loss(self.position.running_loss_sum, self.position.running_loss_steps)
         self._truncate_metrics(self.position.metric_lines)
         log.info("resumed %s after epoch %d (step %d)", self.out, self.position.epochs_done, self.position.global_step)
 
-    def evaluate_split(self, split: EncodedSplit) -> EvalResult:
-        pad = self.tokenizer.pad_token_id
-        return evaluate(self.model, split, pad, self.cfg.eval_batch_size, self.task.label_words, self.bf16)
+    def evaluate_split(self, split: EncodedSplit, desc: str = "evaluate", progress: bool = False) -> EvalResult:
+        return evaluate(
+            self.model,
+            split,
+            self.tokenizer.pad_token_id,
+            self.eval_batch_size,
+            self.task.label_words,
+            self.bf16,
+            scorer=self.scorer,
+            max_source_length=self.cfg.max_source_length,
+            progress=progress,
+            desc=desc,
+        )
 
     def final_validation(self) -> EvalResult:
         """The validation result of the trained model; the last log point's when it was at the last step."""
         if self.last_validation is not None and self.last_validation[0] == self.position.global_step:
             return self.last_validation[1]
-        return self.evaluate_split(self.data.validation)
+        return self.evaluate_split(self.data.validation, "validation")
 
-    def validate(self, step: int, epoch: float, train_loss: float) -> None:
-        result = self.evaluate_split(self.data.validation)
+    def validate(self, step: int, epoch: float, train_loss: float) -> EvalResult:
+        result = self.evaluate_split(self.data.validation, "validation")
         self.last_validation = (step, result)
         self.write_metric(
             {
@@ -307,80 +397,68 @@ class Run:
                 "train_seconds": round(self.position.train_seconds, 3),
             }
         )
+        return result
 
-    def train_step(self, batch) -> float:
-        model = self.model
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
-        total = loss
-        extra = self.method.extra_loss(model)
-        if extra is not None:
-            total = total + extra
-        total.backward()
-        step = self.position.global_step
-        self.method.after_backward(model, step)
-        torch.nn.utils.clip_grad_norm_(self.trained_params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.method.after_optimizer_step(model, step, self.total_steps)
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+    def _prepare_step(self, batch: Batch) -> None:
+        """Compile (and capture) the step before the clock starts; the time is reported on its own."""
+        if not self.compiled or self.step.prepared:
+            return
+        start = time.perf_counter()
+        self.step.prepare(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_seconds += time.perf_counter() - start
 
     def fit(self) -> None:
-        cfg = self.cfg
+        cfg, pos = self.cfg, self.position
         self.model.train()
         bar = tqdm(
             total=self.total_steps,
-            initial=self.position.global_step,
+            initial=pos.global_step,
             disable=not cfg.progress,
             desc=f"{cfg.method} seed {cfg.seed}",
             unit="step",
             dynamic_ncols=True,
         )
-        running, count = 0.0, 0
-        for epoch in range(self.position.epochs_done, cfg.epochs):
-            batches = train_batches(self.data.train, cfg.batch_size, cfg.seed, epoch, self.tokenizer.pad_token_id)
-            for batch in batches:
-                start = time.perf_counter()
-                loss = self.train_step(batch.to(self.device))
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                self.position.train_seconds += time.perf_counter() - start
-                self.position.train_examples += batch.size
-                self.position.train_tokens += int(batch.attention_mask.sum())
-                self.position.global_step += 1
-                running, count = running + loss, count + 1
-                step = self.position.global_step
+        timer = DeviceTimer(self.device)
+        pad = self.tokenizer.pad_token_id
+        for epoch in range(pos.epochs_done, cfg.epochs):
+            for batch in train_batches(self.data.train, cfg.batch_size, cfg.seed, epoch, pad, static=self.static):
+                batch = batch.to(self.device)
+                if not timer.running:
+                    self._prepare_step(batch)
+                    timer.start()
+                self.step(batch)
+                pos.global_step += 1
+                pos.train_examples += batch.rows
+                pos.train_tokens += batch.tokens
                 bar.update(1)
-                bar.set_postfix(
-                    loss=f"{loss:.4f}", ex_s=f"{self.position.train_examples / self.position.train_seconds:.1f}"
-                )
+                step = pos.global_step
                 if step % self.log_interval == 0 or step == self.total_steps:
-                    self.validate(step, step / self.steps_per_epoch, running / count)
-                    running, count = 0.0, 0
-            self.position.epochs_done = epoch + 1
+                    pos.train_seconds += timer.stop()
+                    loss_sum, steps = self.step.read_loss()
+                    result = self.validate(step, step / self.steps_per_epoch, loss_sum / steps)
+                    self.step.reset_loss()
+                    bar.set_postfix(
+                        loss=f"{loss_sum / steps:.4f}",
+                        val_acc=f"{result.accuracy:.4f}",
+                        ex_s=f"{pos.train_examples / max(pos.train_seconds, 1e-9):.1f}",
+                    )
+            pos.train_seconds += timer.stop()
+            pos.epochs_done = epoch + 1
+            pos.running_loss_sum, pos.running_loss_steps = self.step.read_loss()
             save_checkpoint(
-                self.out / CHECKPOINT,
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                self.method.training_state(),
-                self.position,
+                self.folder.checkpoint, self.model, self.optimizer, self.scheduler, self.method.training_state(), pos
             )
         bar.close()
 
     # ----------------------------------------------------------------------------------------------
     def save_final(self) -> Path:
-        final = self.out / FINAL
-        if self.method.saves_adapter:
-            save_adapter(self.model, final)
-        else:
-            self.model.save_pretrained(final)
-        return final
+        """Write what the method trained to ``final/``; returns the weights file."""
+        return save_trained(self.model, self.folder.final)
 
-    def results(self, test, validation, final: Path) -> dict[str, Any]:
+    def results(self, test, validation, weights_file: Path) -> dict[str, Any]:
         pos = self.position
-        adapter_file = final / ("adapter_model.safetensors" if self.method.saves_adapter else "model.safetensors")
         return {
             "method": self.cfg.method,
             "method_options": self.method.config.to_dict(),
@@ -398,9 +476,13 @@ class Run:
                 "examples_per_s": pos.train_examples / pos.train_seconds if pos.train_seconds else None,
                 "tokens_per_s": pos.train_tokens / pos.train_seconds if pos.train_seconds else None,
                 "precision": "bf16-autocast" if self.bf16 else "fp32",
+                "compiled": self.compiled,
+                "cuda_graph": self.step.cuda_graph,
+                "compile_seconds": self.compile_seconds,
+                "eval_batch_size": self.eval_batch_size,
             },
             "memory": memory_report(self.device),
-            "adapter_file_bytes": adapter_file.stat().st_size,
+            "adapter_file_bytes": weights_file.stat().st_size,
             "method_report": self.method.report(self.model),
             "data": self.data.info,
             "environment": environment(self.device),
@@ -412,11 +494,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run and return its results (also written to ``results.json``)."""
     run = Run(cfg)
     run.resume_if_asked()
-    (run.out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    run.folder.run_config.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     if torch.cuda.is_available() and run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
     run.fit()
-    final = run.save_final()
-    results = run.results(run.evaluate_split(run.data.test), run.final_validation(), final)
-    (run.out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    weights_file = run.save_final()
+    test = run.evaluate_split(run.data.test, "test", progress=cfg.progress)
+    results = run.results(test, run.final_validation(), weights_file)
+    run.folder.results.write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -35,6 +35,8 @@ class Position:
     train_seconds: float = 0.0
     train_examples: int = 0
     train_tokens: int = 0
+    running_loss_sum: float = 0.0  # training loss summed since the last log point (so metrics survive a resume)
+    running_loss_steps: int = 0
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -1,0 +1,68 @@
+"""Applying a method to a model, freezing everything else, and counting parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .base import Method, MethodConfigError
+from .registry import get_method_class
+
+if TYPE_CHECKING:
+    from ..model.t5 import T5ForConditionalGeneration
+
+
+@dataclass
+class AppliedMethod:
+    """What ``apply_method`` attached to a model, kept on ``model.peft``.
+
+    ``added`` are the parameters the method inserted, ``trainable`` those it trains. Everything that
+    differs between adapters and full fine-tuning follows from these two lists (see ``trains_base``).
+    """
+
+    method: Method
+    added: list[str] = field(default_factory=list)
+    trainable: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def trains_base(self) -> bool:
+        """True when the method trains weights of the base model: then the whole model is its result."""
+        return not set(self.trainable) <= set(self.added)
+
+
+def apply_method(model: T5ForConditionalGeneration, name: str, **options: Any) -> T5ForConditionalGeneration:
+    """Insert method ``name`` into ``model`` (in place, also returned) and freeze everything else."""
+    if getattr(model, "peft", None) is not None:
+        raise MethodConfigError(f"the model already has method {model.peft.name!r} applied")
+    cls = get_method_class(name)
+    method = cls(cls.config_class.from_options(options, name))
+    before = {n for n, _ in model.named_parameters()}
+    method.inject(model)
+    added = [n for n, _ in model.named_parameters() if n not in before]
+    model.peft = AppliedMethod(method, added, method.trainable_names(model, added))
+    set_trainable(model)
+    return model
+
+
+def set_trainable(model: T5ForConditionalGeneration) -> None:
+    trainable = set(model.peft.trainable)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+
+
+def count_parameters(model: T5ForConditionalGeneration) -> dict[str, Any]:
+    """Trainable parameters, the base model's size, and the share (trainable / base)."""
+    peft = getattr(model, "peft", None)
+    added = set(peft.added) if peft is not None else set()
+    base = sum(p.numel() for n, p in model.named_parameters() if n not in added)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "trainable": trainable,
+        "base": base,
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable_percent": 100.0 * trainable / base,
+    }

@@ -1,0 +1,51 @@
+"""The files of a run folder, named in one place (README, "Run folder")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    @property
+    def run_config(self) -> Path:
+        """Every setting of the run."""
+        return self.root / "run_config.json"
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON line per log point."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def results(self) -> Path:
+        """Test and validation metrics, parameters, time, memory, environment."""
+        return self.root / "results.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        """End-of-epoch state for ``--resume``."""
+        return self.root / "checkpoint"
+
+    @property
+    def final(self) -> Path:
+        """What the method trained: an adapter, or the whole model."""
+        return self.root / "final"
+
+    @property
+    def base(self) -> Path:
+        """With random-init weights and an adapter method: the base weights the adapter belongs to."""
+        return self.root / "base"
+
+    @property
+    def log(self) -> Path:
+        """The run's console output when ``compare`` runs it."""
+        return self.root / "run.log"
+
+    @property
+    def request(self) -> Path:
+        """The settings ``compare`` asked the run to use."""
+        return self.root / "request.json"

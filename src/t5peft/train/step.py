@@ -1,0 +1,205 @@
+"""One training step, the same for the training loop, pretraining, the tests and the benchmark.
+
+Order: forward with labels (bf16 autocast on CUDA), the method's extra loss, backward, gradient clipping,
+AdamW, the method's update after the optimizer step (AdaLoRA's rank allocation), the scheduler, zero_grad.
+
+Compiled (``compile=True``): the loss goes through ``torch.compile`` as one graph (``fullgraph``; shapes are
+static, see ``data.text2text.StaticShape``). On CUDA, forward + backward + clipping are then captured once as
+a CUDA graph and replayed at every step; fused AdamW, the method's Python-side update and the scheduler run
+after the replay, outside the graph, so the learning rate and AdaLoRA's allocation stay ordinary Python.
+Gradients live in the graph's memory and are overwritten by each replay instead of being zeroed.
+
+The training loss is summed on the device (in float64, as a Python float would) and read only when asked
+(:meth:`TrainStep.read_loss`), so no step waits for the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data.text2text import Batch
+
+COMPILE_SETTINGS = ("auto", "on", "off")
+GRAPH_WARMUP_STEPS = 3  # forward + backward runs on a side stream before capture (compile, allocator, cuBLAS)
+
+LossFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def resolve_compile(setting: str, device: torch.device) -> bool:
+    """``auto``: compiled on CUDA, eager on the CPU (where compiling does not pay for itself)."""
+    if setting not in COMPILE_SETTINGS:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_SETTINGS)}, got {setting!r}")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def autocast(device: torch.device, bf16: bool) -> AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def method_of(model: nn.Module):
+    applied = getattr(model, "peft", None)
+    return None if applied is None else applied.method
+
+
+def make_loss_fn(model: nn.Module, device: torch.device, bf16: bool) -> LossFn:
+    """``(input_ids, attention_mask, labels) -> (task loss, loss to minimise)``; the second adds the method's term."""
+    method = method_of(model)
+
+    def loss_fn(input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        with autocast(device, bf16):
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        extra = method.extra_loss(model) if method is not None else None
+        return loss, loss if extra is None else loss + extra
+
+    return loss_fn
+
+
+def compile_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile`` as every compiled path of t5peft uses it: one graph, static shapes."""
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+class TrainStep:
+    """Owns what one step touches; call it with a batch on the model's device.
+
+    ``step`` is the 0-based index of the next optimizer step (set it when resuming); ``total_steps`` is passed
+    to the method's after-step update (AdaLoRA's schedule).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        *,
+        total_steps: int,
+        max_grad_norm: float | None = 1.0,
+        bf16: bool = False,
+        compile: bool = False,
+        cuda_graph: bool | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.total_steps = total_steps
+        self.max_grad_norm = max_grad_norm
+        self.device = next(model.parameters()).device
+        self.method = method_of(model)
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.compiled = compile
+        self.cuda_graph = compile and self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        if self.cuda_graph and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        loss_fn = make_loss_fn(model, self.device, bf16)
+        self.loss_fn: LossFn = compile_fn(loss_fn) if compile else loss_fn
+        self.step = 0
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.loss_steps = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static: list[Tensor] = []
+        self.prepared = False
+
+    # ----------------------------------------------------------------------------------------------
+    def __call__(self, batch: Batch) -> None:
+        tensors = (batch.input_ids, batch.attention_mask, batch.labels)
+        if self.cuda_graph:
+            if not self.prepared:
+                self.prepare(batch)
+            for static, tensor in zip(self._static, tensors, strict=True):
+                static.copy_(tensor, non_blocking=True)
+            self._graph.replay()
+        else:
+            self._forward_backward(*tensors)
+        self._optimizer_step(zero_grad=not self.cuda_graph)
+
+    def _forward_backward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> None:
+        loss, total = self.loss_fn(input_ids, attention_mask, labels)
+        total.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.loss_sum += loss.detach()
+
+    def _optimizer_step(self, zero_grad: bool) -> None:
+        self.optimizer.step()
+        if self.method is not None:
+            self.method.after_optimizer_step(self.model, self.step, self.total_steps)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.loss_steps += 1
+
+    # ----------------------------------------------------------------------------------------------
+    def prepare(self, batch: Batch) -> None:
+        """Compile (and on CUDA capture the graph) with ``batch``'s shapes, without changing any weight.
+
+        The warm-up runs forward and backward only (no optimizer step), and the random generators and the
+        loss sum are put back afterwards, so a run that prepares computes exactly what it would without.
+        """
+        tensors = (batch.input_ids, batch.attention_mask, batch.labels)
+        rng = _rng_state(self.device)
+        loss_sum = self.loss_sum.clone()
+        if not self.cuda_graph:
+            if self.compiled:
+                self._forward_backward(*tensors)
+                self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self._static = [t.clone() for t in tensors]
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(GRAPH_WARMUP_STEPS):
+                    self._forward_backward(*self._static)
+                    self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            _set_rng_state(self.device, rng)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._forward_backward(*self._static)
+            self._graph = graph
+        _set_rng_state(self.device, rng)
+        self.loss_sum.copy_(loss_sum)
+        self.prepared = True
+
+    # ----------------------------------------------------------------------------------------------
+    def read_loss(self) -> tuple[float, int]:
+        """The summed training loss and the number of steps since the last reset (waits for the device)."""
+        return float(self.loss_sum.item()), self.loss_steps
+
+    def reset_loss(self, total: float = 0.0, steps: int = 0) -> None:
+        self.loss_sum.fill_(total)
+        self.loss_steps = steps
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state: tuple[Tensor, Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def training_step(
+    model: nn.Module,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    step: int,
+    total_steps: int,
+    max_grad_norm: float | None = 1.0,
+) -> float:
+    """One eager step, for tests and scripts that drive steps one by one; returns the task loss."""
+    runner = TrainStep(model, optimizer, scheduler, total_steps=total_steps, max_grad_norm=max_grad_norm)
+    runner.step = step
+    runner(batch)
+    return runner.read_loss()[0]
