@@ -1,0 +1,51 @@
+"""T5 span-corruption pretraining: the objective (:mod:`.objective`) and its data (:mod:`.data`)."""
+
+from .data import (
+    Overlap,
+    PretrainBatch,
+    PretrainData,
+    PretrainTexts,
+    assert_disjoint,
+    batches_per_epoch,
+    build_pretrain_data,
+    count_overlap,
+    exclude_texts,
+    load_pretrain_texts,
+    record_test_overlap,
+    train_batches,
+    validation_batches,
+)
+from .objective import (
+    compute_lengths,
+    corrupt,
+    corrupted_lengths,
+    random_spans_noise_mask,
+    restore,
+    sentinel_ids,
+    span_corrupt,
+    span_counts,
+)
+
+__all__ = [
+    "Overlap",
+    "PretrainBatch",
+    "PretrainData",
+    "PretrainTexts",
+    "assert_disjoint",
+    "batches_per_epoch",
+    "build_pretrain_data",
+    "compute_lengths",
+    "corrupt",
+    "corrupted_lengths",
+    "count_overlap",
+    "exclude_texts",
+    "load_pretrain_texts",
+    "random_spans_noise_mask",
+    "record_test_overlap",
+    "restore",
+    "sentinel_ids",
+    "span_corrupt",
+    "span_counts",
+    "train_batches",
+    "validation_batches",
+]

@@ -1,0 +1,583 @@
+"""Pretraining data: text sources, packing into exact-length span-corruption examples, and batches.
+
+Sources (:func:`load_pretrain_texts`):
+
+* an IMDb folder in the Hub layout of ``stanfordnlp/imdb`` (``plain_text/{split}-*.parquet``) or that Hub id:
+  the ``unsupervised`` and ``train`` texts by default. The ``test`` split is refused: it is the benchmark's
+  held-out evaluation data and is never pretraining data.
+* one file, one document per row: ``.txt`` (one per line; blank lines are skipped and counted), ``.jsonl`` /
+  ``.json`` (JSON lines), ``.parquet`` or ``.csv``, each with a ``text`` column. A file whose name starts with
+  ``test`` (such as the Hub shard ``test-00000-of-00001.parquet``) is refused as a test split.
+
+Bad input is a one-line :class:`~t5peft.data.sources.DataError` naming the file, the row or line and the
+problem. Nothing is dropped silently: counts of what was read, skipped or excluded go into ``info``.
+
+Packing (:func:`build_pretrain_data`): documents are split into training and validation documents (by
+document, seeded), tokenized with ``</s>`` after each (so ``</s>`` separates documents), concatenated and
+cut into chunks of exactly ``raw_length`` tokens (:func:`~t5peft.pretrain.objective.compute_lengths`), the
+tail shorter than a chunk being dropped and counted. Span corruption of a chunk then gives exactly
+``input_length`` input and ``target_length`` target tokens: no padding. The T5 reference code joins
+documents without a separator; the ``</s>`` between them follows Hugging Face's T5 pretraining example.
+
+Batches (:func:`train_batches`, :func:`validation_batches`): the noise of a chunk is drawn from a generator
+seeded with ``(seed, stream, epoch, chunk index)``, and the chunk order of an epoch from ``(seed, epoch)``;
+a batch is therefore a function of ``(seed, epoch, batch index)`` only, which makes resuming exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ..data.sources import DataError
+from ..hub import HubUnavailableError, download_snapshot, looks_like_hub_id
+from ..tokenizer import T5Tokenizer
+from .objective import (
+    MEAN_NOISE_SPAN_LENGTH,
+    NOISE_DENSITY,
+    compute_lengths,
+    sentinel_ids,
+    span_corrupt,
+    span_counts,
+)
+
+IMDB_PRETRAIN_SPLITS = ("unsupervised", "train")
+REFUSED_SPLITS = ("test",)
+TEXT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
+
+_SENTINEL_TEXT = re.compile(r"<extra_id_\d+>")
+_TEST_FILE_NAME = re.compile(r"^test(?:[-_.]|$)", re.IGNORECASE)
+_TRAIN_STREAM, _VALIDATION_STREAM, _ORDER_STREAM, _SPLIT_STREAM = 0, 1, 2, 3
+_TOKENIZE_BATCH = 1000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text sources
+
+
+@dataclass
+class PretrainTexts:
+    """Documents for pretraining, in source order, and ``info``: what was read (splits, files, counts)."""
+
+    texts: list[str]
+    info: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def parts(self) -> list[tuple[str, list[str]]]:
+        """``(split or file name, its texts)`` for each input, in the order they were read."""
+        result = []
+        start = 0
+        for part in self.info["inputs"]:
+            result.append((part["name"], self.texts[start : start + part["documents"]]))
+            start += part["documents"]
+        return result
+
+
+def load_pretrain_texts(
+    source: str | os.PathLike[str],
+    splits: Sequence[str] | None = None,
+    *,
+    downloader: Callable[..., str] | None = None,
+) -> PretrainTexts:
+    """Read the pretraining documents of ``source`` (see the module docstring for the sources).
+
+    ``splits`` applies to Hub-layout folders and Hub ids (default ``("unsupervised", "train")``); asking for
+    ``"test"`` raises. ``downloader`` replaces ``huggingface_hub.snapshot_download`` (tests).
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        if splits is not None:
+            raise ValueError(f"{path}: a single file is one set of documents; splits apply only to folders")
+        return _load_text_file(path)
+    chosen = _check_splits(splits, str(source))
+    if path.is_dir():
+        return _load_split_dir(path, chosen, str(path))
+    if looks_like_hub_id(str(source), owner_required=True, file_suffixes=TEXT_FILE_SUFFIXES):
+        return _load_hub_id(str(source), chosen, downloader)
+    raise DataError(f"{source}: no such file or folder (and it does not look like a Hub dataset id)")
+
+
+def _check_splits(splits: Sequence[str] | None, source: str) -> tuple[str, ...]:
+    chosen = IMDB_PRETRAIN_SPLITS if splits is None else (splits,) if isinstance(splits, str) else tuple(splits)
+    refused = [split for split in chosen if split in REFUSED_SPLITS]
+    if refused:
+        raise DataError(
+            f"{source}: the {refused[0]!r} split is never used for pretraining (it is the benchmark's held-out "
+            f"evaluation data); use {' and/or '.join(IMDB_PRETRAIN_SPLITS)}"
+        )
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"{source}: splits must be distinct and at least one, got {list(chosen)}")
+    return chosen
+
+
+def _load_split_dir(path: Path, splits: Sequence[str], origin: str) -> PretrainTexts:
+    shard_dir = path / "plain_text" if (path / "plain_text").is_dir() else path
+    texts: list[str] = []
+    inputs: list[dict[str, Any]] = []
+    for split in splits:
+        shards = sorted(shard_dir.glob(f"{split}-*.parquet"))
+        if not shards:
+            raise DataError(f"{shard_dir}: no {split}-*.parquet files for split {split!r}")
+        split_texts = [text for shard in shards for text in _read_parquet(shard)]
+        texts.extend(split_texts)
+        files = {shard.name: _sha256_file(shard) for shard in shards}
+        inputs.append({"name": split, "split": split, "files": files, "documents": len(split_texts)})
+    return PretrainTexts(texts, _texts_info(origin, inputs, splits))
+
+
+def _load_hub_id(repo_id: str, splits: Sequence[str], downloader: Callable[..., str] | None) -> PretrainTexts:
+    # Only the requested splits' shards are downloaded: the test shard is not even fetched.
+    patterns = [f"plain_text/{split}-*.parquet" for split in splits]
+    try:
+        local = download_snapshot(
+            repo_id,
+            patterns,
+            repo_type="dataset",
+            what_instead="a local folder in the Hub layout (plain_text/{split}-*.parquet) or a text file",
+            downloader=downloader,
+        )
+    except HubUnavailableError as exc:
+        raise DataError(f"{repo_id}: not a local path, and {exc}") from exc
+    return _load_split_dir(local, splits, f"hf://datasets/{repo_id}")
+
+
+def _load_text_file(path: Path) -> PretrainTexts:
+    if _TEST_FILE_NAME.match(path.name):
+        raise DataError(
+            f"{path}: the file name says it is a test split, and test texts are never used for pretraining "
+            "(rename the file if it is not test data)"
+        )
+    name = path.name.lower()
+    blank = 0
+    if name.endswith(".txt"):
+        texts, blank = _read_txt(path)
+    elif name.endswith((".jsonl", ".json")):
+        texts, blank = _read_jsonl(path)
+    elif name.endswith(".parquet"):
+        texts = _read_parquet(path)
+    elif name.endswith(".csv"):
+        texts = _read_csv(path)
+    else:
+        raise DataError(f"{path}: unsupported file type; expected one of {', '.join(TEXT_FILE_SUFFIXES)}")
+    if not texts:
+        raise DataError(f"{path}: no documents")
+    part = {"name": path.name, "split": None, "files": {path.name: _sha256_file(path)}, "documents": len(texts)}
+    if blank:
+        part["blank_lines_skipped"] = blank
+    return PretrainTexts(texts, _texts_info(str(path), [part], []))
+
+
+def _texts_info(origin: str, inputs: list[dict[str, Any]], splits: Sequence[str]) -> dict[str, Any]:
+    return {
+        "source": origin,
+        "splits": list(splits),
+        "inputs": inputs,
+        "documents": sum(part["documents"] for part in inputs),
+        "test_split_used": False,  # every path above refuses a test split before reading anything
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# File readers
+
+
+def _read_parquet(path: Path) -> list[str]:
+    try:
+        names = pq.read_schema(path).names
+        if "text" not in names:
+            raise DataError(f"{path}: no text column; found columns: {', '.join(names) or 'none'}")
+        values = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable parquet file ({_one_line(exc)})") from exc
+    return [_check_text(value, path, f"row {row} (1-based)") for row, value in enumerate(values, start=1)]
+
+
+def _read_txt(path: Path) -> tuple[list[str], int]:
+    texts: list[str] = []
+    blank = 0
+    for lineno, line in _numbered_lines(path):
+        if not line.strip():
+            blank += 1
+            continue
+        texts.append(_check_text(line, path, f"line {lineno} (1-based)"))
+    return texts, blank
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """``(1-based number, line)`` split on newlines only (not on the other separators ``str.splitlines`` knows)."""
+    lines = _decode_utf8(path).split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line does not start another one
+    return [(lineno, line.removesuffix("\r")) for lineno, line in enumerate(lines, start=1)]
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], int]:
+    texts: list[str] = []
+    blank = 0
+    for lineno, line in _numbered_lines(path):
+        if not line.strip():
+            blank += 1
+            continue
+        where = f"line {lineno} (1-based)"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: {where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: {where}: expected a JSON object, got {type(record).__name__}")
+        if "text" not in record:
+            raise DataError(f"{path}: {where}: no text key (found keys: {', '.join(sorted(record)) or 'none'})")
+        texts.append(_check_text(record["text"], path, where))
+    return texts, blank
+
+
+def _read_csv(path: Path) -> list[str]:
+    # strict: an unbalanced quote is an error instead of a field that swallows the rest of the file
+    reader = csv.reader(io.StringIO(_decode_utf8(path), newline=""), strict=True)
+    row = 0
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        if "text" not in header:
+            raise DataError(f"{path}: no text column in the header; found columns: {', '.join(header) or 'none'}")
+        column = header.index("text")
+        texts: list[str] = []
+        for fields in reader:
+            if not fields:  # blank line: no record
+                continue
+            row += 1
+            where = f"data row {row} (1-based, header not counted; line {reader.line_num})"
+            if len(fields) != len(header):
+                raise DataError(f"{path}: {where}: {len(fields)} fields but the header has {len(header)}")
+            texts.append(_check_text(fields[column], path, where))
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV after data row {row} (1-based): {_one_line(exc)}") from exc
+    return texts
+
+
+def _decode_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: line {line} (1-based): bytes that are not valid UTF-8 at offset {exc.start}") from exc
+
+
+def _check_text(value: object, path: Path, where: str) -> str:
+    if value is None:
+        raise DataError(f"{path}: {where}: text is missing")
+    if not isinstance(value, str):
+        raise DataError(f"{path}: {where}: text must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{path}: {where}: text is empty or whitespace only")
+    sentinel = _SENTINEL_TEXT.search(value)
+    if sentinel:
+        # the tokenizer maps it to a sentinel id, which span corruption reserves for its span markers
+        raise DataError(f"{path}: {where}: text contains the sentinel token {sentinel.group()}")
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Overlap with test texts
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """How many pretraining documents are, character for character, also test texts."""
+
+    documents: int  # pretraining documents whose text is a test text (duplicates counted)
+    distinct_texts: int  # distinct test texts among them
+
+    def as_dict(self) -> dict[str, int]:
+        return {"documents": self.documents, "distinct_texts": self.distinct_texts}
+
+
+def text_digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def count_overlap(pretrain_texts: Iterable[str], test_texts: Iterable[str]) -> Overlap:
+    """Count pretraining documents whose exact text (SHA-256 of its UTF-8) is also a test text.
+
+    What we decided, and why: overlap is counted and recorded, never removed behind the caller's back.
+    IMDb has 123 test reviews whose text also occurs in ``train``; those are training data of the
+    benchmark itself (fine-tuning sees them, labelled), so pretraining on them exposes nothing the benchmark
+    does not already expose, and dropping them would make "train" mean something else here than there.
+    ``unsupervised`` has 270 documents (266 distinct texts) equal to test reviews, which fine-tuning never
+    sees: removing them is a choice a run can make with :func:`exclude_texts`, which records what it removed.
+    Matching is exact; near-duplicates (whitespace, case, HTML) are not detected.
+    """
+    test = {text_digest(text) for text in test_texts}
+    shared = [digest for digest in map(text_digest, pretrain_texts) if digest in test]
+    return Overlap(documents=len(shared), distinct_texts=len(set(shared)))
+
+
+def assert_disjoint(pretrain_texts: Iterable[str], test_texts: Iterable[str], *, allowed: int = 0) -> Overlap:
+    """:func:`count_overlap`, raising :class:`DataError` when more than ``allowed`` documents overlap."""
+    overlap = count_overlap(pretrain_texts, test_texts)
+    if overlap.documents > allowed:
+        raise DataError(
+            f"{overlap.documents} pretraining documents ({overlap.distinct_texts} distinct texts) are test texts; "
+            f"at most {allowed} allowed"
+        )
+    return overlap
+
+
+def record_test_overlap(texts: PretrainTexts, test_texts: Iterable[str]) -> dict[str, Any]:
+    """Count the overlap with ``test_texts`` per input and in total, and store it in ``texts.info``."""
+    test = list(test_texts)
+    per_input = {name: count_overlap(part, test).as_dict() for name, part in texts.parts()}
+    record = {"inputs": per_input, "total": count_overlap(texts.texts, test).as_dict(), "test_texts": len(test)}
+    texts.info["test_overlap"] = record
+    return record
+
+
+def exclude_texts(
+    texts: PretrainTexts, excluded: Iterable[str], *, reason: str, parts: Sequence[str] | None = None
+) -> PretrainTexts:
+    """A copy of ``texts`` without the documents whose exact text is in ``excluded``; counts go into ``info``.
+
+    ``parts`` limits the exclusion to those inputs (split or file names), e.g. ``["unsupervised"]``.
+    """
+    names = [name for name, _ in texts.parts()]
+    unknown = sorted(set(parts or ()) - set(names))
+    if unknown:
+        raise ValueError(f"no input named {unknown[0]!r}; the inputs are {names}")
+    drop = {text_digest(text) for text in excluded}
+    kept: list[str] = []
+    inputs: list[dict[str, Any]] = []
+    for part, (name, part_texts) in zip(texts.info["inputs"], texts.parts(), strict=True):
+        applies = parts is None or name in parts
+        part_kept = [text for text in part_texts if not applies or text_digest(text) not in drop]
+        kept.extend(part_kept)
+        removed = len(part_texts) - len(part_kept)
+        inputs.append({**part, "documents": len(part_kept), "excluded": part.get("excluded", 0) + removed})
+    info = {**texts.info, "inputs": inputs, "documents": len(kept)}
+    exclusion = {"reason": reason, "inputs": list(parts or names), "documents": len(texts) - len(kept)}
+    info["exclusions"] = [*texts.info.get("exclusions", []), exclusion]
+    return PretrainTexts(kept, info)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Packing
+
+
+@dataclass
+class PretrainData:
+    """Raw token chunks of the training and validation documents, and how to corrupt them.
+
+    ``train`` and ``validation`` are ``[chunks, raw_length]`` int32 arrays; span corruption turns each chunk
+    into exactly ``input_length`` input and ``target_length`` target tokens.
+    """
+
+    train: np.ndarray
+    validation: np.ndarray
+    raw_length: int
+    input_length: int
+    target_length: int
+    noise_density: float
+    mean_noise_span_length: float
+    sentinels: np.ndarray
+    eos_id: int
+    train_documents: np.ndarray  # indices into the texts, in packing order
+    validation_documents: np.ndarray
+    info: dict[str, Any]
+
+
+def split_documents(count: int, validation_documents: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, validation)`` document indices, both in a seeded random order (the packing order)."""
+    if not 0 <= validation_documents < count:
+        raise ValueError(f"validation_documents must be in [0, {count}) for {count} documents")
+    order = np.random.default_rng([_check_seed(seed), _SPLIT_STREAM]).permutation(count)
+    return order[validation_documents:], order[:validation_documents]
+
+
+def tokenize_documents(texts: Sequence[str], tokenizer: T5Tokenizer) -> list[np.ndarray]:
+    """Token ids of each text as int32, ``</s>`` last (the tokenizer appends it)."""
+    result: list[np.ndarray] = []
+    for first in range(0, len(texts), _TOKENIZE_BATCH):
+        encoded = tokenizer.encode(list(texts[first : first + _TOKENIZE_BATCH]))
+        result.extend(np.asarray(ids, dtype=np.int32) for ids in encoded)
+    return result
+
+
+def pack(documents: Sequence[np.ndarray], raw_length: int) -> tuple[np.ndarray, int]:
+    """Concatenate ``documents`` and cut into ``[chunks, raw_length]``; returns the chunks and the dropped tail."""
+    stream = np.concatenate(documents) if documents else np.zeros(0, dtype=np.int32)
+    chunks = len(stream) // raw_length
+    return stream[: chunks * raw_length].reshape(chunks, raw_length), len(stream) - chunks * raw_length
+
+
+def build_pretrain_data(
+    texts: PretrainTexts | Sequence[str],
+    tokenizer: T5Tokenizer,
+    *,
+    input_length: int = 512,
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+    validation_documents: int = 1000,
+    seed: int = 0,
+) -> PretrainData:
+    """Split, tokenize and pack ``texts`` into chunks that corrupt to exactly ``input_length`` tokens."""
+    documents = texts.texts if isinstance(texts, PretrainTexts) else list(texts)
+    raw_length, target_length = compute_lengths(input_length, noise_density, mean_noise_span_length)
+    sentinels = sentinel_ids(tokenizer)
+    num_noise, num_spans = span_counts(raw_length, noise_density, mean_noise_span_length)
+    if num_spans > len(sentinels):
+        raise ValueError(f"input_length {input_length} needs {num_spans} sentinels; the tokenizer has {len(sentinels)}")
+    train_idx, validation_idx = split_documents(len(documents), validation_documents, seed)
+    train, train_info = _pack_part(documents, train_idx, tokenizer, raw_length, sentinels, "train")
+    validation, validation_info = _pack_part(documents, validation_idx, tokenizer, raw_length, sentinels, "validation")
+    info = {
+        "texts": texts.info if isinstance(texts, PretrainTexts) else {"source": "<texts>", "documents": len(documents)},
+        # known only for texts read by load_pretrain_texts, which refuses test splits; None = not known
+        "test_split_used": texts.info["test_split_used"] if isinstance(texts, PretrainTexts) else None,
+        "seed": seed,
+        "raw_length": raw_length,
+        "input_length": input_length,
+        "target_length": target_length,
+        "noise_density": noise_density,
+        "mean_noise_span_length": mean_noise_span_length,
+        "noise_tokens_per_example": num_noise,
+        "noise_spans_per_example": num_spans,
+        "document_separator": "</s>",
+        "train": train_info,
+        "validation": validation_info,
+    }
+    return PretrainData(
+        train=train,
+        validation=validation,
+        raw_length=raw_length,
+        input_length=input_length,
+        target_length=target_length,
+        noise_density=noise_density,
+        mean_noise_span_length=mean_noise_span_length,
+        sentinels=sentinels,
+        eos_id=tokenizer.eos_token_id,
+        train_documents=train_idx,
+        validation_documents=validation_idx,
+        info=info,
+    )
+
+
+def _pack_part(
+    documents: Sequence[str],
+    indices: np.ndarray,
+    tokenizer: T5Tokenizer,
+    raw_length: int,
+    sentinels: np.ndarray,
+    name: str,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Tokenize and pack the documents at ``indices``: ``(chunks, counts)``."""
+    ids = tokenize_documents([documents[i] for i in indices], tokenizer)
+    _check_no_sentinels(ids, indices, sentinels)
+    chunks, dropped = pack(ids, raw_length)
+    if len(chunks) == 0 and len(indices) > 0:
+        raise ValueError(f"the {len(indices)} {name} documents hold fewer than {raw_length} tokens: not one example")
+    counts = {"documents": len(indices), "tokens": sum(map(len, ids)), "examples": len(chunks)}
+    return chunks, {**counts, "tokens_dropped": dropped}
+
+
+def _check_no_sentinels(ids: Sequence[np.ndarray], indices: np.ndarray, sentinels: np.ndarray) -> None:
+    """A sentinel id inside a document would be taken for a span marker (the text check should catch it)."""
+    if not ids:
+        return
+    found = np.isin(np.concatenate(ids), sentinels)
+    if found.any():
+        ends = np.cumsum([len(doc) for doc in ids])
+        where = int(np.searchsorted(ends, int(np.argmax(found)), side="right"))
+        raise DataError(f"document {indices[where]} (0-based, in source order) encodes to a sentinel token id")
+
+
+def _check_seed(seed: int) -> int:
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return seed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches
+
+
+class PretrainBatch(NamedTuple):
+    input_ids: torch.Tensor  # [B, input_length] long
+    labels: torch.Tensor  # [B, target_length] long
+
+
+def corrupt_chunks(data: PretrainData, chunks: np.ndarray, rngs: Sequence[np.random.Generator]) -> PretrainBatch:
+    """Span-corrupt each chunk with its own generator and stack into a batch."""
+    pairs = [
+        span_corrupt(chunk, rng, data.sentinels, data.eos_id, data.noise_density, data.mean_noise_span_length)
+        for chunk, rng in zip(chunks, rngs, strict=True)
+    ]
+    inputs = torch.from_numpy(np.stack([p[0] for p in pairs]).astype(np.int64))
+    labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
+    expected = (len(chunks), data.input_length), (len(chunks), data.target_length)
+    if (tuple(inputs.shape), tuple(labels.shape)) != expected:
+        raise AssertionError(f"corrupted shapes {tuple(inputs.shape)}, {tuple(labels.shape)}; expected {expected}")
+    return PretrainBatch(inputs, labels)
+
+
+def example_rng(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one example's noise: independent of batch size and of the order of the epoch."""
+    return np.random.default_rng([_check_seed(seed), stream, epoch, index])
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
+    """The chunk order of ``epoch``: a function of ``(seed, epoch)`` only."""
+    return np.random.default_rng([_check_seed(seed), _ORDER_STREAM, epoch]).permutation(count)
+
+
+def batches_per_epoch(data: PretrainData, batch_size: int) -> int:
+    """Full training batches per epoch (the last partial batch is left out so every batch has one shape)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return len(data.train) // batch_size
+
+
+def train_batches(
+    data: PretrainData, batch_size: int, *, seed: int, epoch: int, start: int = 0
+) -> Iterator[PretrainBatch]:
+    """The training batches of ``epoch`` from batch index ``start`` on (``start > 0`` resumes a run)."""
+    order = epoch_order(len(data.train), seed, epoch)
+    for batch in range(start, batches_per_epoch(data, batch_size)):
+        indices = order[batch * batch_size : (batch + 1) * batch_size]
+        rngs = [example_rng(seed, _TRAIN_STREAM, epoch, int(i)) for i in indices]
+        yield corrupt_chunks(data, data.train[indices], rngs)
+
+
+def validation_batches(data: PretrainData, batch_size: int, *, seed: int = 0) -> Iterator[PretrainBatch]:
+    """Every validation chunk once, in order, with the same noise on every call (the last batch may be smaller)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for first in range(0, len(data.validation), batch_size):
+        indices = range(first, min(first + batch_size, len(data.validation)))
+        rngs = [example_rng(seed, _VALIDATION_STREAM, 0, i) for i in indices]
+        yield corrupt_chunks(data, data.validation[first : first + batch_size], rngs)
