@@ -25,7 +25,7 @@ import torch
 
 from helpers import TINY, logits, perturb, random_batch, relative_error, t5_small_meta, tiny_config, train_steps
 from t5peft import T5Config, T5ForConditionalGeneration, apply_method, count_parameters, load_pretrained
-from t5peft.methods import load_trained, save_trained
+from t5peft.methods import load_trained, method_names, save_trained
 from t5peft.methods.registry import METHODS, get_method_class
 
 TOLERANCE = 1e-5
@@ -131,7 +131,7 @@ def _applied(base_dir, method: str, options: dict[str, Any]) -> T5ForConditional
 
 
 def test_every_registered_method_has_a_contract():
-    assert list(CONTRACTS) == [cls.name for cls in METHODS]
+    assert list(CONTRACTS) == [cls.name for cls in METHODS] == method_names()
     for cls in METHODS:
         contract = CONTRACTS[cls.name]
         assert contract.cases, cls.name
