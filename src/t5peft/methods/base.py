@@ -6,7 +6,8 @@ nothing above it. Applying a method inserts its modules into the model in place;
 are found by comparing parameter names before and after, so freezing, counting, optimizer groups and
 saving need no per-method code. A method overrides only what differs: how adapter tensors are named in
 the file (``file_key`` / ``model_key``), what happens before saving (``export_state``), an extra loss
-term, and an update after each optimizer step.
+term, and an update after each optimizer step. Every method also declares two facts the contract suite
+(``tests/test_method_contract.py``) holds it to: ``identity_at_init`` and ``closed_form_trainable``.
 
 Options are checked by the validators below (``check_*``), so every method reports a bad value the same way.
 """
