@@ -47,6 +47,11 @@ def random_batch(seed: int = 0, vocab: int = 32000) -> dict[str, torch.Tensor]:
     return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
+def tiny_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`random_batch` with ids inside the vocabulary of :data:`TINY`."""
+    return random_batch(seed, TINY["vocab_size"])
+
+
 def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Eval-mode logits of a t5peft or a transformers/PEFT model, teacher-forced on ``batch["labels"]``.
 

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import TINY, logits, perturb, random_batch, relative_error
+from helpers import logits, perturb, relative_error
+from helpers import tiny_batch as _batch
 from oracles import peft_model
 from t5peft import apply_method, load_adapter, load_pretrained, save_adapter
 from t5peft.methods import MethodConfigError
@@ -29,35 +30,25 @@ CASES = {
 }
 
 
-def _batch() -> dict[str, torch.Tensor]:
-    return random_batch(vocab=TINY["vocab_size"])
-
-
-@pytest.fixture(scope="module")
-def base_dir(tiny_base_dir) -> Path:
-    """A tiny random T5 (2 encoder and 3 decoder layers, d_model 64, d_ff 128)."""
-    return tiny_base_dir
-
-
-def _applied(base_dir: Path, case: str):
+def _applied(base: Path, case: str):
     method, options = CASES[case]
-    return apply_method(load_pretrained(base_dir), method, **options)
+    return apply_method(load_pretrained(base), method, **options)
 
 
-def test_loaded_config_equals_saved_config(base_dir, tmp_path):
+def test_loaded_config_equals_saved_config(tiny_base_dir, tmp_path):
     for case in CASES:
-        model = _applied(base_dir, case)
+        model = _applied(tiny_base_dir, case)
         save_adapter(model, tmp_path / case)
-        loaded = load_adapter(load_pretrained(base_dir), tmp_path / case)
+        loaded = load_adapter(load_pretrained(tiny_base_dir), tmp_path / case)
         assert loaded.peft.method.config == model.peft.method.config, case
 
 
-def test_adapter_with_init_scale_is_not_identity(base_dir):
+def test_adapter_with_init_scale_is_not_identity(tiny_base_dir):
     """``init_scale > 0`` is Houlsby's near-identity init: close to, but not exactly, the base model."""
     batch = _batch()
-    expected = logits(load_pretrained(base_dir), batch)
+    expected = logits(load_pretrained(tiny_base_dir), batch)
     torch.manual_seed(0)
-    near = logits(apply_method(load_pretrained(base_dir), "adapter", init_scale=1e-3), batch)
+    near = logits(apply_method(load_pretrained(tiny_base_dir), "adapter", init_scale=1e-3), batch)
     assert not torch.equal(near, expected)
     assert relative_error(near, expected) < 1e-2
 
@@ -70,13 +61,13 @@ def _adapter_paths(model) -> list[str]:
     return sorted(name for name, module in model.named_modules() if isinstance(module, BottleneckAdapter))
 
 
-def test_adapter_placement(base_dir):
-    pfeiffer = _adapter_paths(_applied(base_dir, "adapter-pfeiffer"))
+def test_adapter_placement(tiny_base_dir):
+    pfeiffer = _adapter_paths(_applied(tiny_base_dir, "adapter-pfeiffer"))
     assert pfeiffer == sorted(
         [f"encoder.block.{i}.layer.1.adapter" for i in range(2)]
         + [f"decoder.block.{i}.layer.2.adapter" for i in range(3)]
     )
-    houlsby = _adapter_paths(_applied(base_dir, "adapter-houlsby"))
+    houlsby = _adapter_paths(_applied(tiny_base_dir, "adapter-houlsby"))
     assert houlsby == sorted(
         [f"encoder.block.{i}.layer.{j}.adapter" for i in range(2) for j in (0, 1)]
         + [f"decoder.block.{i}.layer.{j}.adapter" for i in range(3) for j in (0, 1, 2)]
@@ -99,8 +90,8 @@ def test_adapter_module_by_hand(name, act):
     torch.testing.assert_close(adapter(y), expected)
 
 
-def test_adapter_zero_init_and_shapes(base_dir):
-    model = _applied(base_dir, "adapter-houlsby")
+def test_adapter_zero_init_and_shapes(tiny_base_dir):
+    model = _applied(tiny_base_dir, "adapter-houlsby")
     params = dict(model.named_parameters())
     assert params["encoder.block.0.layer.1.adapter.down.weight"].shape == (8, 64)  # 64 // 8
     assert params["encoder.block.0.layer.1.adapter.up.weight"].shape == (64, 8)
@@ -112,8 +103,8 @@ def test_adapter_zero_init_and_shapes(base_dir):
             assert param.any(), name
 
 
-def test_adapter_dropout_only_in_training(base_dir):
-    model = apply_method(load_pretrained(base_dir), "adapter", adapter_dropout=0.5)
+def test_adapter_dropout_only_in_training(tiny_base_dir):
+    model = apply_method(load_pretrained(tiny_base_dir), "adapter", adapter_dropout=0.5)
     adapter = model.encoder.block[0].layer[1].adapter
     with torch.no_grad():
         adapter.up.weight.normal_()
@@ -139,13 +130,13 @@ def test_adapter_dropout_only_in_training(base_dir):
         dict(r=8),
     ],
 )
-def test_adapter_rejects_bad_options(base_dir, options):
+def test_adapter_rejects_bad_options(tiny_base_dir, options):
     with pytest.raises(MethodConfigError):
-        apply_method(load_pretrained(base_dir), "adapter", **options)
+        apply_method(load_pretrained(tiny_base_dir), "adapter", **options)
 
 
-def test_adapter_file_layout(base_dir, tmp_path):
-    model = _applied(base_dir, "adapter-pfeiffer")
+def test_adapter_file_layout(tiny_base_dir, tmp_path):
+    model = _applied(tiny_base_dir, "adapter-pfeiffer")
     save_adapter(model, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["peft_type"] == "T5PEFT_BOTTLENECK"
@@ -173,8 +164,8 @@ def test_ia3_linear_by_hand():
     assert input_scaled.weight is base.weight
 
 
-def test_ia3_targets_and_keys(base_dir):
-    model = _applied(base_dir, "ia3")
+def test_ia3_targets_and_keys(tiny_base_dir):
+    model = _applied(tiny_base_dir, "ia3")
     layers = {name: m for name, m in model.named_modules() if isinstance(m, IA3Linear)}
     assert len(layers) == 2 * 3 + 3 * 5  # encoder k, v, wo; decoder self k, v, cross k, v, wo
     for name, layer in layers.items():
@@ -197,8 +188,8 @@ def test_ia3_feedforward_defaults_follow_targets():
         IA3Config(target_modules=[])
 
 
-def test_ia3_merge_matches_unmerged(base_dir, tmp_path):
-    model = _applied(base_dir, "ia3-custom")
+def test_ia3_merge_matches_unmerged(tiny_base_dir, tmp_path):
+    model = _applied(tiny_base_dir, "ia3-custom")
     perturb(model)
     batch = _batch()
     expected = logits(model, batch)
@@ -213,13 +204,13 @@ def test_ia3_merge_matches_unmerged(base_dir, tmp_path):
 # (IA)^3: PEFT's config fields
 
 
-def test_ia3_peft_config_fields_neutral_and_refused(base_dir, tmp_path):
+def test_ia3_peft_config_fields_neutral_and_refused(tiny_base_dir, tmp_path):
     peft = pytest.importorskip("peft")
-    peft_model(base_dir, peft.IA3Config(task_type="SEQ_2_SEQ_LM")).save_pretrained(tmp_path)
+    peft_model(tiny_base_dir, peft.IA3Config(task_type="SEQ_2_SEQ_LM")).save_pretrained(tmp_path)
     path = tmp_path / "adapter_config.json"
     values = json.loads(path.read_text())
-    load_adapter(load_pretrained(base_dir), tmp_path)  # every field PEFT wrote is understood
+    load_adapter(load_pretrained(tiny_base_dir), tmp_path)  # every field PEFT wrote is understood
     values["fan_in_fan_out"] = True
     path.write_text(json.dumps(values))
     with pytest.raises(MethodConfigError, match="fan_in_fan_out"):
-        load_adapter(load_pretrained(base_dir), tmp_path)
+        load_adapter(load_pretrained(tiny_base_dir), tmp_path)

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import torch
 
-from helpers import TINY, logits, perturb, random_batch, relative_error, t5_small_meta, tiny_config, train_steps
+from helpers import logits, perturb, relative_error, t5_small_meta, tiny_config, train_steps
+from helpers import tiny_batch as _batch
 from t5peft import T5Config, T5ForConditionalGeneration, apply_method, count_parameters, load_pretrained
 from t5peft.methods import load_trained, method_names, save_trained
 from t5peft.methods.registry import METHODS, get_method_class
@@ -120,10 +121,6 @@ def _cases(peft: bool | None = None) -> list:
         if peft is None or get_method_class(method).peft_compatible == peft
         for case, options in contract.cases.items()
     ]
-
-
-def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    return random_batch(seed, TINY["vocab_size"])
 
 
 def _applied(base_dir, method: str, options: dict[str, Any]) -> T5ForConditionalGeneration:

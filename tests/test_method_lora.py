@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import TINY, logits, perturb, random_batch, relative_error
+from helpers import logits, perturb, relative_error
+from helpers import tiny_batch as _batch
 from oracles import hf_from
 from t5peft import apply_method, count_parameters, load_adapter, load_pretrained, save_adapter
 from t5peft.methods import MethodConfigError
@@ -23,30 +24,21 @@ TOLERANCE = 1e-5
 OPTIONS = dict(r=4, lora_alpha=8, target_modules=["q", "v", "wo"])
 
 
-def _batch() -> dict[str, torch.Tensor]:
-    return random_batch(vocab=TINY["vocab_size"])
-
-
-@pytest.fixture(scope="module")
-def base_dir(tiny_base_dir) -> Path:
-    return tiny_base_dir
-
-
-def test_save_load_round_trip_keeps_options_and_file_type(base_dir, tmp_path):
-    model = apply_method(load_pretrained(base_dir), "lora", **OPTIONS, use_rslora=True)
+def test_save_load_round_trip_keeps_options_and_file_type(tiny_base_dir, tmp_path):
+    model = apply_method(load_pretrained(tiny_base_dir), "lora", **OPTIONS, use_rslora=True)
     trainable = model.peft.trainable
     assert trainable and all(n.endswith((".lora_A.weight", ".lora_B.weight")) for n in trainable)
     perturb(model)
     save_adapter(model, tmp_path / "adapter")
-    again = load_adapter(load_pretrained(base_dir), tmp_path / "adapter")
+    again = load_adapter(load_pretrained(tiny_base_dir), tmp_path / "adapter")
     assert torch.equal(logits(again, _batch()), logits(model, _batch()))
     assert again.peft.method.config.use_rslora is True
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["peft_type"] == "LORA" and saved["task_type"] == "SEQ_2_SEQ_LM"
 
 
-def test_merge_and_unmerge_reproduce_unmerged_logits(base_dir, tmp_path):
-    model = apply_method(load_pretrained(base_dir), "lora", **OPTIONS)
+def test_merge_and_unmerge_reproduce_unmerged_logits(tiny_base_dir, tmp_path):
+    model = apply_method(load_pretrained(tiny_base_dir), "lora", **OPTIONS)
     perturb(model, seed=3)
     unmerged = logits(model, _batch())
     layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
@@ -65,61 +57,61 @@ def test_merge_and_unmerge_reproduce_unmerged_logits(base_dir, tmp_path):
     assert relative_error(logits(hf_from(tmp_path / "merged"), _batch()), unmerged) <= TOLERANCE
 
 
-def test_a_model_with_lora_is_not_saved_as_a_plain_checkpoint(base_dir, tmp_path):
-    model = apply_method(load_pretrained(base_dir), "lora", **OPTIONS)
+def test_a_model_with_lora_is_not_saved_as_a_plain_checkpoint(tiny_base_dir, tmp_path):
+    model = apply_method(load_pretrained(tiny_base_dir), "lora", **OPTIONS)
     with pytest.raises(Exception, match="merge or remove the PEFT method first"):
         model.save_pretrained(tmp_path / "x")
 
 
-def test_full_fine_tuning_trains_everything(base_dir):
-    model = apply_method(load_pretrained(base_dir), "full")
+def test_full_fine_tuning_trains_everything(tiny_base_dir):
+    model = apply_method(load_pretrained(tiny_base_dir), "full")
     counts = count_parameters(model)
     assert counts["trainable"] == counts["base"] == model.num_parameters()
     with pytest.raises(MethodConfigError, match="use save_pretrained"):
         save_adapter(model, "unused")
 
 
-def test_registry_and_option_errors(base_dir):
+def test_registry_and_option_errors(tiny_base_dir):
     # the registered names: tests/test_method_contract.py::test_every_registered_method_has_a_contract
     with pytest.raises(MethodConfigError, match="has no option 'rank'; its options are: r, lora_alpha"):
-        apply_method(load_pretrained(base_dir), "lora", rank=4)
+        apply_method(load_pretrained(tiny_base_dir), "lora", rank=4)
     with pytest.raises(MethodConfigError, match="unknown method 'qlora'"):
-        apply_method(load_pretrained(base_dir), "qlora")
+        apply_method(load_pretrained(tiny_base_dir), "qlora")
     with pytest.raises(MethodConfigError, match="target_modules \\['qq'\\] match no linear layer"):
-        apply_method(load_pretrained(base_dir), "lora", target_modules=["q", "qq"])
+        apply_method(load_pretrained(tiny_base_dir), "lora", target_modules=["q", "qq"])
     with pytest.raises(MethodConfigError, match="lora_dropout must be in"):
-        apply_method(load_pretrained(base_dir), "lora", lora_dropout=1.5)
-    model = apply_method(load_pretrained(base_dir), "lora")
+        apply_method(load_pretrained(tiny_base_dir), "lora", lora_dropout=1.5)
+    model = apply_method(load_pretrained(tiny_base_dir), "lora")
     with pytest.raises(MethodConfigError, match="already has method 'lora'"):
         apply_method(model, "ia3")
 
 
-def _saved_adapter(base_dir: Path, directory: Path) -> Path:
-    model = apply_method(load_pretrained(base_dir), "lora", **OPTIONS)
+def _saved_adapter(tiny_base_dir: Path, directory: Path) -> Path:
+    model = apply_method(load_pretrained(tiny_base_dir), "lora", **OPTIONS)
     perturb(model)
     return save_adapter(model, directory)
 
 
-def test_bad_adapter_folders(base_dir, tmp_path):
-    folder = _saved_adapter(base_dir, tmp_path / "a")
+def test_bad_adapter_folders(tiny_base_dir, tmp_path):
+    folder = _saved_adapter(tiny_base_dir, tmp_path / "a")
     weights = folder / "adapter_model.safetensors"
     state = load_file(weights)
     key = "base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"
     save_file({k: v for k, v in state.items() if k != key}, weights)
     with pytest.raises(MethodConfigError, match=f"missing tensors: {key}"):
-        load_adapter(load_pretrained(base_dir), folder)
+        load_adapter(load_pretrained(tiny_base_dir), folder)
     save_file({**state, key: torch.zeros(5, 64)}, weights)
     with pytest.raises(MethodConfigError, match=r"q.lora_A.weight: file \(5, 64\), model \(4, 64\)"):
-        load_adapter(load_pretrained(base_dir), folder)
+        load_adapter(load_pretrained(tiny_base_dir), folder)
     save_file(state, weights)
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     with pytest.raises(MethodConfigError, match="use_dora=True is not supported"):
-        load_adapter(load_pretrained(base_dir), folder)
+        load_adapter(load_pretrained(tiny_base_dir), folder)
     (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "VERA"}))
     with pytest.raises(MethodConfigError, match="peft_type 'VERA' is not supported"):
-        load_adapter(load_pretrained(base_dir), folder)
+        load_adapter(load_pretrained(tiny_base_dir), folder)
     weights.write_bytes(weights.read_bytes()[:100])
     (folder / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(MethodConfigError, match="not a readable safetensors file"):
-        load_adapter(load_pretrained(base_dir), folder)
+        load_adapter(load_pretrained(tiny_base_dir), folder)

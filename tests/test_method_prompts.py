@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import TINY, logits, perturb, random_batch, relative_error, train_steps
+from helpers import TINY, logits, perturb, relative_error, train_steps
+from helpers import tiny_batch as _batch
 from oracles import hf_model, peft_model
 from t5peft import T5Config, T5ForConditionalGeneration, apply_method, load_adapter, load_pretrained, save_adapter
 from t5peft.methods import MethodConfigError
@@ -33,27 +34,17 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def base_dir(tiny_base_dir) -> Path:
-    """A tiny random T5 (2 encoder and 3 decoder layers, vocabulary 1000)."""
-    return tiny_base_dir
-
-
-def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    return random_batch(seed, VOCAB)
-
-
-def _applied(base_dir: Path, case: str):
+def _applied(base: Path, case: str):
     method, options = CASES[case]
-    return apply_method(load_pretrained(base_dir), method, **options)
+    return apply_method(load_pretrained(base), method, **options)
 
 
 # --------------------------------------------------------------------------------------------------
 # Files
 
 
-def test_projected_prefixes_are_folded_when_saved(base_dir, tmp_path):
-    model = _applied(base_dir, "ptuning2-projected")
+def test_projected_prefixes_are_folded_when_saved(tiny_base_dir, tmp_path):
+    model = _applied(tiny_base_dir, "ptuning2-projected")
     assert all(isinstance(m, ProjectedDeepPrefix) for m in _prefix_modules(model))
     train_steps(model, _batch, 3)
     expected = logits(model, _batch())
@@ -66,15 +57,15 @@ def test_projected_prefixes_are_folded_when_saved(base_dir, tmp_path):
     assert tensors[f"{prefix}decoder.cross_prefix.prefixes"].shape == (3, 2, 4, 3, 16)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["prefix_projection"] is True  # as trained
 
-    loaded = load_adapter(load_pretrained(base_dir), tmp_path)
+    loaded = load_adapter(load_pretrained(tiny_base_dir), tmp_path)
     assert loaded.peft.method.config.prefix_projection is False
     assert all(type(m) is DeepPrefix for m in _prefix_modules(loaded))
     assert sorted(loaded.peft.trainable) == sorted(f"{site}.prefixes" for site in sites)
     assert torch.equal(logits(loaded, _batch()), expected)
 
 
-def test_hybrid_file_holds_both_sets(base_dir, tmp_path):
-    model = _applied(base_dir, "lora+prompt")
+def test_hybrid_file_holds_both_sets(tiny_base_dir, tmp_path):
+    model = _applied(tiny_base_dir, "lora+prompt")
     save_adapter(model, tmp_path)
     keys = set(load_file(tmp_path / "adapter_model.safetensors"))
     assert "prompt_embeddings" in keys
@@ -87,19 +78,19 @@ def test_hybrid_file_holds_both_sets(base_dir, tmp_path):
     assert "skip_init" not in config
 
 
-def test_untrained_hybrid_equals_its_prompt_alone(base_dir):
-    hybrid = _applied(base_dir, "lora+prompt")
-    prompt_only = apply_method(load_pretrained(base_dir), "prompt", num_virtual_tokens=3)
+def test_untrained_hybrid_equals_its_prompt_alone(tiny_base_dir):
+    hybrid = _applied(tiny_base_dir, "lora+prompt")
+    prompt_only = apply_method(load_pretrained(tiny_base_dir), "prompt", num_virtual_tokens=3)
     with torch.no_grad():
         prompt_only.encoder.input_prefix.prompt_embeddings.copy_(hybrid.encoder.input_prefix.prompt_embeddings)
     assert torch.equal(logits(hybrid, _batch()), logits(prompt_only, _batch()))
 
 
 @pytest.mark.parametrize("submodules", [1, 2])
-def test_prompt_file_records_the_model_dimensions(base_dir, tmp_path, submodules):
+def test_prompt_file_records_the_model_dimensions(tiny_base_dir, tmp_path, submodules):
     """PEFT writes token_dim, num_layers and num_attention_heads; so do we (PEFT reads our file: the contract)."""
     model = apply_method(
-        load_pretrained(base_dir), "prompt", num_virtual_tokens=6, num_transformer_submodules=submodules
+        load_pretrained(tiny_base_dir), "prompt", num_virtual_tokens=6, num_transformer_submodules=submodules
     )
     save_adapter(model, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -112,8 +103,8 @@ def test_prompt_file_records_the_model_dimensions(base_dir, tmp_path, submodules
 # Prompt tuning specifics
 
 
-def test_prompt_without_mask_equals_mask_of_ones(base_dir):
-    model = _applied(base_dir, "prompt")
+def test_prompt_without_mask_equals_mask_of_ones(tiny_base_dir):
+    model = _applied(tiny_base_dir, "prompt")
     batch = _batch()
     ids = batch["input_ids"]
     with_mask = logits(model, dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=batch["labels"]))
@@ -123,9 +114,9 @@ def test_prompt_without_mask_equals_mask_of_ones(base_dir):
     assert mask.shape == (3, 14) and bool(mask.all())
 
 
-def test_prompt_extends_the_mask_and_ignores_padding(base_dir):
+def test_prompt_extends_the_mask_and_ignores_padding(tiny_base_dir):
     """Padding stays masked behind the prompt: changing padded tokens does not change the logits."""
-    model = _applied(base_dir, "prompt")
+    model = _applied(tiny_base_dir, "prompt")
     batch = _batch()
     _, mask = model.encode(batch["input_ids"], batch["attention_mask"])
     assert torch.equal(mask, torch.cat([torch.ones(3, 5, dtype=mask.dtype), batch["attention_mask"]], dim=1))
@@ -148,8 +139,8 @@ def test_prompt_sample_vocab_copies_rows_of_real_pieces():
     assert torch.equal(again.encoder.input_prefix.prompt_embeddings, rows)
 
 
-def test_prompt_random_init_is_standard_normal(base_dir):
-    model = apply_method(load_pretrained(base_dir), "prompt", num_virtual_tokens=50, prompt_tuning_init="RANDOM")
+def test_prompt_random_init_is_standard_normal(tiny_base_dir):
+    model = apply_method(load_pretrained(tiny_base_dir), "prompt", num_virtual_tokens=50, prompt_tuning_init="RANDOM")
     rows = model.encoder.input_prefix.prompt_embeddings
     assert abs(rows.std().item() - 1.0) < 0.1 and abs(rows.mean().item()) < 0.1
 
@@ -157,7 +148,7 @@ def test_prompt_random_init_is_standard_normal(base_dir):
 def test_prompt_text_init_matches_peft(t5_small_dir, tokenizer, hf_base_dir):
     """PEFT's TEXT initialisation (its own tokenizer, ids repeated to 2n rows) equals ours, path or ids."""
     peft = pytest.importorskip("peft")
-    base_dir = hf_base_dir  # the full vocabulary
+    full_vocabulary = hf_base_dir
     text = "Classify the sentiment of this review"
     ids = tokenizer.encode(text)[0]
     assert len(ids) < 9 < 2 * len(ids)
@@ -169,34 +160,34 @@ def test_prompt_text_init_matches_peft(t5_small_dir, tokenizer, hf_base_dir):
         prompt_tuning_init_text=text,
         tokenizer_name_or_path=str(t5_small_dir),
     )
-    reference = peft_model(base_dir, peft_config)
+    reference = peft_model(full_vocabulary, peft_config)
     expected = reference.prompt_encoder["default"].embedding.weight.detach()
     common = dict(num_virtual_tokens=9, num_transformer_submodules=2, prompt_tuning_init="TEXT")
     by_path = apply_method(
-        load_pretrained(base_dir),
+        load_pretrained(full_vocabulary),
         "prompt",
         prompt_tuning_init_text=text,
         tokenizer_name_or_path=str(t5_small_dir),
         **common,
     )
-    by_ids = apply_method(load_pretrained(base_dir), "prompt", prompt_tuning_init_ids=ids, **common)
+    by_ids = apply_method(load_pretrained(full_vocabulary), "prompt", prompt_tuning_init_ids=ids, **common)
     assert torch.equal(by_path.encoder.input_prefix.prompt_embeddings, expected)
     assert torch.equal(by_ids.encoder.input_prefix.prompt_embeddings, expected)
     common.update(num_virtual_tokens=2)  # 4 rows: the ids cut, not repeated
-    short = apply_method(load_pretrained(base_dir), "prompt", prompt_tuning_init_ids=ids, **common)
+    short = apply_method(load_pretrained(full_vocabulary), "prompt", prompt_tuning_init_ids=ids, **common)
     assert torch.equal(short.encoder.input_prefix.prompt_embeddings, by_ids.shared.weight[ids[:4]])
 
 
-def test_prompt_text_file_loads_without_its_tokenizer(base_dir, tmp_path):
+def test_prompt_text_file_loads_without_its_tokenizer(tiny_base_dir, tmp_path):
     options = dict(num_virtual_tokens=4, prompt_tuning_init="TEXT")
-    model = apply_method(load_pretrained(base_dir), "prompt", prompt_tuning_init_ids=[5, 6, 7], **options)
+    model = apply_method(load_pretrained(tiny_base_dir), "prompt", prompt_tuning_init_ids=[5, 6, 7], **options)
     save_adapter(model, tmp_path)
     config_path = tmp_path / "adapter_config.json"
     config = json.loads(config_path.read_text())
     del config["prompt_tuning_init_ids"]
     config.update(prompt_tuning_init_text="some text", tokenizer_name_or_path=str(tmp_path / "no-such-tokenizer"))
     config_path.write_text(json.dumps(config))
-    loaded = load_adapter(load_pretrained(base_dir), tmp_path)
+    loaded = load_adapter(load_pretrained(tiny_base_dir), tmp_path)
     assert torch.equal(logits(loaded, _batch()), logits(model, _batch()))
 
 
@@ -215,17 +206,17 @@ def test_prompt_text_file_loads_without_its_tokenizer(base_dir, tmp_path):
         (dict(wrong=1), "no option 'wrong'"),
     ],
 )
-def test_prompt_config_errors(base_dir, options, message):
+def test_prompt_config_errors(tiny_base_dir, options, message):
     with pytest.raises(MethodConfigError, match=message):
-        apply_method(load_pretrained(base_dir), "prompt", **options)
+        apply_method(load_pretrained(tiny_base_dir), "prompt", **options)
 
 
-def test_prompt_file_for_another_model_is_refused(base_dir, tmp_path):
-    save_adapter(_applied(base_dir, "prompt"), tmp_path)
+def test_prompt_file_for_another_model_is_refused(tiny_base_dir, tmp_path):
+    save_adapter(_applied(tiny_base_dir, "prompt"), tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     (tmp_path / "adapter_config.json").write_text(json.dumps(config | {"num_layers": 6}))
     with pytest.raises(MethodConfigError, match="num_layers=6"):
-        load_adapter(load_pretrained(base_dir), tmp_path)
+        load_adapter(load_pretrained(tiny_base_dir), tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,33 +230,35 @@ def _prefix_modules(model) -> list[nn.Module]:
 
 @pytest.mark.parametrize("site", ["encoder_self", "decoder_self", "decoder_cross"])
 @pytest.mark.parametrize("projected", [False, True])
-def test_switching_a_site_off_removes_exactly_its_parameters(base_dir, site, projected):
+def test_switching_a_site_off_removes_exactly_its_parameters(tiny_base_dir, site, projected):
     options = dict(num_virtual_tokens=3, prefix_projection=projected)
-    everything = set(apply_method(load_pretrained(base_dir), "ptuning2", **options).peft.trainable)
-    without = set(apply_method(load_pretrained(base_dir), "ptuning2", **options, **{site: False}).peft.trainable)
+    everything = set(apply_method(load_pretrained(tiny_base_dir), "ptuning2", **options).peft.trainable)
+    without = set(apply_method(load_pretrained(tiny_base_dir), "ptuning2", **options, **{site: False}).peft.trainable)
     owner = ".".join(SITES[site]) + "."  # e.g. "decoder.cross_prefix."
     assert without < everything
     removed = everything - without
     assert removed and removed == {n for n in everything if n.startswith(owner)}
 
 
-def test_deep_prompt_output_shapes(base_dir):
-    model = _applied(base_dir, "ptuning2-projected")
+def test_deep_prompt_output_shapes(tiny_base_dir):
+    model = _applied(tiny_base_dir, "ptuning2-projected")
     assert model.encoder.self_prefix().shape == (2, 2, 4, 3, 16)
     assert model.decoder.self_prefix().shape == (3, 2, 4, 3, 16)
     assert model.decoder.cross_prefix().shape == (3, 2, 4, 3, 16)
 
 
-def test_deep_prompt_config_errors(base_dir):
+def test_deep_prompt_config_errors(tiny_base_dir):
     with pytest.raises(MethodConfigError, match="enable at least one"):
-        apply_method(load_pretrained(base_dir), "ptuning2", encoder_self=False, decoder_self=False, decoder_cross=False)
+        apply_method(
+            load_pretrained(tiny_base_dir), "ptuning2", encoder_self=False, decoder_self=False, decoder_cross=False
+        )
     with pytest.raises(MethodConfigError, match="encoder_hidden_size"):
-        apply_method(load_pretrained(base_dir), "ptuning2", prefix_projection=True, encoder_hidden_size=0)
+        apply_method(load_pretrained(tiny_base_dir), "ptuning2", prefix_projection=True, encoder_hidden_size=0)
 
 
 @pytest.mark.parametrize("case", ["ptuning2", "ptuning2-projected", "lora+prompt", "prompt"])
-def test_cached_generation_equals_uncached_greedy(base_dir, case):
-    model = _applied(base_dir, case).eval()
+def test_cached_generation_equals_uncached_greedy(tiny_base_dir, case):
+    model = _applied(tiny_base_dir, case).eval()
     perturb(model)
     batch = _batch()
     generated = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=6)
@@ -281,7 +274,7 @@ def test_cached_generation_equals_uncached_greedy(base_dir, case):
         assert torch.equal(generated[row, :end], tokens[row, :end])
 
 
-def test_decoder_self_prefixes_equal_peft_prefix_tuning_without_position_bias(base_dir, tmp_path):
+def test_decoder_self_prefixes_equal_peft_prefix_tuning_without_position_bias(tiny_base_dir, tmp_path):
     """Same prefixes give the same logits as PEFT's PREFIX_TUNING once the decoder's position bias is zero.
 
     With the bias on they differ by design: transformers gives PEFT's prefixes relative position bias as
@@ -319,8 +312,8 @@ def test_decoder_self_prefixes_equal_peft_prefix_tuning_without_position_bias(ba
 # Hybrid specifics
 
 
-def test_hybrid_param_groups(base_dir):
-    model = _applied(base_dir, "lora+prompt")
+def test_hybrid_param_groups(tiny_base_dir):
+    model = _applied(tiny_base_dir, "lora+prompt")
     groups = model.peft.method.param_groups(model, 2e-3, 0.05)
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(2e-3, 0.05), (0.3, 0.0)]
     names = {id(p): n for n, p in model.named_parameters()}
@@ -328,14 +321,14 @@ def test_hybrid_param_groups(base_dir):
     assert [names[id(p)] for p in groups[1]["params"]] == [PROMPT_MODEL_KEY]
     assert lora_names == set(model.peft.trainable) - {PROMPT_MODEL_KEY}
     assert all(".lora_A." in n or ".lora_B." in n for n in lora_names) and len(lora_names) == 2 * 2 * 8
-    custom = apply_method(load_pretrained(base_dir), "lora+prompt", prompt_lr=0.1)
+    custom = apply_method(load_pretrained(tiny_base_dir), "lora+prompt", prompt_lr=0.1)
     assert custom.peft.method.param_groups(custom, 1e-3, 0.0)[1]["lr"] == 0.1
     assert model.peft.method.default_lr == 1e-3
 
 
-def test_hybrid_trains_each_group_at_its_rate(base_dir):
+def test_hybrid_trains_each_group_at_its_rate(tiny_base_dir):
     """One AdamW step moves each parameter by about its group's learning rate (Adam's normalised step)."""
-    model = _applied(base_dir, "lora+prompt").train()
+    model = _applied(tiny_base_dir, "lora+prompt").train()
     perturb(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(model.peft.method.param_groups(model, 1e-3, 0.0))
@@ -348,10 +341,10 @@ def test_hybrid_trains_each_group_at_its_rate(base_dir):
             assert rate * 0.9 < step < rate * 1.1, name
 
 
-def test_prompt_and_hybrid_config_errors(base_dir):
+def test_prompt_and_hybrid_config_errors(tiny_base_dir):
     with pytest.raises(MethodConfigError, match="prompt_lr"):
-        apply_method(load_pretrained(base_dir), "lora+prompt", prompt_lr=0)
+        apply_method(load_pretrained(tiny_base_dir), "lora+prompt", prompt_lr=0)
     with pytest.raises(MethodConfigError, match="r must be"):
-        apply_method(load_pretrained(base_dir), "lora+prompt", r=0)
+        apply_method(load_pretrained(tiny_base_dir), "lora+prompt", r=0)
     with pytest.raises(MethodConfigError, match="prompt_tuning_init"):
-        apply_method(load_pretrained(base_dir), "lora+prompt", prompt_tuning_init="nope")
+        apply_method(load_pretrained(tiny_base_dir), "lora+prompt", prompt_tuning_init="nope")
