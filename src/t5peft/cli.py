@@ -33,8 +33,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help_text = action.help or ""
-        if action.default in (None, False, [], argparse.SUPPRESS) or "default:" in help_text:
-            return help_text
+        if "default:" in help_text or action.default in (None, argparse.SUPPRESS):
+            return help_text  # said in words, or nothing to say
+        if action.nargs == 0 and action.default is False:  # a flag
+            return f"{help_text} (default: off)"
         return super()._get_help_string(action)
 
 
@@ -112,14 +114,14 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=d.truncation_side,
         help="right keeps the head of a long review, left the tail, both head + tail",
     )
-    p.add_argument("--strip-html", action="store_true", help="replace <br /> tags by spaces (default: kept)")
-    p.add_argument("--prefix", default=d.prefix, help="text put before each review")
+    p.add_argument("--strip-html", action="store_true", help="replace <br /> tags by spaces")
+    p.add_argument("--prefix", default=d.prefix, help=f"text put before each review (default: {d.prefix!r})")
     p.add_argument(
         "--label-words",
         nargs=2,
         default=list(d.label_words),
         metavar=("NEGATIVE", "POSITIVE"),
-        help="target words of the two classes",
+        help=f"target words of the two classes (default: {' '.join(d.label_words)})",
     )
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument(
