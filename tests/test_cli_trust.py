@@ -306,10 +306,12 @@ def test_failed_setup_removes_the_folders_it_created(imdb_dir, t5_small_dir, tmp
 def test_real_sigint_exits_130_with_the_resume_command(imdb_dir, t5_small_dir, tmp_path) -> None:
     """A real SIGINT (what Ctrl-C sends) to a `t5peft train` process, once its first log line is out."""
     out = tmp_path / "run"
-    args = tiny_args(t5_small_dir, imdb_dir, out, *shlex.split("--train-size 32 --validation-size 16 --epochs 60"))
+    args = tiny_args(
+        t5_small_dir, imdb_dir, out, *shlex.split("--train-size 32 --validation-size 16 --test-size 16 --epochs 60")
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "t5peft.cli", *args[0:]],
+        [sys.executable, "-m", "t5peft.cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
