@@ -207,6 +207,19 @@ def test_evaluate_and_predict_input_errors_are_one_line(argv, message, finished_
     assert len(lines) == 1 and message in lines[0], lines
 
 
+def test_resume_from_a_damaged_checkpoint_is_one_line(reviews_csv, t5_small_dir, tmp_path, capsys) -> None:
+    args = tiny_args(t5_small_dir, reviews_csv, tmp_path / "run", *shlex.split("--validation-size 20 --epochs 1"))
+    args += shlex.split("--batch-size 64 --max-source-length 24")
+    assert cli_main(args) == 0
+    state = tmp_path / "run" / "checkpoint" / "state.json"
+    state.write_text(state.read_text()[:40])
+    capsys.readouterr()
+    assert cli_main([*args, "--resume"]) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and "checkpoint: cannot resume from this checkpoint (JSONDecodeError" in lines[0], lines
+    assert "delete the folder to start the run over with --resume" in lines[0]
+
+
 def test_version(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["--version"])
