@@ -134,7 +134,7 @@ def test_every_run_records_and_prints_its_overlap(finished_run) -> None:
     data = json.loads((out / "results.json").read_text())["data"]
     assert set(data["overlap"]) == {"test_in_train", "test_in_validation", "validation_in_train"}
     assert data["test_held_out"] is False
-    assert "a class-balanced sample (seed 2) of 40 of the 25,000 reviews of the test split of" in data["test_from"]
+    assert "a stratified sample (seed 2) of 40 of the 25,000 reviews of the test split of" in data["test_from"]
     assert f"overlap: {data['overlap']['test_in_train']} of the 40 test reviews also occur" in printed
 
 

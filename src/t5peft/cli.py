@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=int,
         default=None,
-        help="a seeded, class-balanced sample of N reviews of the whole split (default: the run's test set)",
+        help="a seeded sample of N reviews, stratified by label, of the whole split (default: the run's test set)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     p.add_argument("--generate", action="store_true", help="also score by greedy generation and compare")

@@ -214,6 +214,7 @@ def _sample(data: LabeledTexts, size: int | None, seed: int, what: str) -> Label
         )
         return data
     _, sample = split_validation(data, size=size, seed=seed)  # stratified, seeded
+    sample.origin = f"{data.origin} [stratified sample: {size:,} of {len(data):,} rows, seed {seed}]"
     return sample
 
 
@@ -301,7 +302,7 @@ def select_texts(cfg: TrainConfig) -> RunTexts:
         pool, (test, whole) = load_split(cfg.data, "train"), _sampled_test_split(cfg)
         test_from = f"the test split of {cfg.test_data or cfg.data}"
         if len(test) < whole:
-            sample = f"a class-balanced sample (seed {cfg.seed + 2}) of {len(test):,} of the {whole:,} reviews"
+            sample = f"a stratified sample (seed {cfg.seed + 2}) of {len(test):,} of the {whole:,} reviews"
             test_from = f"{sample} of {test_from}"
     train_rest, validation = _split_off_validation(pool, cfg)
     train = _sample(train_rest, cfg.train_size, cfg.seed + 1, "train_size")

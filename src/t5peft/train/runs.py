@@ -66,10 +66,9 @@ def _evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size
             "--size %s is larger than the data (%s); using all %s", f"{size:,}", texts.origin, f"{len(texts):,}"
         )
         return texts
-    origin = texts.origin
-    texts = split_validation(texts, size=size, seed=0)[1]  # stratified: the splits are sorted by label
-    texts.origin = f"{origin} [class-balanced sample of {size}, seed 0]"
-    return texts
+    sample = split_validation(texts, size=size, seed=0)[1]  # stratified: the splits are sorted by label
+    sample.origin = f"{texts.origin} [stratified sample: {size:,} of {len(texts):,} rows, seed 0]"
+    return sample
 
 
 def evaluate_run(
@@ -86,7 +85,7 @@ def evaluate_run(
     """Re-evaluate a finished run; a report dict.
 
     By default on the run's own test set (same source, size and seed as in training, or the same hold-out);
-    ``data`` / ``split`` pick another source or split, ``size`` a seeded class-balanced sample of it.
+    ``data`` / ``split`` pick another source or split, ``size`` a seeded sample of it, stratified by label.
     """
     if batch_size < 1:
         raise TrainError(f"batch size must be >= 1, got {batch_size}")
