@@ -386,6 +386,12 @@ def test_predict_reads_a_file_and_standard_input(finished_run, tmp_path, capsys,
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == from_file
     assert cli_main(["predict", str(out), *reviews]) == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == from_file
+    bad_bytes = io.TextIOWrapper(io.BytesIO(b"fine\n\xff\xfe\n"), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", bad_bytes)
+    assert cli_main(["predict", str(out), "-"]) == 2
+    assert stderr_lines(capsys) == [
+        "t5peft predict: error: standard input: not UTF-8 text (invalid start byte at byte 5)"
+    ]
 
 
 def test_sizes_larger_than_the_data_warn_with_the_size_used(reviews_csv: Path, caplog) -> None:

@@ -108,15 +108,21 @@ def evaluate_run(
     return report
 
 
+def _read_stdin(stream: TextIO) -> str:
+    """Standard input decoded as UTF-8 (strictly: the terminal's locale may let bad bytes through as surrogates)."""
+    buffer = getattr(stream, "buffer", None)
+    raw = buffer.read() if buffer is not None else stream.read().encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8")
+
+
 def read_texts(path: str, stdin: TextIO | None = None) -> list[str]:
     """Reviews to label, one per line, from a file or (``-``) standard input; an empty line is an error."""
-    if path == "-":
-        lines, where = (stdin or sys.stdin).read().splitlines(), "standard input"
-    else:
-        try:
-            lines, where = Path(path).read_text(encoding="utf-8").splitlines(), path
-        except UnicodeDecodeError as err:
-            raise TrainError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    where = "standard input" if path == "-" else path
+    try:
+        text = _read_stdin(stdin or sys.stdin) if path == "-" else Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TrainError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    lines = text.splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise TrainError(f"{where}: line {number} is empty (one review per line)")
