@@ -449,6 +449,8 @@ class T5ForConditionalGeneration(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Random initialisation with the same distributions as Hugging Face's T5."""
+        if self.shared.weight.is_meta:  # shapes only (parameter counts): there are no values to draw
+            return
         c = self.config
         f = c.initializer_factor
         nn.init.normal_(self.shared.weight, std=f)
