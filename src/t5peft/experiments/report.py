@@ -371,7 +371,7 @@ def _dodge(results: dict[str, Any], methods: list[str]) -> float:
     if len(methods) < 2 or len(epochs) < 2:
         return 0.0
     spacing = min(b - a for a, b in itertools.pairwise(epochs) if b > a)
-    spread = min(0.6 * spacing, 0.05 * (epochs[-1] - epochs[0]))
+    spread = min(0.7 * spacing, 0.12 * (epochs[-1] - epochs[0]))
     return spread / (len(methods) - 1)
 
 
@@ -487,15 +487,16 @@ def build_figure(results: dict[str, Any]):
     band = "; band: min to max over seeds" if several else ""
     _curve_panel(loss_ax, results, methods, styles, "train_loss", 1.0, 0.0)
     loss_ax.set(
-        title="(a) Training loss: teacher-forced cross-entropy per target token (label word + </s>),\n"
-        f"averaged over the steps since the previous log point; mean over seeds{band}",
+        title=f"(a) Training loss, mean over seeds{band}\n"
+        "teacher-forced cross-entropy per target token (label word + </s>), averaged since the last log point",
         xlabel="epoch",
         ylabel="training loss (nats per target token)",
     )
     dodge = _dodge(results, methods)
     _curve_panel(acc_ax, results, methods, styles, "val_accuracy", 100.0, dodge)
     shifted = (
-        f"\nmarkers shifted sideways by up to ±{dodge * (len(methods) - 1) / 2:.2g} epoch so equal values stay visible"
+        f"\nmarkers shifted sideways by up to ±{dodge * (len(methods) - 1) / 2:.2g} epoch so that equal values "
+        "stay visible"
         if dodge
         else ""
     )
@@ -505,6 +506,7 @@ def build_figure(results: dict[str, Any]):
         ylabel="validation accuracy (%)",
     )
     for ax in (loss_ax, acc_ax):
+        ax.title.set_fontsize(9.5)
         ax.legend(fontsize=8, ncol=2)
         ax.grid(alpha=0.3)
     xs, ys = _params_panel(params_ax, summary, methods, styles)
@@ -612,11 +614,11 @@ def build_memory_figure(results: dict[str, Any]):
     styles = method_styles(methods)
     cuda = all(s["peak_memory_kind"] == "cuda_max_allocated_bytes" for s in summary.values())
     quantities = [
-        ("training state: trainable weights + gradients + AdamW moments (counted)", "", "training_state"),
+        ("trainable weights + gradients + AdamW moments (counted)", "", "training_state"),
         ("all weights + gradients + AdamW moments (counted)", "//", "total"),
     ]
     if cuda:
-        quantities.append(("peak CUDA allocated (measured: adds activations and workspace)", "..", "cuda"))
+        quantities.append(("peak CUDA allocated (measured)", "..", "cuda"))
     height = 0.8 / len(quantities)
     fig, ax = plt.subplots(figsize=(12, 2.5 + 0.45 * len(methods) * len(quantities)))
     for row, method in enumerate(methods):
@@ -643,7 +645,7 @@ def build_memory_figure(results: dict[str, Any]):
         f"{BYTES_PER_GRADIENT} B gradient + {BYTES_PER_ADAMW_STATE} B AdamW moments per trainable parameter."
     )
     measured = (
-        " Measured: the CUDA allocator's peak in each run."
+        " Measured: the CUDA allocator's peak in each run (weights, training state, activations and workspace)."
         if cuda
         else " Activations are not counted: no allocator reports them on a CPU (figure 1 (d) has the measured peak "
         "RSS, which is about the same for every method)."

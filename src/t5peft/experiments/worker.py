@@ -39,6 +39,22 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
+def compile_cache_line() -> str | None:
+    """How the shared compile cache served this run (torch's own counters), when anything was compiled."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return None
+    fx, aot = counters["inductor"], counters["aot_autograd"]
+    if not (fx.get("fxgraph_cache_hit") or fx.get("fxgraph_cache_miss") or aot.get("total")):
+        return None
+    return (
+        f"compile cache: FX graph {fx['fxgraph_cache_hit']} hit(s), {fx['fxgraph_cache_miss']} miss(es); "
+        f"AOT autograd {aot['autograd_cache_hit']} hit(s), {aot['autograd_cache_miss']} miss(es), "
+        f"{aot['autograd_cache_bypass']} bypass(es)"
+    )
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m t5peft.experiments.worker REQUEST.json", file=sys.stderr)
@@ -52,6 +68,9 @@ def main(argv: list[str]) -> int:
 
         cfg = TrainConfig.from_dict(json.loads(request.read_text()), str(request))
         train(cfg)
+        line = compile_cache_line()
+        if line:
+            print(line, flush=True)
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C)", file=sys.stderr)
         return 130
