@@ -153,7 +153,7 @@ def test_failed_run_is_one_line_the_others_finish_and_compare_exits_non_zero(tmp
     assert "Traceback" not in done.stdout + done.stderr
     log = tmp_path / "out" / "runs" / "ia3-seed0" / "run.log"
     failed = [line for line in done.stdout.splitlines() if "ia3" in line and "FAILED" in line]
-    assert len(failed) == 1 and str(log) in failed[0], done.stdout
+    assert len(failed) == 1 and f"log: {log.relative_to(tmp_path)}" in failed[0], done.stdout
     assert "tokenizer" in failed[0]  # the run's own one-line error
     assert "error: " in log.read_text()
     finished = [line for line in done.stdout.splitlines() if line.startswith("done lora seed 0: test accuracy ")]

@@ -333,6 +333,14 @@ class CompareOutcome:
     moved: dict[str, Path] = field(default_factory=dict)
 
 
+def shown(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -370,14 +378,17 @@ def _launch(request: Request, slot: int, visible: str | None, cache_dir: Path, p
 
 
 class Console:
-    """One bar for the plan and one line per running job (the worker's own latest output); messages above."""
+    """One bar for the plan and, on a terminal, one line per running job (the worker's own latest output);
+    messages print above them. Without a terminal the job lines are left out (each redraw would be a line)."""
 
     def __init__(self, title: str, total: int, done: int, jobs: int, progress: bool, say) -> None:
         self.progress, self.say = progress, say
+        self.live = progress and sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=done, desc=title, unit="run", disable=not progress, position=0)
         self.slots = [
-            tqdm(total=0, bar_format="{desc}", disable=not progress, position=i + 1, leave=False) for i in range(jobs)
+            tqdm(total=0, bar_format="{desc}", disable=not self.live, position=i + 1, leave=False) for i in range(jobs)
         ]
+        self.shown = [""] * jobs
 
     def message(self, text: str) -> None:
         if self.progress:
@@ -386,9 +397,12 @@ class Console:
             self.say(text)
 
     def show(self, slot: int, text: str) -> None:
-        if self.progress:
-            width = max(20, shutil.get_terminal_size().columns - 1)
-            self.slots[slot].set_description_str(text[:width], refresh=True)
+        if not self.live:
+            return
+        text = text[: max(20, shutil.get_terminal_size().columns - 1)]
+        if text != self.shown[slot]:
+            self.shown[slot] = text
+            self.slots[slot].set_description_str(text, refresh=True)
 
     def advance(self) -> None:
         self.bar.update(1)
@@ -405,13 +419,13 @@ def _finished_line(request: Request, seconds: float) -> str:
     return (
         f"done {request.describe()}: test accuracy {test['accuracy']:.4f} on {test['n']:,} reviews, "
         f"validation {results['validation']['accuracy']:.4f}, {training['seconds']:.1f} s training, "
-        f"{seconds:.1f} s in all -> {request.folder.root}"
+        f"{seconds:.1f} s in all -> {shown(request.folder.root)}"
     )
 
 
 def _failed_line(launch: Launch, code: int) -> str:
     cause = launch.pump.last_line[:300] or "no output"
-    return f"FAILED {launch.request.describe()} (exit {code}): {cause} -- log: {launch.request.folder.log}"
+    return f"FAILED {launch.request.describe()} (exit {code}): {cause} -- log: {shown(launch.request.folder.log)}"
 
 
 def _checkpoint_epochs(folder: RunFolder) -> int | None:
@@ -443,7 +457,7 @@ def _interrupted_line(launch: Launch) -> str:
     if epochs is not None:
         return (
             f"interrupted {request.describe()}{at}: its checkpoint after epoch {epochs} of "
-            f"{request.config.epochs} will be resumed ({folder.checkpoint})"
+            f"{request.config.epochs} will be resumed ({shown(folder.checkpoint)})"
         )
     if folder.run_config.exists():
         return f"interrupted {request.describe()}{at}: no checkpoint yet (it saves one per epoch), it starts again"
@@ -540,7 +554,8 @@ def run_compare(
             target = move_aside(request.folder.root, output)
             outcome.moved[request.name] = target
             say(
-                f"moved {request.folder.root} aside to {target} (it was made with {'; '.join(diffs)}); running it again"
+                f"moved {shown(request.folder.root)} aside to {shown(target)} (made with {'; '.join(diffs)}); "
+                "running it again"
             )
         description = {**experiment.describe(), "command_line": {"device": device, "compile": compile}}
         (output / EXPERIMENT_FILE).write_text(json.dumps(description, indent=2) + "\n")
@@ -704,7 +719,7 @@ def write_aggregate(description: dict[str, Any], output: Path, requests: list[Re
     """Rewrite the results JSON, the table and the figures from the finished run folders of the plan."""
     finished = [r for r in requests if r.folder.results.exists()]
     missing = [r.name for r in requests if not r.folder.results.exists()]
-    results = collect_results(description, [r.folder.root for r in finished], missing=missing)
+    results = collect_results(description, [r.folder.root for r in finished], missing=missing, root=output)
     path = output / RESULTS_FILE
     path.write_text(json.dumps(results, indent=2) + "\n")
     render_report(path, output)

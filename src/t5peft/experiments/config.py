@@ -54,6 +54,8 @@ else:  # pragma: no cover
 PER_RUN = ("output", "method", "method_options", "seed", "resume", "progress")
 PATH_SETTINGS = ("model", "data", "test_data", "tokenizer")
 SHARED = "${T5PEFT_SHARED}"
+# a name ending like a file is a missing file, never a Hub id
+FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".tar", ".gz", ".tgz", ".txt", ".bin", ".safetensors", ".model")
 
 
 class ExperimentError(T5PeftError, ValueError):
@@ -103,7 +105,11 @@ def resolve_path_setting(value: str, folder: Path, where: str) -> str:
 def _hub_id_not_path(text: str, folder: Path) -> bool:
     """``owner/name`` or a bare name, unless its first part is a folder beside the experiment file (a path then)."""
     first = Path(text).parts[0] if Path(text).parts else ""
-    return looks_like_hub_id(text) and not text.startswith(".") and not (folder / first).is_dir()
+    return (
+        looks_like_hub_id(text, file_suffixes=FILE_SUFFIXES)
+        and not text.startswith(".")
+        and not (folder / first).is_dir()
+    )
 
 
 def format_lr(lr: float) -> str:

@@ -57,14 +57,18 @@ def _curve(run_folder: Path) -> list[dict[str, float]]:
     return [{k: json.loads(line)[k] for k in keys} for line in lines if line.strip()]
 
 
-def run_record(run_folder: Path) -> dict[str, Any]:
-    """The facts of one finished run, as the results file records them (with the settings that made them)."""
+def run_record(run_folder: Path, root: Path | None = None) -> dict[str, Any]:
+    """The facts of one finished run, as the results file records them (with the settings that made them);
+    ``folder`` is relative to ``root`` (the comparison's folder) when it lies inside it."""
     r = json.loads(RunFolder(run_folder).results.read_text(encoding="utf-8"))
     params = r["parameters"]
+    folder = Path(run_folder)
+    if root is not None and folder.resolve().is_relative_to(Path(root).resolve()):
+        folder = folder.resolve().relative_to(Path(root).resolve())
     return {
         "method": r["method"],
         "seed": r["seed"],
-        "folder": str(run_folder),
+        "folder": str(folder),
         "weights": r["weights"],
         "learning_rate": r["learning_rate"],
         "method_options": r["method_options"],
@@ -200,10 +204,10 @@ def summarize(runs: list[dict[str, Any]], sweeps: dict[str, dict[str, Any]] | No
 
 
 def collect_results(
-    experiment: dict[str, Any], run_folders: list[Path], missing: list[str] | None = None
+    experiment: dict[str, Any], run_folders: list[Path], missing: list[str] | None = None, root: Path | None = None
 ) -> dict[str, Any]:
     """The results file: the plan, every finished run, learning-rate sweeps, the per-method summary."""
-    runs = [run_record(folder) for folder in run_folders]
+    runs = [run_record(folder, root) for folder in run_folders]
     weights = sorted({r["weights"] for r in runs})
     sweeps = choose_learning_rates(runs, experiment)
     return {
@@ -507,12 +511,13 @@ def build_figure(results: dict[str, Any]):
     )
     for ax in (loss_ax, acc_ax):
         ax.title.set_fontsize(9.5)
-        ax.legend(fontsize=8, ncol=2)
         ax.grid(alpha=0.3)
+    handles, names = acc_ax.get_legend_handles_labels()  # one legend: each method looks the same in every panel
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=min(len(names), 8), fontsize=9)
     xs, ys = _params_panel(params_ax, summary, methods, styles)
     _cost_panel(cost_ax, summary, methods)
     fig.suptitle(_title("Figure 1", results), fontsize=11)
-    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.02, 1, 0.945 if len(methods) <= 8 else 0.92))
     fig.canvas.draw()
     place_labels(params_ax, list(zip(xs, ys, strict=True)), [_label(m, summary) for m in methods])
     if any(s["learning_rate_chosen_on_validation"] for s in summary.values()):
