@@ -154,7 +154,9 @@ def test_seed_config_is_the_setup_of_record(in_repo):
         pytest.param({"experiment": {"methods": ["lora"], "seeds": []}}, "seeds must be", id="no-seeds"),
         pytest.param({"experiment": {"methods": ["lora"], "seeds": [0, 0]}}, "lists a seed twice", id="seed-twice"),
         pytest.param(
-            {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": -1}}}, r"\[methods.lora\]", id="lr<0"
+            {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": -1}}},
+            r"\[methods.lora\]",
+            id="lr-negative",
         ),
         pytest.param(
             {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": []}}},
