@@ -10,10 +10,12 @@ with the settings the plan now asks for (the whole run config, except ``progress
 ``output`` for a finished run): a difference is an error naming the run and the settings, unless
 ``rerun_changed``, which moves the old folder to ``<output>/superseded/`` (nothing is deleted) and runs it
 again. A finished run (``results.json``) is then reused, a partial one (``run_config.json``) is resumed from
-its checkpoint.
+its checkpoint; a folder holding only compare's own ``request.json`` and ``run.log`` (a run that failed
+before training began) has nothing to reuse and is started again with the settings asked for now.
 
 Each run's console output goes to ``run.log`` in its folder. A failed run prints one line (the run, its last
-error line, its log) and the others go on; ``compare`` reports the failures at the end and exits non-zero.
+error line, its log) and the others go on (a failure is usually one method's, and the other runs' results
+stay useful); ``compare`` reports the failures at the end and exits non-zero.
 Ctrl-C stops the runs in flight, says which were interrupted and what will be resumed, and prints the command
 that continues. The aggregate files are rewritten from the run folders after every finished run.
 """
