@@ -64,13 +64,19 @@ def main(argv: list[str]) -> int:
     settings = ", ".join(f"{k}={os.environ[k]}" for k in WATCHED_VARIABLES if k in os.environ)
     print(f"t5peft worker pid {os.getpid()}: {request}" + (f" ({settings})" if settings else ""), flush=True)
     try:
-        from ..train.loop import TrainConfig, train
-
+        from ..train.loop import TrainConfig, TrainInterrupted, train
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C) while starting", file=sys.stderr)
+        return 130
+    try:
         cfg = TrainConfig.from_dict(json.loads(request.read_text()), str(request))
         train(cfg)
         line = compile_cache_line()
         if line:
             print(line, flush=True)
+    except TrainInterrupted as err:  # Ctrl-C, as the training loop reports it: where it stopped
+        print(f"interrupted (Ctrl-C): {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C)", file=sys.stderr)
         return 130

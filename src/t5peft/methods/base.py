@@ -66,6 +66,8 @@ class MethodConfig:
     def from_options(cls, options: dict[str, Any], method: str = "") -> MethodConfig:
         """Build from user options; a name that is not an option is an error listing the valid ones."""
         unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown and not cls.option_names():
+            raise MethodConfigError(f"method {method!r} has no options (got {', '.join(map(repr, unknown))})")
         if unknown:
             raise MethodConfigError(
                 f"method {method!r} has no option {', '.join(map(repr, unknown))}; "
