@@ -588,8 +588,8 @@ def _run_all(
     failed: list[str] = []
     cache_dir = (output / COMPILE_CACHE).resolve()
     try:
-        try:
-            while pending or active:
+        with CtrlC() as ctrl_c:
+            while (pending or active) and not ctrl_c.pressed:
                 for slot in range(jobs):
                     if slot not in active and pending:
                         device = visible[slot % len(visible)] if visible else None
@@ -604,17 +604,17 @@ def _run_all(
                     _finish(launch, code, console, outcome, failed)
                     if code == 0 and launch.request.folder.results.exists():
                         write_aggregate(description, output, requests)
-        except KeyboardInterrupt:
-            lines = _interrupt(list(active.values()), outcome)
-            active.clear()
-            console.close()
-            for line in lines:
-                say(line)
-            if any(r.folder.results.exists() for r in requests):
-                write_aggregate(description, output, requests)
-            raise CompareInterrupted(
-                f"interrupted; finished runs are kept and the next compare reuses them. Continue with: {command}"
-            ) from None
+            if ctrl_c.pressed:
+                lines = _interrupt(list(active.values()), outcome, ctrl_c)
+                active.clear()
+                console.close()
+                for line in lines:
+                    say(line)
+                if any(r.folder.results.exists() for r in requests):
+                    write_aggregate(description, output, requests)
+                raise CompareInterrupted(
+                    f"interrupted; finished runs are kept and the next compare reuses them. Continue with: {command}"
+                )
     finally:
         for launch in active.values():  # only on an unexpected error: leave no worker behind
             _stop(launch, kill=True)
@@ -653,17 +653,35 @@ def _stop(launch: Launch, kill: bool = False) -> None:
             launch.process.send_signal(signal.SIGINT)
 
 
-def _interrupt(active: list[Launch], outcome: CompareOutcome) -> list[str]:
+class CtrlC:
+    """Ctrl-C during the plan sets ``pressed`` (counted) instead of raising, so it never lands halfway through
+    starting a worker or writing the report; the loop checks it every 0.1 s. Outside the main thread, where
+    Python delivers no signals, it does nothing."""
+
+    def __init__(self) -> None:
+        self.pressed = 0
+        self._previous: Any = None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.pressed += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _interrupt(active: list[Launch], outcome: CompareOutcome, ctrl_c: CtrlC) -> list[str]:
     """Ctrl-C: pass it to each running worker once, wait for them (a second Ctrl-C kills them), report."""
     for launch in active:
         _stop(launch)
     deadline = time.monotonic() + INTERRUPT_GRACE_S
-    try:
-        for launch in active:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                launch.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except KeyboardInterrupt:
-        pass
+    while ctrl_c.pressed < 2 and time.monotonic() < deadline and any(a.process.poll() is None for a in active):
+        time.sleep(0.05)
     lines = []
     for launch in active:
         if launch.process.poll() is None:
