@@ -13,7 +13,14 @@ import pytest
 
 from t5peft.experiments.compare import run_compare, run_dir
 from t5peft.experiments.config import ExperimentError, load_experiment, parse_experiment
-from t5peft.experiments.report import FIGURE_FILE, RESULTS_FILE, SCHEMA_FILE, TABLE_FILE, render_report
+from t5peft.experiments.report import (
+    FIGURE_FILE,
+    MEMORY_FIGURE_FILE,
+    RESULTS_FILE,
+    SCHEMA_FILE,
+    TABLE_FILE,
+    render_report,
+)
 
 jsonschema = pytest.importorskip("jsonschema")
 REPO = Path(__file__).resolve().parent.parent
@@ -92,20 +99,20 @@ def test_smoke_compare_end_to_end_and_resume(in_repo, tmp_path):
     assert results["summary"]["full"]["fewer_parameters_than_full"] == 1
     assert results["summary"]["lora"]["fewer_parameters_than_full"] > 1
 
-    png = output / FIGURE_FILE
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 
-    with Image.open(png) as image:
-        image.verify()
-        assert image.size[0] > 800
+    for png in (output / FIGURE_FILE, output / MEMORY_FIGURE_FILE):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(png) as image:
+            image.verify()
+            assert image.size[0] > 800
     table = (output / TABLE_FILE).read_text()
     assert all(f"| {m} |" in table for m in methods) and "random-init" in table
 
     # `t5peft report` re-renders both from the JSON alone.
     elsewhere = tmp_path / "report"
     paths = render_report(output / RESULTS_FILE, elsewhere)
-    assert {p.name for p in paths} == {FIGURE_FILE, TABLE_FILE}
+    assert {p.name for p in paths} == {FIGURE_FILE, MEMORY_FIGURE_FILE, TABLE_FILE}
     assert (elsewhere / TABLE_FILE).read_text() == table
 
 
@@ -129,18 +136,69 @@ def test_seed_config_is_the_setup_of_record(in_repo):
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"experiment": {"methods": ["lora"]}, "trian": {}}, "unknown key.*trian"),
-        ({"experiment": {"methods": ["lora"]}, "train": {"epoch": 3}}, r"\[train\]: unknown key.*epoch"),
-        ({"experiment": {"methods": ["lora-xl"]}}, "unknown method 'lora-xl'"),
-        ({"experiment": {"methods": ["lora"]}, "methods": {"lora": {"options": {"rank": 4}}}}, "no option 'rank'"),
-        ({"experiment": {"methods": ["lora"]}, "methods": {"ia3": {}}}, r"\[methods.ia3\] is not in"),
-        ({"experiment": {"methods": ["lora"], "seeds": []}}, "seeds must be"),
-        ({"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": -1}}}, r"\[methods.lora\]"),
+        pytest.param({"experiment": {"methods": ["lora"]}, "trian": {}}, "unknown key.*trian", id="unknown-section"),
+        pytest.param(
+            {"experiment": {"methods": ["lora"]}, "train": {"epoch": 3}},
+            r"\[train\]: unknown key.*epoch",
+            id="unknown-train-key",
+        ),
+        pytest.param({"experiment": {"methods": ["lora-xl"]}}, "unknown method 'lora-xl'", id="unknown-method"),
+        pytest.param(
+            {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"options": {"rank": 4}}}},
+            "no option 'rank'",
+            id="unknown-option",
+        ),
+        pytest.param(
+            {"experiment": {"methods": ["lora"]}, "methods": {"ia3": {}}}, r"\[methods.ia3\] is not in", id="stray"
+        ),
+        pytest.param({"experiment": {"methods": ["lora"], "seeds": []}}, "seeds must be", id="no-seeds"),
+        pytest.param({"experiment": {"methods": ["lora"], "seeds": [0, 0]}}, "lists a seed twice", id="seed-twice"),
+        pytest.param(
+            {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": -1}}},
+            r"\[methods.lora\]",
+            id="lr-negative",
+        ),
+        pytest.param(
+            {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": []}}},
+            r"\[methods.lora\] lr: an empty list",
+            id="lr-empty-list",
+        ),
+        pytest.param(
+            {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": [1e-3, 1e-3]}}},
+            r"\[methods.lora\] lr: .* lists a value twice",
+            id="lr-twice",
+        ),
+        pytest.param(
+            {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": [1e-3, "fast"]}}},
+            r"\[methods.lora\] lr: 'fast' is not a positive number",
+            id="lr-not-a-number",
+        ),
     ],
 )
 def test_bad_experiment_files(values, message):
     with pytest.raises(ExperimentError, match=message):
         parse_experiment(values, "exp.toml")
+
+
+def test_a_sweep_is_one_run_per_method_lr_and_seed():
+    values = {
+        "experiment": {"methods": ["lora", "ia3"], "seeds": [0, 1]},
+        "methods": {"lora": {"lr": [3e-4, 1e-3, 3e-3]}, "ia3": {"lr": 3e-3}},
+    }
+    experiment = parse_experiment(values, "exp.toml")
+    names = [run.name for run in experiment.runs()]
+    assert names == [
+        "lora-lr0.0003-seed0",
+        "lora-lr0.0003-seed1",
+        "lora-lr0.001-seed0",
+        "lora-lr0.001-seed1",
+        "lora-lr0.003-seed0",
+        "lora-lr0.003-seed1",
+        "ia3-seed0",
+        "ia3-seed1",
+    ]
+    rates = [experiment.run_config(r.method, r.seed, Path("x"), r.lr).learning_rate for r in experiment.runs()]
+    assert rates == [3e-4, 3e-4, 1e-3, 1e-3, 3e-3, 3e-3, 3e-3, 3e-3]
 
 
 def test_unreadable_experiment_file(tmp_path):

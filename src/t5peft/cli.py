@@ -229,9 +229,25 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .experiments.compare import run_compare
+    from .experiments.compare import CompareInterrupted, run_compare
 
-    run_compare(args.config, args.output, device=args.device, progress=not args.no_progress)
+    try:
+        run_compare(
+            args.config,
+            args.output,
+            device=args.device,
+            progress=not args.no_progress,
+            jobs=args.jobs,
+            devices=args.devices,
+            compile=args.compile,
+            rerun_changed=args.rerun_changed,
+        )
+    except CompareInterrupted as err:
+        print(f"t5peft compare: {err}", file=sys.stderr)
+        return CompareInterrupted.exit_code
+    except KeyboardInterrupt:  # before any run started, or while the report was being written
+        print("t5peft compare: interrupted; run the same command again to continue", file=sys.stderr)
+        return CompareInterrupted.exit_code
     return 0
 
 
@@ -285,11 +301,46 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the methods, their default learning rates and options")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("compare", help="run an experiment file (every method x seed) and write the report")
-    p.add_argument("--config", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser(
+        "compare",
+        help="run an experiment file (every method x lr x seed) and write the report",
+        description="Run every (method, learning rate, seed) of an experiment file, each in its own process with "
+        "its output in <output>/runs/<run>/run.log, then write t5_peft_results.json, results.md and two figures. "
+        "Finished runs are reused and partial ones resumed, but only when they were made with the settings the "
+        "file asks for now; otherwise compare stops and names them (see --rerun-changed). A failed run is "
+        "reported in one line and the others go on; compare then exits with status 2. Ctrl-C: exit 130, with "
+        "the command that continues.",
+    )
+    p.add_argument(
+        "--config", required=True, help="experiment file (TOML); relative paths in it are taken from its folder"
+    )
+    p.add_argument("--output", required=True, help="comparison folder (created; reused by a later compare)")
+    p.add_argument("--device", default=None, help="override the experiment's device (auto, cpu, cuda, cuda:N)")
+    p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default=None,
+        help="override the experiment's compile setting (auto: on for CUDA, off on the CPU)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs at once, each its own process (default: 1, or one per --devices GPU)",
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        metavar="0,1,...",
+        help="spread the runs over these GPUs (CUDA_VISIBLE_DEVICES per run)",
+    )
+    p.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="run again the runs whose saved settings differ from the file's; their old folders are moved to "
+        "<output>/superseded/ (nothing is deleted)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars; still one line per finished run")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="re-render the figure and table from a results JSON")

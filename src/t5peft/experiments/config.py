@@ -1,4 +1,4 @@
-"""Experiment files: which methods, seeds and settings a comparison runs (TOML, validated).
+"""Experiment files: which methods, learning rates, seeds and settings a comparison runs (TOML, validated).
 
 ```toml
 [experiment]
@@ -12,12 +12,23 @@ model = "google-t5/t5-small"
 epochs = 3
 
 [methods.lora]           # per method: lr, options, and any [train] setting to override
-lr = 1e-3
+lr = 1e-3                # or a sweep: lr = [3e-4, 1e-3, 3e-3], each value run for every seed
 options = { r = 8, lora_alpha = 16 }
 ```
-An unknown key, section or method is an error that names the file and the key. In the path settings
-(model, data, test_data, tokenizer) ``${T5PEFT_SHARED}`` stands for the shared data folder; relative paths
-are taken from the current directory.
+An unknown key, section or method is an error that names the file and the key.
+
+Paths. In the path settings (model, data, test_data, tokenizer), a relative path is taken from the folder of
+the experiment file, never from the current directory, so a copied file keeps working from anywhere. A value
+that is not an existing path but has the form of a Hugging Face Hub id (``google-t5/t5-small``,
+``stanfordnlp/imdb``) is left as a Hub id. ``${T5PEFT_SHARED}`` stands for the shared data folder: the
+environment variable when it is set (a relative value is taken from the current directory, where it was
+typed), otherwise ``../shared`` from the experiment file's folder, or from the nearest folder above it that
+has a ``shared`` folder beside it (``configs/x.toml`` in a checkout finds the ``shared`` beside the
+checkout). A path that does not exist is an error naming the file, the key and where it looked.
+
+A learning-rate sweep runs every (method, lr, seed) in its own run folder; the report picks, per method, the
+learning rate with the best mean validation accuracy over seeds (never the test split) and keeps every
+value's results.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import T5PeftError
+from ..hub import looks_like_hub_id
 from ..methods import get_method_class
 from ..methods.base import MethodConfigError
 from ..train.loop import TrainConfig
@@ -41,23 +53,99 @@ else:  # pragma: no cover
 
 PER_RUN = ("output", "method", "method_options", "seed", "resume", "progress")
 PATH_SETTINGS = ("model", "data", "test_data", "tokenizer")
-
-
-def expand_shared(value: str) -> str:
-    """``${T5PEFT_SHARED}`` in a path setting: the shared folder (environment variable, default ../shared)."""
-    return value.replace("${T5PEFT_SHARED}", os.environ.get("T5PEFT_SHARED", "../shared"))
+SHARED = "${T5PEFT_SHARED}"
+# a name ending like a file is a missing file, never a Hub id
+FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".tar", ".gz", ".tgz", ".txt", ".bin", ".safetensors", ".model")
 
 
 class ExperimentError(T5PeftError, ValueError):
     pass
 
 
+def find_shared(folder: Path) -> Path | None:
+    """The shared folder an experiment file in ``folder`` means by ``${T5PEFT_SHARED}`` (see the module doc)."""
+    configured = os.environ.get("T5PEFT_SHARED")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    for above in (folder, *folder.parents):
+        candidate = above.parent / "shared"
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def expand_shared(value: str, folder: Path | None = None) -> str:
+    """``${T5PEFT_SHARED}`` in a path setting replaced by the shared folder (``folder``: the experiment file's)."""
+    if SHARED not in value:
+        return value
+    shared = find_shared((folder or Path.cwd()).resolve())
+    if shared is None:
+        raise ExperimentError(
+            f"{SHARED} is not set and no shared folder was found at ../shared from {folder} or a folder above it; "
+            "set T5PEFT_SHARED to the shared folder"
+        )
+    return value.replace(SHARED, str(shared))
+
+
+def resolve_path_setting(value: str, folder: Path, where: str) -> str:
+    """A path setting of an experiment file in ``folder``: an absolute path, or a Hub id left as it is."""
+    text = expand_shared(value, folder) if SHARED in value else value
+    path = Path(text).expanduser()
+    candidate = path if path.is_absolute() else folder / path
+    if candidate.exists():
+        return str(candidate.resolve())
+    if SHARED not in value and _hub_id_not_path(text, folder):
+        return text
+    shown = f"{value} (= {candidate})" if str(candidate) != value else value
+    raise ExperimentError(
+        f"{where}: {shown} does not exist (relative paths in an experiment file are taken from its folder, {folder})"
+    )
+
+
+def _hub_id_not_path(text: str, folder: Path) -> bool:
+    """``owner/name`` or a bare name, unless its first part is a folder beside the experiment file (a path then)."""
+    first = Path(text).parts[0] if Path(text).parts else ""
+    return (
+        looks_like_hub_id(text, file_suffixes=FILE_SUFFIXES)
+        and not text.startswith(".")
+        and not (folder / first).is_dir()
+    )
+
+
+def format_lr(lr: float) -> str:
+    return f"{lr:g}"
+
+
 @dataclass
 class MethodPlan:
     name: str
-    lr: float | None = None
+    lr: float | list[float] | None = None  # a list: a sweep, each value its own runs
     options: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sweep(self) -> bool:
+        return isinstance(self.lr, list)
+
+    @property
+    def learning_rates(self) -> list[float | None]:
+        return list(self.lr) if isinstance(self.lr, list) else [self.lr]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the plan: a method, a learning rate (None: the method's or [train]'s), a seed."""
+
+    method: MethodPlan
+    lr: float | None
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """The run's folder name: ``lora-seed0``, or ``lora-lr0.001-seed0`` in a sweep."""
+        stem = self.method.name.replace("+", "_")
+        lr = f"-lr{format_lr(self.lr)}" if self.method.is_sweep and self.lr is not None else ""
+        return f"{stem}{lr}-seed{self.seed}"
 
 
 @dataclass
@@ -68,16 +156,37 @@ class Experiment:
     seeds: list[int]
     train: dict[str, Any]
     source: str = ""
+    shared: str | None = None  # the folder ${T5PEFT_SHARED} stood for, when the file used it
 
-    def run_config(self, plan: MethodPlan, seed: int, output: Path) -> TrainConfig:
+    def run_config(self, plan: MethodPlan, seed: int, output: Path, lr: float | None = None) -> TrainConfig:
+        """The settings of one run; ``lr`` picks one value of a sweep (default: the plan's only value)."""
         values = {**self.train, **plan.overrides}
         values.update(method=plan.name, method_options=dict(plan.options), seed=seed, output=str(output))
-        if plan.lr is not None:
-            values["lr"] = plan.lr
+        chosen = lr if lr is not None else plan.learning_rates[0]
+        if chosen is not None:
+            values["lr"] = chosen
         return TrainConfig(**values)
 
     def plan(self) -> list[tuple[MethodPlan, int]]:
+        """(method, seed) pairs; see :meth:`runs` for the runs themselves (a sweep has several per pair)."""
         return [(m, s) for m in self.methods for s in self.seeds]
+
+    def runs(self) -> list[PlannedRun]:
+        return [PlannedRun(m, lr, s) for m in self.methods for lr in m.learning_rates for s in self.seeds]
+
+    def describe(self) -> dict[str, Any]:
+        """What the plan asks, as experiment.json and the results file record it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "shared": self.shared,
+            "seeds": self.seeds,
+            "methods": [
+                {"name": m.name, "lr": m.lr, "options": m.options, "overrides": m.overrides} for m in self.methods
+            ],
+            "train": self.train,
+        }
 
 
 def _check_keys(values: dict, allowed: set[str], where: str) -> None:
@@ -86,20 +195,54 @@ def _check_keys(values: dict, allowed: set[str], where: str) -> None:
         raise ExperimentError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
 
 
-def parse_experiment(values: dict[str, Any], source: str) -> Experiment:
+def _check_lr(lr: Any, where: str) -> float | list[float] | None:
+    if lr is None:
+        return None
+    values = lr if isinstance(lr, list) else [lr]
+    if not values:
+        raise ExperimentError(f"{where} lr: an empty list; give one value or several to sweep")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ExperimentError(f"{where} lr: {value!r} is not a positive number")
+    if len(set(values)) != len(values):
+        raise ExperimentError(f"{where} lr: {lr} lists a value twice")
+    return [float(v) for v in values] if isinstance(lr, list) else float(lr)
+
+
+def _resolve_paths(values: dict[str, Any], folder: Path | None, where: str) -> dict[str, Any]:
+    """Path settings taken from the experiment file's folder (``folder`` None: a dict not read from a file)."""
+    resolved = dict(values)
+    for key in PATH_SETTINGS:
+        value = values.get(key)
+        if not isinstance(value, str):
+            continue
+        if folder is None:
+            resolved[key] = expand_shared(value)
+            continue
+        try:
+            resolved[key] = resolve_path_setting(value, folder, f"{where} {key}")
+        except ExperimentError as err:
+            raise ExperimentError(str(err) if str(err).startswith(where) else f"{where} {key}: {err}") from None
+    return resolved
+
+
+def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = None) -> Experiment:
+    """An experiment from parsed TOML; ``folder`` is where relative paths are taken from (the file's folder)."""
     _check_keys(values, {"experiment", "train", "methods"}, source)
     head = values.get("experiment", {})
     _check_keys(head, {"name", "description", "methods", "seeds"}, f"{source} [experiment]")
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - set(PER_RUN)
     train = values.get("train", {})
     _check_keys(train, train_keys, f"{source} [train]")
-    train = {k: expand_shared(v) if k in PATH_SETTINGS and isinstance(v, str) else v for k, v in train.items()}
+    train = _resolve_paths(train, folder, f"{source} [train]")
     names = head.get("methods")
     if not names or not isinstance(names, list):
         raise ExperimentError(f"{source} [experiment]: methods must be a non-empty list")
     seeds = head.get("seeds", [0])
-    if not seeds or not all(isinstance(s, int) for s in seeds):
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ExperimentError(f"{source} [experiment]: seeds must be a non-empty list of integers")
+    if len(set(seeds)) != len(seeds):
+        raise ExperimentError(f"{source} [experiment]: seeds {seeds} lists a seed twice")
     sections = values.get("methods", {})
     extra = sorted(set(sections) - set(names))
     if extra:
@@ -112,22 +255,30 @@ def parse_experiment(values: dict[str, Any], source: str) -> Experiment:
         except MethodConfigError as err:
             raise ExperimentError(f"{source} [experiment] methods: {err}") from None
         section = dict(sections.get(name, {}))
-        lr = section.pop("lr", None)
+        lr = _check_lr(section.pop("lr", None), where)
         options = section.pop("options", {})
         _check_keys(section, train_keys, where)
         try:
             method_class.config_class.from_options(options, name)
         except (MethodConfigError, TypeError) as err:
             raise ExperimentError(f"{where} options: {err}") from None
-        plans.append(MethodPlan(name, lr, options, section))
+        plans.append(MethodPlan(name, lr, options, _resolve_paths(section, folder, where)))
+    shared = find_shared(folder) if folder is not None and SHARED in str(values) else None
     experiment = Experiment(
-        head.get("name", Path(source).stem), head.get("description", ""), plans, seeds, train, source
+        head.get("name", Path(source).stem),
+        head.get("description", ""),
+        plans,
+        seeds,
+        train,
+        source,
+        str(shared) if shared else None,
     )
     for plan in plans:  # every run's settings must be valid before anything starts
-        try:
-            experiment.run_config(plan, seeds[0], Path("/tmp/check"))
-        except (ValueError, TypeError) as err:
-            raise ExperimentError(f"{source} [methods.{plan.name}]: {err}") from None
+        for lr in plan.learning_rates:
+            try:
+                experiment.run_config(plan, seeds[0], Path("check"), lr)
+            except (ValueError, TypeError) as err:
+                raise ExperimentError(f"{source} [methods.{plan.name}]: {err}") from None
     return experiment
 
 
@@ -137,6 +288,8 @@ def load_experiment(path: str | Path) -> Experiment:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExperimentError(f"{path}: no such experiment file") from None
+    except IsADirectoryError:
+        raise ExperimentError(f"{path}: a folder, not an experiment file") from None
     except tomllib.TOMLDecodeError as err:
         raise ExperimentError(f"{path}: not valid TOML ({err})") from None
-    return parse_experiment(values, str(path))
+    return parse_experiment(values, str(path), path.resolve().parent)

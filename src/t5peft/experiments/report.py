@@ -1,25 +1,50 @@
-"""The comparison's outputs: ``t5_peft_results.json``, ``t5_peft_comparison.png`` and ``results.md``.
+"""The comparison's outputs: ``t5_peft_results.json``, two figures and ``results.md``.
 
-The JSON is built from the run folders (:func:`collect_results`); the figure and the table are rendered
+The JSON is built from the run folders (:func:`collect_results`); the figures and the table are rendered
 from the JSON alone (:func:`render_report`), so ``t5peft report`` can redo them anywhere. The JSON schema is
 ``results.schema.json`` beside this module (documented in the README).
+
+* Figure 1, ``t5_peft_comparison.png``: training loss, validation accuracy during training, test accuracy
+  against trainable parameters, and training time / measured peak memory relative to full fine-tuning.
+* Figure 2, ``t5_peft_memory.png``: memory per method counted from the parameter counts (fp32 weights, and
+  gradients + AdamW moments of the trainable ones), which separates the methods even where the measured peak
+  (process RSS on a CPU) does not, beside CUDA's allocator peak where the runs report one.
+
+Learning-rate sweeps: per method, the learning rate with the best mean validation accuracy over seeds is
+chosen (ties: the lower mean validation loss, then the smaller rate); the test split is never used to
+choose. The summary, the table and the figures show the chosen rate's runs; the JSON keeps every run and
+every value's statistics (``sweeps``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
+from ..errors import T5PeftError
 from ..train.layout import RunFolder
 
 RESULTS_FILE = "t5_peft_results.json"
 FIGURE_FILE = "t5_peft_comparison.png"
+MEMORY_FIGURE_FILE = "t5_peft_memory.png"
 TABLE_FILE = "results.md"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
+
+# Counted memory: t5peft keeps every parameter in float32 (bf16 is autocast only) and trains with AdamW.
+BYTES_PER_WEIGHT = 4
+BYTES_PER_GRADIENT = 4
+BYTES_PER_ADAMW_STATE = 8  # exp_avg + exp_avg_sq, float32 each
+CHOSEN_ON = "mean validation accuracy over seeds (ties: lower mean validation loss, then the smaller rate)"
+
+
+class ReportError(T5PeftError, ValueError):
+    pass
 
 
 # --------------------------------------------------------------------------------------------------
@@ -32,14 +57,18 @@ def _curve(run_folder: Path) -> list[dict[str, float]]:
     return [{k: json.loads(line)[k] for k in keys} for line in lines if line.strip()]
 
 
-def run_record(run_folder: Path) -> dict[str, Any]:
-    """The facts of one finished run, as the results file records them."""
+def run_record(run_folder: Path, root: Path | None = None) -> dict[str, Any]:
+    """The facts of one finished run, as the results file records them (with the settings that made them);
+    ``folder`` is relative to ``root`` (the comparison's folder) when it lies inside it."""
     r = json.loads(RunFolder(run_folder).results.read_text(encoding="utf-8"))
     params = r["parameters"]
+    folder = Path(run_folder)
+    if root is not None and folder.resolve().is_relative_to(Path(root).resolve()):
+        folder = folder.resolve().relative_to(Path(root).resolve())
     return {
         "method": r["method"],
         "seed": r["seed"],
-        "folder": str(run_folder),
+        "folder": str(folder),
         "weights": r["weights"],
         "learning_rate": r["learning_rate"],
         "method_options": r["method_options"],
@@ -49,10 +78,12 @@ def run_record(run_folder: Path) -> dict[str, Any]:
         "test_confusion": r["test"]["confusion"],
         "test_per_class": r["test"]["per_class"],
         "validation_accuracy": r["validation"]["accuracy"],
+        "validation_loss": r["validation"]["loss"],
         "curve": _curve(run_folder),
         "parameters": {
             "trainable": params["trainable"],
             "base": params["base"],
+            "total": params.get("total", params["base"]),
             "trainable_percent": params["trainable_percent"],
         },
         "memory": r["memory"],
@@ -62,6 +93,7 @@ def run_record(run_folder: Path) -> dict[str, Any]:
         "method_report": r["method_report"],
         "data": r["data"],
         "environment": r["environment"],
+        "config": r["config"],
     }
 
 
@@ -73,25 +105,93 @@ def _mean_std(values: list[float]) -> dict[str, float | int]:
     }
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean and standard deviation over seeds, per method, plus "N x fewer" trainable parameters than full."""
+def counted_memory(parameters: dict[str, int]) -> dict[str, int]:
+    """Bytes of the weights (all parameters), and of the gradients and AdamW moments of the trainable ones."""
+    trainable, total = parameters["trainable"], parameters["total"]
+    memory = {
+        "weights": BYTES_PER_WEIGHT * total,
+        "trainable_weights": BYTES_PER_WEIGHT * trainable,
+        "gradients": BYTES_PER_GRADIENT * trainable,
+        "optimizer_state": BYTES_PER_ADAMW_STATE * trainable,
+    }
+    memory["training_state"] = memory["trainable_weights"] + memory["gradients"] + memory["optimizer_state"]
+    memory["total"] = memory["weights"] + memory["gradients"] + memory["optimizer_state"]
+    return memory
+
+
+def _planned(experiment: dict[str, Any]) -> dict[str, list[float] | None]:
+    """The learning rates each method's plan sweeps (None: not a sweep)."""
+    return {m["name"]: m["lr"] if isinstance(m.get("lr"), list) else None for m in experiment.get("methods", [])}
+
+
+def choose_learning_rates(runs: list[dict[str, Any]], experiment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per swept method: every value's statistics and the chosen one (on validation only; see the module doc)."""
+    planned = _planned(experiment)
+    seeds = experiment.get("seeds", [])
+    sweeps = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        rates = sorted({r["learning_rate"] for r in mine})
+        if planned.get(method) is None and len(rates) == 1:
+            continue
+        values = []
+        for lr in rates:
+            at = [r for r in mine if r["learning_rate"] == lr]
+            values.append(
+                {
+                    "learning_rate": lr,
+                    "seeds": sorted(r["seed"] for r in at),
+                    "validation_accuracy": _mean_std([r["validation_accuracy"] for r in at]),
+                    "validation_loss": _mean_std([r["validation_loss"] for r in at]),
+                    "test_accuracy": _mean_std([r["test_accuracy"] for r in at]),
+                }
+            )
+        best = max(
+            values,
+            key=lambda v: (v["validation_accuracy"]["mean"], -v["validation_loss"]["mean"], -v["learning_rate"]),
+        )
+        for value in values:
+            value["chosen"] = value is best
+        wanted = planned.get(method) or rates
+        complete = all(any(math.isclose(v["learning_rate"], lr) for v in values) for lr in wanted) and all(
+            len(v["seeds"]) == len(seeds) for v in values
+        )
+        sweeps[method] = {
+            "chosen_learning_rate": best["learning_rate"],
+            "chosen_on": CHOSEN_ON,
+            "planned": wanted,
+            "complete": complete,
+            "values": values,
+        }
+    return sweeps
+
+
+def summarize(runs: list[dict[str, Any]], sweeps: dict[str, dict[str, Any]] | None = None) -> dict[str, dict]:
+    """Mean and standard deviation over seeds per method (the chosen learning rate's runs for a sweep), plus
+    "N x fewer" trainable parameters than full fine-tuning and the counted memory."""
+    sweeps = sweeps or {}
     full = [r["parameters"]["trainable"] for r in runs if r["method"] == "full"]
     base = runs[0]["parameters"]["base"] if runs else 0
     full_count = full[0] if full else base
     summary = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == method]
+        if method in sweeps:
+            mine = [r for r in mine if r["learning_rate"] == sweeps[method]["chosen_learning_rate"]]
         trainable = mine[0]["parameters"]["trainable"]
         memory_key = (
             "cuda_max_allocated_bytes" if "cuda_max_allocated_bytes" in mine[0]["memory"] else "peak_cpu_rss_bytes"
         )
         summary[method] = {
+            "learning_rate": mine[0]["learning_rate"],
+            "learning_rate_chosen_on_validation": method in sweeps,
             "seeds": [r["seed"] for r in mine],
             "test_accuracy": _mean_std([r["test_accuracy"] for r in mine]),
             "validation_accuracy": _mean_std([r["validation_accuracy"] for r in mine]),
             "trainable_parameters": trainable,
             "trainable_percent": mine[0]["parameters"]["trainable_percent"],
             "fewer_parameters_than_full": full_count / trainable if trainable else None,
+            "counted_memory_bytes": counted_memory(mine[0]["parameters"]),
             "peak_memory_bytes": _mean_std([r["memory"][memory_key] for r in mine]),
             "peak_memory_kind": memory_key,
             "training_seconds": _mean_std([r["training"]["seconds"] for r in mine]),
@@ -103,25 +203,38 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def collect_results(experiment: dict[str, Any], run_folders: list[Path]) -> dict[str, Any]:
-    runs = [run_record(folder) for folder in run_folders]
+def collect_results(
+    experiment: dict[str, Any], run_folders: list[Path], missing: list[str] | None = None, root: Path | None = None
+) -> dict[str, Any]:
+    """The results file: the plan, every finished run, learning-rate sweeps, the per-method summary."""
+    runs = [run_record(folder, root) for folder in run_folders]
     weights = sorted({r["weights"] for r in runs})
+    sweeps = choose_learning_rates(runs, experiment)
     return {
         "schema_version": SCHEMA_VERSION,
         "experiment": experiment,
         "weights": weights[0] if len(weights) == 1 else "mixed",
         "environment": runs[0]["environment"] if runs else None,
         "runs": runs,
-        "summary": summarize(runs),
+        "not_finished": list(missing or []),
+        "sweeps": sweeps,
+        "summary": summarize(runs, sweeps),
     }
 
 
 # --------------------------------------------------------------------------------------------------
-# Rendering
+# The table
 
 
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,.0f} B"
 
 
 def _pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
@@ -130,39 +243,112 @@ def _pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
     return f"{stat['mean'] * scale:.{digits}f}"
 
 
+def _lr_cell(s: dict[str, Any]) -> str:
+    return f"{s['learning_rate']:g}{'*' if s['learning_rate_chosen_on_validation'] else ''}"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     env = results.get("environment") or {}
-    runs = results["runs"]
+    runs, sweeps = results["runs"], results.get("sweeps", {})
     test_n = sorted({r["test_n"] for r in runs})
+    measured = "peak CUDA allocated memory on GPU, peak process resident memory (RSS) on CPU"
     lines = [
         f"# T5 PEFT comparison: {results['experiment'].get('name', '')}",
         "",
         f"Weights: **{results['weights']}**. Machine: {env.get('device_name', '?')}. Date: {env.get('date', '?')}. "
         f"Commit: {env.get('git_commit', '?')}. Test reviews per run: {', '.join(map(str, test_n))}.",
-        "Accuracy: mean ± standard deviation over seeds (n seeds). Memory: peak CUDA allocated memory on GPU, "
-        "peak process resident memory (RSS) on CPU.",
+        "Accuracy: mean ± standard deviation over seeds (n seeds). "
+        + (
+            "LR: learning rate; * chosen per method on validation accuracy (see below), never on test. "
+            if sweeps
+            else ""
+        )
+        + f"Training state: counted, {BYTES_PER_WEIGHT + BYTES_PER_GRADIENT + BYTES_PER_ADAMW_STATE} bytes per "
+        f"trainable parameter (fp32 weight, gradient, AdamW moments). Peak memory: measured, {measured}.",
+        f"Figure 1 (`{FIGURE_FILE}`): loss, validation accuracy, accuracy vs parameters, time and memory. "
+        f"Figure 2 (`{MEMORY_FIGURE_FILE}`): memory per method.",
         "",
-        "| Method | Test acc. (%) | Val. acc. (%) | Trainable params | % of base | Fewer than full | Peak memory "
-        "| Train time (s) | Examples/s | Adapter file | Seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Method | LR | Test acc. (%) | Val. acc. (%) | Trainable params | % of base | Fewer than full "
+        "| Training state | Peak memory | Train time (s) | Examples/s | Adapter file | Seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in results["summary"].items():
         fewer = s["fewer_parameters_than_full"]
         lines.append(
-            f"| {method} | {_pm(s['test_accuracy'], 100)} | {_pm(s['validation_accuracy'], 100)} "
+            f"| {method} | {_lr_cell(s)} | {_pm(s['test_accuracy'], 100)} | {_pm(s['validation_accuracy'], 100)} "
             f"| {s['trainable_parameters']:,} | {s['trainable_percent']:.3f} | "
             f"{'1 x' if method == 'full' else f'{fewer:,.0f} x' if fewer else '-'} "
+            f"| {human_bytes(s['counted_memory_bytes']['training_state'])} "
             f"| {_mib(s['peak_memory_bytes']['mean'])} | {_pm(s['training_seconds'], 1, 1)} "
             f"| {_pm(s['examples_per_s'], 1, 1)} | {s['adapter_file_bytes'] / 1024:,.0f} KiB | {len(s['seeds'])} |"
         )
+    if sweeps:
+        lines += _sweep_lines(sweeps)
+    if results.get("not_finished"):
+        lines += ["", f"Not finished, so not in this report: {', '.join(results['not_finished'])}."]
     ranks = [r for r in runs if r["method_report"].get("final_ranks")]
     if ranks:
         lines += ["", "AdaLoRA final ranks (sum over modules):"]
-        lines += [f"- seed {r['seed']}: {sum(r['method_report']['final_ranks'].values())}" for r in ranks]
+        lines += [
+            f"- seed {r['seed']}, lr {r['learning_rate']:g}: {sum(r['method_report']['final_ranks'].values())}"
+            for r in ranks
+        ]
     return "\n".join(lines) + "\n"
 
 
-def _mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def _sweep_lines(sweeps: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "## Learning rates chosen on validation",
+        "",
+        f"Per method, the learning rate with the best {CHOSEN_ON}. The test accuracy of every value is shown "
+        "for the record; it played no part in the choice.",
+        "",
+        "| Method | LR | Val. acc. (%) | Val. loss | Test acc. (%) | Seeds | Chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, sweep in sweeps.items():
+        for v in sweep["values"]:
+            lines.append(
+                f"| {method} | {v['learning_rate']:g} | {_pm(v['validation_accuracy'], 100)} "
+                f"| {_pm(v['validation_loss'], 1, 4)} | {_pm(v['test_accuracy'], 100)} "
+                f"| {', '.join(map(str, v['seeds']))} | {'yes' if v['chosen'] else ''} |"
+            )
+    incomplete = [m for m, s in sweeps.items() if not s["complete"]]
+    if incomplete:
+        lines += ["", f"Sweep not complete yet (chosen among the runs that finished): {', '.join(incomplete)}."]
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+
+# tab10 without its grey, which the bar panels use for quantities that are not methods
+METHOD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
+METHOD_DASHES = ("-", "--", "-.", ":", (0, (6, 2)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2, 2, 2)))
+QUANTITY_GREYS = ("0.25", "0.55", "0.8")
+
+
+def method_styles(methods: list[str]) -> dict[str, dict[str, Any]]:
+    """One colour, marker and dash pattern per method, the same in every panel and figure."""
+    return {
+        m: {
+            "color": METHOD_COLORS[i % len(METHOD_COLORS)],
+            "marker": METHOD_MARKERS[i % len(METHOD_MARKERS)],
+            "linestyle": METHOD_DASHES[i % len(METHOD_DASHES)],
+        }
+        for i, m in enumerate(methods)
+    }
+
+
+def _chosen_runs(results: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    lr = results["summary"][method]["learning_rate"]
+    return [r for r in results["runs"] if r["method"] == method and r["learning_rate"] == lr]
+
+
+def _seed_band(runs: list[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Epochs and the mean, min and max over seeds of ``key`` at each logged step."""
     by_step: dict[int, list[float]] = {}
     epochs: dict[int, float] = {}
     for run in runs:
@@ -170,99 +356,359 @@ def _mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[list[float], list
             by_step.setdefault(point["step"], []).append(point[key])
             epochs[point["step"]] = point["epoch"]
     steps = sorted(by_step)
-    return [epochs[s] for s in steps], [statistics.fmean(by_step[s]) for s in steps]
+    return (
+        [epochs[s] for s in steps],
+        [statistics.fmean(by_step[s]) for s in steps],
+        [min(by_step[s]) for s in steps],
+        [max(by_step[s]) for s in steps],
+    )
 
 
-def render_figure(results: dict[str, Any], path: Path) -> Path:
+def _label(method: str, summary: dict[str, Any]) -> str:
+    s = summary[method]
+    return f"{method} (lr {s['learning_rate']:g}*)" if s["learning_rate_chosen_on_validation"] else method
+
+
+def _dodge(results: dict[str, Any], methods: list[str]) -> float:
+    """Sideways step between methods' markers in the validation panel, in epochs (0 for a single method)."""
+    epochs = sorted({p["epoch"] for r in results["runs"] for p in r["curve"]})
+    if len(methods) < 2 or len(epochs) < 2:
+        return 0.0
+    spacing = min(b - a for a, b in itertools.pairwise(epochs) if b > a)
+    spread = min(0.7 * spacing, 0.12 * (epochs[-1] - epochs[0]))
+    return spread / (len(methods) - 1)
+
+
+def _curve_panel(ax, results, methods, styles, key: str, scale: float, dodge: float) -> None:
+    summary = results["summary"]
+    for i, method in enumerate(methods):
+        x, mean, low, high = _seed_band(_chosen_runs(results, method), key)
+        shift = (i - (len(methods) - 1) / 2) * dodge
+        x = [v + shift for v in x]
+        style = styles[method]
+        if len(summary[method]["seeds"]) > 1:
+            ax.fill_between(x, [scale * v for v in low], [scale * v for v in high], color=style["color"], alpha=0.12)
+        ax.plot(
+            x,
+            [scale * v for v in mean],
+            label=_label(method, summary),
+            color=style["color"],
+            linestyle=style["linestyle"],
+            marker=style["marker"],
+            markersize=6,
+            markerfacecolor="none",
+            markeredgewidth=1.3,
+            linewidth=1.3,
+        )
+
+
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fontsize: float = 9) -> list:
+    """Annotate each point with its label where it overlaps no other label, no marker and stays in the axes;
+    labels moved away from their point get a thin leader line. Call once the axes' layout is final."""
+    import matplotlib.patheffects as effects
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    shown = [ax.transData.transform(p) for p in points]
+    pad = 5.0 * fig.dpi / 72
+    taken = [Bbox.from_extents(x - pad, y - pad, x + pad, y + pad) for x, y in shown]
+    candidates = [
+        (radius * math.cos(math.radians(angle)), radius * math.sin(math.radians(angle)))
+        for radius in (7, 16, 28, 42, 58)
+        for angle in (20, -20, 160, -160, 90, -90, 55, -55, 125, -125)
+    ]
+    texts = []
+    order = sorted(range(len(points)), key=lambda i: (-shown[i][1], shown[i][0]))
+    for i in order:
+        best = None
+        for dx, dy in candidates:
+            text = ax.annotate(
+                labels[i],
+                points[i],
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                ha="left" if dx > 1 else "right" if dx < -1 else "center",
+                va="bottom" if dy > 1 else "top" if dy < -1 else "center",
+            )
+            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
+            overlap = sum(_area(box, other) for other in taken) + _outside(box, inside)
+            if best is None or overlap < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (overlap, text, box, math.hypot(dx, dy))
+            else:
+                text.remove()
+            if overlap == 0:
+                break
+        _, text, box, distance = best
+        if distance > 10:
+            ax.annotate(
+                "",
+                points[i],
+                xytext=_nearest_point(box, shown[i], ax),
+                textcoords="data",
+                arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3},
+            )
+        text.set_path_effects([effects.withStroke(linewidth=2.5, foreground="white")])
+        taken.append(box)
+        texts.append(text)
+    return texts
+
+
+def _area(a, b) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _outside(box, inside) -> float:
+    return box.width * box.height - _area(box, inside)
+
+
+def _nearest_point(box, point, ax) -> tuple[float, float]:
+    x = min(max(point[0], box.x0), box.x1)
+    y = min(max(point[1], box.y0), box.y1)
+    return tuple(ax.transData.inverted().transform((x, y)))
+
+
+def build_figure(results: dict[str, Any]):
+    """Figure 1: loss and validation accuracy during training, test accuracy vs trainable parameters, and
+    training time / measured peak memory relative to full fine-tuning."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary, runs = results["summary"], results["runs"]
+    summary = results["summary"]
     methods = list(summary)
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    styles = method_styles(methods)
+    fig, axes = plt.subplots(2, 2, figsize=(15, 11))
     (loss_ax, acc_ax), (params_ax, cost_ax) = axes
-    for method in methods:
-        mine = [r for r in runs if r["method"] == method]
-        x, y = _mean_curve(mine, "train_loss")
-        loss_ax.plot(x, y, label=method, color=colors[method])
-        x, y = _mean_curve(mine, "val_accuracy")
-        acc_ax.plot(x, [100 * v for v in y], label=method, color=colors[method], marker=".")
-        s = summary[method]
-        params_ax.errorbar(
-            s["trainable_parameters"],
-            100 * s["test_accuracy"]["mean"],
-            yerr=100 * s["test_accuracy"]["std"],
-            fmt="o",
-            color=colors[method],
+    several = any(len(s["seeds"]) > 1 for s in summary.values())
+    band = "; band: min to max over seeds" if several else ""
+    _curve_panel(loss_ax, results, methods, styles, "train_loss", 1.0, 0.0)
+    loss_ax.set(
+        title=f"(a) Training loss, mean over seeds{band}\n"
+        "teacher-forced cross-entropy per target token (label word + </s>), averaged since the last log point",
+        xlabel="epoch",
+        ylabel="training loss (nats per target token)",
+    )
+    dodge = _dodge(results, methods)
+    _curve_panel(acc_ax, results, methods, styles, "val_accuracy", 100.0, dodge)
+    shifted = (
+        f"\nmarkers shifted sideways by up to ±{dodge * (len(methods) - 1) / 2:.2g} epoch so that equal values "
+        "stay visible"
+        if dodge
+        else ""
+    )
+    acc_ax.set(
+        title=f"(b) Validation accuracy during training, mean over seeds{band}{shifted}",
+        xlabel="epoch",
+        ylabel="validation accuracy (%)",
+    )
+    for ax in (loss_ax, acc_ax):
+        ax.title.set_fontsize(9.5)
+        ax.grid(alpha=0.3)
+    handles, names = acc_ax.get_legend_handles_labels()  # one legend: each method looks the same in every panel
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=min(len(names), 8), fontsize=9)
+    xs, ys = _params_panel(params_ax, summary, methods, styles)
+    _cost_panel(cost_ax, summary, methods)
+    fig.suptitle(_title("Figure 1", results), fontsize=11)
+    fig.tight_layout(rect=(0, 0.02, 1, 0.945 if len(methods) <= 8 else 0.92))
+    fig.canvas.draw()
+    place_labels(params_ax, list(zip(xs, ys, strict=True)), [_label(m, summary) for m in methods])
+    if any(s["learning_rate_chosen_on_validation"] for s in summary.values()):
+        fig.text(
+            0.01,
+            0.005,
+            "* learning rate chosen per method on mean validation accuracy over seeds (never on test); "
+            "every value is in the JSON and the table",
+            fontsize=8,
+        )
+    return fig
+
+
+def _title(figure: str, results: dict[str, Any]) -> str:
+    env = results.get("environment") or {}
+    return (
+        f"{figure} — T5 PEFT on IMDb — {results['experiment'].get('name', '')} — weights: {results['weights']} — "
+        f"{env.get('device_name', '')} — {(env.get('date') or '')[:10]}"
+    )
+
+
+def _params_panel(ax, summary, methods, styles) -> tuple[list[float], list[float]]:
+    xs = [summary[m]["trainable_parameters"] for m in methods]
+    ys = [100 * summary[m]["test_accuracy"]["mean"] for m in methods]
+    for method, x, y in zip(methods, xs, ys, strict=True):
+        style = styles[method]
+        ax.errorbar(
+            x,
+            y,
+            yerr=100 * summary[method]["test_accuracy"]["std"],
+            fmt=style["marker"],
+            color=style["color"],
+            markersize=8,
             capsize=3,
         )
-        params_ax.annotate(
-            method,
-            (s["trainable_parameters"], 100 * s["test_accuracy"]["mean"]),
-            textcoords="offset points",
-            xytext=(5, 5),
-            fontsize=9,
-        )
-    loss_ax.set(title="Training loss (mean over seeds)", xlabel="epoch", ylabel="cross-entropy")
-    acc_ax.set(title="Validation accuracy during training", xlabel="epoch", ylabel="accuracy (%)")
-    params_ax.set(
-        title="Test accuracy vs trainable parameters",
+    ax.set(
+        title="(c) Test accuracy vs trainable parameters (error bar: std over seeds)",
         xlabel="trainable parameters (log scale)",
         ylabel="test accuracy (%)",
         xscale="log",
     )
-    for ax in (loss_ax, acc_ax):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    params_ax.grid(alpha=0.3, which="both")
-    _cost_panel(cost_ax, summary, methods)
-    env = results.get("environment") or {}
-    fig.suptitle(
-        f"T5 PEFT on IMDb — {results['experiment'].get('name', '')} — weights: {results['weights']} — "
-        f"{env.get('device_name', '')} — {env.get('date', '')[:10]}",
-        fontsize=11,
+    ax.margins(x=0.25, y=0.35)
+    ax.grid(alpha=0.3, which="both")
+    return xs, ys
+
+
+def _cost_panel(ax, summary: dict, methods: list[str]) -> None:
+    """Training time and measured peak memory per method, relative to full fine-tuning (or the slowest)."""
+    reference_name = "full" if "full" in summary else max(summary, key=lambda m: summary[m]["training_seconds"]["mean"])
+    reference = summary[reference_name]
+    kind = next(iter(summary.values()))["peak_memory_kind"]
+    memory_label = "peak CUDA allocated (measured)" if kind == "cuda_max_allocated_bytes" else "peak RSS (measured)"
+    width = 0.38
+    xs = list(range(len(methods)))
+    time = [summary[m]["training_seconds"]["mean"] / reference["training_seconds"]["mean"] for m in methods]
+    memory = [summary[m]["peak_memory_bytes"]["mean"] / reference["peak_memory_bytes"]["mean"] for m in methods]
+    ax.bar([x - width / 2 for x in xs], time, width, label="training time", color=QUANTITY_GREYS[0])
+    ax.bar(
+        [x + width / 2 for x in xs],
+        memory,
+        width,
+        label=memory_label,
+        color=QUANTITY_GREYS[2],
+        hatch="//",
+        edgecolor="0.35",
     )
-    fig.tight_layout()
+    ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle="--")
+    ax.set_xticks(xs, methods, rotation=30, ha="right")
+    ax.set(
+        title=f"(d) Training time and measured peak memory, relative to {reference_name}",
+        ylabel=f"x {reference_name} (dashed line = 1)",
+    )
+    finite = [v for v in time + memory if math.isfinite(v)]
+    ax.set_ylim(0, max([*finite, 1.0]) * 1.25)
+    ax.legend(fontsize=8, loc="upper right")
+    if kind == "peak_cpu_rss_bytes":
+        ax.text(
+            0.01,
+            0.97,
+            "On a CPU the process's peak RSS is dominated by the runtime\n"
+            "and the data; figure 2 separates the methods.",
+            transform=ax.transAxes,
+            fontsize=7.5,
+            color="0.3",
+            va="top",
+        )
+
+
+def build_memory_figure(results: dict[str, Any]):
+    """Figure 2: memory per method, counted from parameter counts, beside CUDA's measured peak where reported."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    summary = results["summary"]
+    methods = list(summary)
+    styles = method_styles(methods)
+    cuda = all(s["peak_memory_kind"] == "cuda_max_allocated_bytes" for s in summary.values())
+    quantities = [
+        ("trainable weights + gradients + AdamW moments (counted)", "", "training_state"),
+        ("all weights + gradients + AdamW moments (counted)", "//", "total"),
+    ]
+    if cuda:
+        quantities.append(("peak CUDA allocated (measured)", "..", "cuda"))
+    height = 0.8 / len(quantities)
+    fig, ax = plt.subplots(figsize=(12, 2.5 + 0.45 * len(methods) * len(quantities)))
+    for row, method in enumerate(methods):
+        s = summary[method]
+        for k, (_, hatch, key) in enumerate(quantities):
+            value = s["peak_memory_bytes"]["mean"] if key == "cuda" else s["counted_memory_bytes"][key]
+            y = row + (k - (len(quantities) - 1) / 2) * height
+            ax.barh(y, value, height * 0.9, color=styles[method]["color"], hatch=hatch, edgecolor="white", alpha=0.9)
+            ax.text(value * 1.08, y, human_bytes(value), va="center", fontsize=8)
+    ax.set_yticks(range(len(methods)), [_label(m, summary) for m in methods])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    low = min(s["counted_memory_bytes"]["training_state"] for s in summary.values())
+    high = max(
+        max(s["counted_memory_bytes"]["total"], s["peak_memory_bytes"]["mean"] if cuda else 0) for s in summary.values()
+    )
+    ax.set_xlim(low / 3, high * 6)
+    ax.set_xlabel("bytes (log scale)")
+    ax.grid(alpha=0.3, axis="x", which="both")
+    handles = [Patch(facecolor="0.6", hatch=hatch, edgecolor="white", label=text) for text, hatch, _ in quantities]
+    ax.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(quantities))
+    counted = (
+        f"Counted from each method's parameter counts, in fp32: {BYTES_PER_WEIGHT} B per weight, and "
+        f"{BYTES_PER_GRADIENT} B gradient + {BYTES_PER_ADAMW_STATE} B AdamW moments per trainable parameter."
+    )
+    measured = (
+        " Measured: the CUDA allocator's peak in each run (weights, training state, activations and workspace)."
+        if cuda
+        else " Activations are not counted: no allocator reports them on a CPU (figure 1 (d) has the measured peak "
+        "RSS, which is about the same for every method)."
+    )
+    chosen = (
+        " * learning rate chosen on mean validation accuracy over seeds."
+        if any(s["learning_rate_chosen_on_validation"] for s in summary.values())
+        else ""
+    )
+    fig.suptitle(_title("Figure 2", results) + "\nMemory per method (colour = method, as in figure 1)", fontsize=11)
+    caption = textwrap.fill(counted + measured + chosen, 160)
+    fig.text(0.01, 0.01, caption, fontsize=8, va="bottom")
+    caption_inches = 0.15 * (caption.count("\n") + 1) + 0.15
+    fig.tight_layout(rect=(0, caption_inches / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def render_figure(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = build_figure(results)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _cost_panel(ax, summary: dict, methods: list[str]) -> None:
-    """Accuracy, memory and time per method, memory and time relative to full fine-tuning (or the largest)."""
-    reference = summary.get("full") or max(summary.values(), key=lambda s: s["training_seconds"]["mean"])
-    width = 0.27
-    xs = range(len(methods))
-    accuracy = [100 * summary[m]["test_accuracy"]["mean"] for m in methods]
-    memory = [summary[m]["peak_memory_bytes"]["mean"] / reference["peak_memory_bytes"]["mean"] for m in methods]
-    time = [summary[m]["training_seconds"]["mean"] / reference["training_seconds"]["mean"] for m in methods]
-    ax.bar([x - width for x in xs], accuracy, width, label="test accuracy (%)", color="tab:green")
-    twin = ax.twinx()
-    twin.bar(list(xs), memory, width, label="peak memory (x full)", color="tab:blue")
-    twin.bar([x + width for x in xs], time, width, label="training time (x full)", color="tab:orange")
-    ax.set_xticks(list(xs), methods, rotation=30, ha="right")
-    ax.set(title="Accuracy, memory and time per method", ylabel="test accuracy (%)")
-    twin.set_ylabel("relative to full fine-tuning")
-    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper center", ncol=3)
-    ax.set_ylim(0, max(accuracy) * 1.3)
-    finite = [v for v in memory + time if math.isfinite(v)]
-    twin.set_ylim(0, max([*finite, 1.0]) * 1.3)
+def render_memory_figure(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = build_memory_figure(results)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def render_report(results_path: str | Path, output: str | Path | None = None) -> list[Path]:
-    """Write the figure and the markdown table from a results JSON alone."""
+    """Write the two figures and the markdown table from a results JSON alone."""
     results_path = Path(results_path)
-    results = json.loads(results_path.read_text(encoding="utf-8"))
-    if results.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{results_path}: schema_version {results.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"{results_path}: no such results file") from None
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{results_path}: not valid JSON ({err})") from None
+    version = results.get("schema_version") if isinstance(results, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ReportError(
+            f"{results_path}: schema_version {version!r}, this t5peft reads {SCHEMA_VERSION}; run `t5peft compare` "
+            "into the same folder again to rewrite it (finished runs are reused)"
+        )
     folder = Path(output) if output else results_path.parent
     folder.mkdir(parents=True, exist_ok=True)
     if not results["runs"]:
-        raise ValueError(f"{results_path}: no finished runs to report")
+        raise ReportError(f"{results_path}: no finished runs to report")
     table = folder / TABLE_FILE
     table.write_text(markdown_table(results), encoding="utf-8")
-    return [render_figure(results, folder / FIGURE_FILE), table]
+    return [
+        render_figure(results, folder / FIGURE_FILE),
+        render_memory_figure(results, folder / MEMORY_FIGURE_FILE),
+        table,
+    ]

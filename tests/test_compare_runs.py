@@ -1,0 +1,370 @@
+"""``t5peft compare`` with a tiny random-init T5 and a few real reviews: reuse only with the same settings,
+failed and interrupted runs, ``--jobs``, learning-rate sweeps, paths in experiment files, console output."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from t5peft.experiments.compare import (
+    build_requests,
+    check_existing,
+    continue_command,
+    parse_devices,
+    run_compare,
+    worker_environment,
+)
+from t5peft.experiments.config import ExperimentError, load_experiment
+from t5peft.experiments.report import RESULTS_FILE, SCHEMA_FILE
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "models" / "t5-tiny"
+
+TRAIN = """\
+[train]
+model = "{model}"
+tokenizer = "${{T5PEFT_SHARED}}/models/t5-small"
+data = "${{T5PEFT_SHARED}}/data/imdb"
+init = "random"
+epochs = {epochs}
+batch_size = 8
+eval_batch_size = 16
+train_size = 16
+test_size = 16
+validation_size = 16
+max_source_length = 32
+logs_per_two_epochs = 2
+"""
+
+
+def write_experiment(
+    folder: Path, *, methods=("lora",), seeds=(0,), sections: str = "", epochs: int = 1, model: str | None = None
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "exp.toml"
+    head = f'[experiment]\nname = "tiny"\nmethods = {json.dumps(list(methods))}\nseeds = {list(seeds)}\n\n'
+    path.write_text(head + TRAIN.format(model=model or TINY, epochs=epochs) + "\n" + sections)
+    return path
+
+
+@pytest.fixture
+def shared_env(monkeypatch, shared_dir):
+    monkeypatch.setenv("T5PEFT_SHARED", str(shared_dir))
+    return shared_dir
+
+
+def cli_env(shared_dir: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "T5PEFT_SHARED": str(shared_dir)}
+
+
+def cli(args: list[str], shared_dir: Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "t5peft.cli", "compare", *args]
+    return subprocess.run(command, cwd=cwd, env=cli_env(shared_dir), capture_output=True, text=True, timeout=timeout)
+
+
+def log_times(log: Path) -> tuple[str, str]:
+    """When compare started and ended a run, from the marker lines it writes to the run's log."""
+    text = log.read_text()
+    started = re.findall(r"=== t5peft compare: \S+ (?:started|resumed from its checkpoint) at (\S+)", text)
+    ended = re.findall(r"=== t5peft compare: \S+ (?:finished|failed) at (\S+)", text)
+    return started[-1], ended[-1]
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Runs are reused only when they were made with the settings the plan asks for now
+
+
+def test_changed_lr_is_an_error_naming_the_run_and_rerun_changed_reruns_it(tmp_path, shared_env, capsys):
+    output = tmp_path / "out"
+    config = write_experiment(tmp_path, sections="[methods.lora]\nlr = 1e-3\n")
+    run_compare(config, output, progress=False)
+    results_before = (output / RESULTS_FILE).read_text()
+    experiment_before = (output / "experiment.json").read_text()
+    assert json.loads(results_before)["runs"][0]["config"]["lr"] == 1e-3
+
+    config.write_text(config.read_text().replace("lr = 1e-3", "lr = 5e-2"))
+    with pytest.raises(ExperimentError) as caught:
+        run_compare(config, output, progress=False)
+    message = str(caught.value)
+    assert "lora-seed0: lr 0.001 -> 0.05" in message and "--rerun-changed" in message
+    # nothing was rewritten: no file records lr 0.05 beside results trained at 1e-3
+    assert (output / RESULTS_FILE).read_text() == results_before
+    assert (output / "experiment.json").read_text() == experiment_before
+
+    capsys.readouterr()
+    outcome = run_compare(config, output, progress=False, rerun_changed=True)
+    printed = capsys.readouterr().out
+    moved = output / "superseded" / "lora-seed0.1"
+    assert outcome.moved == {"lora-seed0": moved} and f"to {moved}" in printed
+    old = json.loads((moved / "results.json").read_text())
+    assert old["config"]["lr"] == 1e-3  # kept, not deleted
+    results = json.loads((output / RESULTS_FILE).read_text())
+    assert [r["config"]["lr"] for r in results["runs"]] == [5e-2]
+    assert results["runs"][0]["learning_rate"] == 5e-2
+    assert json.loads((output / "experiment.json").read_text())["methods"][0]["lr"] == 5e-2
+    assert [r.status for r in outcome.runs] == ["finished"]
+
+
+def test_partial_runs_and_command_line_overrides_are_checked_too(tmp_path, shared_env):
+    output = tmp_path / "out"
+    config = write_experiment(tmp_path, methods=("lora", "ia3"), sections="[methods.lora]\nlr = 1e-3\n")
+    requests = build_requests(load_experiment(config), output, device="cpu", compile=None)
+    lora, ia3 = requests
+    assert lora.config.device == "cpu" and lora.config.compile == "off"  # auto resolved to what runs
+
+    # a partial run (run_config.json, no results) made with another lr and other method options
+    lora.folder.root.mkdir(parents=True)
+    saved = {**lora.config.to_dict(), "lr": 3e-3, "method_options": {"r": 4}, "progress": False, "resume": True}
+    lora.folder.run_config.write_text(json.dumps(saved))
+    # a failed start leaves only compare's own files: nothing to protect, it is started again
+    ia3.folder.root.mkdir(parents=True)
+    ia3.folder.request.write_text(json.dumps({**ia3.config.to_dict(), "seed": 7}))
+    changed = check_existing(requests)
+    assert [(r.name, d) for r, d in changed] == [("lora-seed0", ["lr 0.003 -> 0.001", 'method_options {"r": 4} -> {}'])]
+
+    # --compile on against runs made with compile off
+    lora.folder.run_config.write_text(json.dumps(lora.config.to_dict()))
+    again = build_requests(load_experiment(config), output, device="cpu", compile="on")
+    assert [(r.name, d) for r, d in check_existing(again)] == [("lora-seed0", ['compile "off" -> "on"'])]
+    with pytest.raises(ExperimentError, match=r"lora-seed0: compile \"off\" -> \"on\""):
+        run_compare(config, output, device="cpu", compile="on", progress=False)
+    assert not (output / "superseded").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Logs, failed runs, --no-progress lines, the closing table
+
+
+def test_failed_run_is_one_line_the_others_finish_and_compare_exits_non_zero(tmp_path, shared_dir):
+    empty = tmp_path / "no-tokenizer"
+    empty.mkdir()
+    config = write_experiment(tmp_path, methods=("ia3", "lora"), sections=f'[methods.ia3]\ntokenizer = "{empty}"\n')
+    done = cli(["--config", "exp.toml", "--output", "out", "--no-progress"], shared_dir, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    log = tmp_path / "out" / "runs" / "ia3-seed0" / "run.log"
+    failed = [line for line in done.stdout.splitlines() if "ia3" in line and "FAILED" in line]
+    assert len(failed) == 1 and f"log: {log.relative_to(tmp_path)}" in failed[0], done.stdout
+    assert "tokenizer" in failed[0]  # the run's own one-line error
+    assert "error: " in log.read_text()
+    finished = [line for line in done.stdout.splitlines() if line.startswith("done lora seed 0: test accuracy ")]
+    assert len(finished) == 1 and " s training, " in finished[0], done.stdout
+    assert "| lora |" in done.stdout and "outputs:" in done.stdout and str(Path("out") / RESULTS_FILE) in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith("t5peft compare: error: 1 of 2 run(s) failed: ia3-seed0")
+    results = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
+    assert results["not_finished"] == ["ia3-seed0"] and [r["method"] for r in results["runs"]] == ["lora"]
+    assert "Not finished, so not in this report: ia3-seed0." in (tmp_path / "out" / "results.md").read_text()
+    assert config.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 5 + 6. --jobs 2 with a learning-rate sweep, progress bars on; the shared compile cache
+
+
+def test_jobs_two_runs_a_sweep_in_parallel_and_chooses_on_validation(tmp_path, shared_dir):
+    jsonschema = pytest.importorskip("jsonschema")
+    write_experiment(tmp_path, sections="[methods.lora]\nlr = [1e-3, 3e-2]\n")
+    started = time.time()
+    done = cli(["--config", "exp.toml", "--output", "out", "--jobs", "2"], shared_dir, cwd=tmp_path)
+    elapsed = time.time() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = tmp_path / "out" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["lora-lr0.001-seed0", "lora-lr0.03-seed0"]
+    (start_a, end_a), (start_b, end_b) = (log_times(runs / name / "run.log") for name in sorted(os.listdir(runs)))
+    assert start_a < end_b and start_b < end_a, "the two runs did not overlap in time"
+    cache = (tmp_path / "out" / "compile-cache").resolve()
+    for name in os.listdir(runs):
+        header = (runs / name / "run.log").read_text()
+        assert f"TORCHINDUCTOR_CACHE_DIR={cache}" in header
+        assert "TORCHINDUCTOR_FX_GRAPH_CACHE=1" in header and "TORCHINDUCTOR_AUTOGRAD_CACHE=1" in header
+    lines = [line for line in done.stdout.splitlines() if line.startswith("done lora seed 0, lr ")]
+    assert len(lines) == 2, done.stdout
+    assert "compare tiny: 100%" in done.stderr and "\x1b[A" not in done.stderr  # no job lines off a terminal
+
+    results = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
+    jsonschema.validate(results, json.loads(SCHEMA_FILE.read_text()))
+    sweep = results["sweeps"]["lora"]
+    values = {v["learning_rate"]: v for v in sweep["values"]}
+    assert set(values) == {1e-3, 3e-2} and sweep["complete"]
+    best = max(values.values(), key=lambda v: (v["validation_accuracy"]["mean"], -v["validation_loss"]["mean"]))
+    assert sweep["chosen_learning_rate"] == best["learning_rate"]
+    assert results["summary"]["lora"]["learning_rate"] == best["learning_rate"]
+    assert f"| lora | {best['learning_rate']:g}* |" in done.stdout
+    assert elapsed < 600
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Ctrl-C
+
+
+def _start(args: list[str], shared_dir: Path, cwd: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "t5peft.cli", "compare", *args]
+    return subprocess.Popen(
+        command, cwd=cwd, env=cli_env(shared_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_names_the_run_keeps_its_checkpoint_and_the_same_command_resumes_it(tmp_path, shared_dir):
+    write_experiment(tmp_path, epochs=6)
+    args = ["--config", "exp.toml", "--output", "out", "--no-progress"]
+    process = _start(args, shared_dir, tmp_path)
+    run = tmp_path / "out" / "runs" / "lora-seed0"
+    try:
+        _wait_for(run / "checkpoint" / "state.json", process)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (run / "results.json").exists(), "the run finished before it could be interrupted"
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    line = next(line for line in stdout.splitlines() if line.startswith("interrupted lora seed 0"))
+    assert re.search(r"its checkpoint after epoch \d+ of 6 will be resumed", line), line
+    assert "Continue with: t5peft compare --config exp.toml --output out --no-progress" in stderr
+    epochs_done = json.loads((run / "checkpoint" / "state.json").read_text())["position"]["epochs_done"]
+
+    again = cli(args, shared_dir, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    log = (run / "run.log").read_text()
+    assert "lora-seed0 interrupted at" in log and "lora-seed0 resumed from its checkpoint at" in log
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["epoch"] == 6 and epochs_done < 6
+    assert [m["step"] for m in metrics] == list(range(2, 13, 2))  # one log point per epoch, none lost or doubled
+
+
+def test_ctrl_c_before_training_leaves_no_run_folder(tmp_path, shared_dir):
+    write_experiment(tmp_path)
+    process = _start(["--config", "exp.toml", "--output", "out", "--no-progress"], shared_dir, tmp_path)
+    run = tmp_path / "out" / "runs" / "lora-seed0"
+    try:
+        _wait_for(run / "request.json", process)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    assert "before it began training; its folder was removed" in stdout
+    assert not run.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Paths in an experiment file
+
+
+def test_relative_paths_are_taken_from_the_experiment_files_folder(tmp_path, monkeypatch, shared_dir):
+    monkeypatch.delenv("T5PEFT_SHARED", raising=False)
+    checkout = tmp_path / "checkout"
+    (checkout / "configs" / "models").mkdir(parents=True)
+    (checkout / "configs" / "models" / "tiny").symlink_to(TINY)
+    (tmp_path / "shared").symlink_to(shared_dir)  # the shared folder beside the checkout
+    config = write_experiment(
+        checkout / "configs",
+        model="models/tiny",
+        sections='[methods.lora]\ntest_data = "../data.csv"\n',
+    )
+    (checkout / "data.csv").write_text("text,label\nfine,1\nbad,0\n")
+    monkeypatch.chdir(tmp_path)  # anywhere else
+    experiment = load_experiment(config)
+    assert experiment.train["model"] == str((checkout / "configs" / "models" / "tiny").resolve())
+    assert experiment.train["tokenizer"] == str((tmp_path / "shared").resolve() / "models" / "t5-small")
+    assert experiment.methods[0].overrides["test_data"] == str((checkout / "data.csv").resolve())
+    assert experiment.shared == str((tmp_path / "shared").resolve())
+
+
+@pytest.mark.parametrize(
+    ("train_line", "message"),
+    [
+        pytest.param(
+            'model = "models/nope"', r"exp.toml \[train\] model: models/nope \(= .*\) does not exist", id="model"
+        ),
+        pytest.param('data = "../imdb.csv"', r"exp.toml \[train\] data: ../imdb.csv .* does not exist", id="data"),
+        pytest.param(
+            'data = "${T5PEFT_SHARED}/nope"',
+            r"\[train\] data: \$\{T5PEFT_SHARED\}/nope \(= .*/nope\) does not exist",
+            id="shared",
+        ),
+    ],
+)
+def test_a_missing_path_names_the_file_and_the_key(tmp_path, shared_env, train_line, message):
+    (tmp_path / "models").mkdir()
+    key = train_line.split(" = ")[0]
+    config = write_experiment(tmp_path)
+    text = re.sub(rf"^{key} = .*$", train_line, config.read_text(), count=1, flags=re.M)
+    config.write_text(text)
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(config)
+
+
+def test_shared_folder_not_found_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("T5PEFT_SHARED", raising=False)
+    config = write_experiment(tmp_path / "deep")
+    if any((p.parent / "shared").is_dir() for p in (config.parent, *config.parent.parents)):
+        pytest.skip("a shared folder exists above the temporary folder")
+    with pytest.raises(ExperimentError, match=r"T5PEFT_SHARED.* is not set and no shared folder was found"):
+        load_experiment(config)
+
+
+def test_hub_ids_stay_hub_ids(tmp_path, shared_env):
+    config = write_experiment(tmp_path, model="google-t5/t5-small")
+    text = config.read_text().replace('data = "${T5PEFT_SHARED}/data/imdb"', 'data = "stanfordnlp/imdb"')
+    config.write_text(text)
+    experiment = load_experiment(config)
+    assert (experiment.train["model"], experiment.train["data"]) == ("google-t5/t5-small", "stanfordnlp/imdb")
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. --devices, worker environment, the continue command
+
+
+def test_devices_need_cuda_and_map_through_an_inherited_cuda_visible_devices(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ExperimentError, match="no CUDA GPU"):
+        parse_devices("0,1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert parse_devices("1,0") == ["1", "0"]
+    with pytest.raises(ExperimentError, match="only 2 CUDA device"):
+        parse_devices("0,2")
+    with pytest.raises(ExperimentError, match="expected GPU numbers"):
+        parse_devices("gpu0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert parse_devices("1") == ["6"]
+
+
+def test_worker_environment_sets_the_shared_compile_cache_and_its_gpu(tmp_path):
+    env = worker_environment(tmp_path / "cache", "3")
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
+    assert env["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1" and env["TORCHINDUCTOR_AUTOGRAD_CACHE"] == "1"
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_continue_command_repeats_the_settings_that_matter():
+    command = continue_command(
+        Path("my exp.toml"), Path("out"), device="cpu", compile="off", jobs=2, devices=None, progress=False
+    )
+    assert (
+        command
+        == "t5peft compare --config 'my exp.toml' --output out --device cpu --compile off --jobs 2 --no-progress"
+    )
