@@ -165,7 +165,10 @@ def test_full_fine_tuning_trains_everything(base_dir):
 
 
 def test_registry_and_option_errors(base_dir):
-    assert set(method_names()) == {"full", "lora", "adalora", "adapter", "prompt", "ptuning2", "lora+prompt", "ia3"}
+    assert set(method_names()) == {
+        *("full", "lora", "adalora", "adapter", "prompt", "ptuning2", "lora+prompt", "ia3"),
+        *("dora", "vera", "ptuning", "prefix", "ln_tuning"),
+    }
     with pytest.raises(MethodConfigError, match="has no option 'rank'; its options are: r, lora_alpha"):
         apply_method(load_pretrained(base_dir), "lora", rank=4)
     with pytest.raises(MethodConfigError, match="unknown method 'qlora'"):
@@ -198,11 +201,14 @@ def test_bad_adapter_folders(base_dir, tmp_path):
         load_adapter(load_pretrained(base_dir), folder)
     save_file(state, weights)
     config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(MethodConfigError, match="use_dora=True is not supported"):
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": "yes"}))
+    with pytest.raises(MethodConfigError, match="use_dora='yes' is not supported"):
         load_adapter(load_pretrained(base_dir), folder)
-    (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "VERA"}))
-    with pytest.raises(MethodConfigError, match="peft_type 'VERA' is not supported"):
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))  # DoRA's: no magnitudes
+    with pytest.raises(MethodConfigError, match="missing tensors: .*lora_magnitude_vector"):
+        load_adapter(load_pretrained(base_dir), folder)
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LOHA"}))
+    with pytest.raises(MethodConfigError, match="peft_type 'LOHA' is not supported"):
         load_adapter(load_pretrained(base_dir), folder)
     weights.write_bytes(weights.read_bytes()[:100])
     (folder / "adapter_config.json").write_text(json.dumps(config))

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from t5peft.cli import main as cli_main
+from t5peft.methods import method_names
 from t5peft.train.evaluate import class_metrics, evaluate, generation_predictions
 from t5peft.train.loop import Run, TrainConfig, TrainError, linear_schedule, train
 
@@ -204,7 +205,7 @@ def test_random_init_t5_learns_sentiment_above_chance(imdb_dir, t5_small_dir, tm
     assert results["test"]["accuracy"] > 0.55
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "adalora", "adapter", "prompt", "ptuning2", "lora+prompt", "ia3"])
+@pytest.mark.parametrize("method", method_names())
 def test_cli_train_each_method_end_to_end(method, imdb_dir, t5_small_dir, tmp_path, capsys):
     out = tmp_path / method
     args = tiny_cli_args(imdb_dir, t5_small_dir, (48, 32, 16), 40)

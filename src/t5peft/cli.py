@@ -26,6 +26,7 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .methods import method_names
     from .train.loop import TrainConfig
 
     d = TrainConfig()
@@ -42,9 +43,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=d.init,
         help="random: weights drawn from --seed with --model's architecture (every output says so)",
     )
-    p.add_argument(
-        "--method", default=d.method, help="full, lora, adalora, adapter, prompt, ptuning2, lora+prompt, ia3"
-    )
+    p.add_argument("--method", default=d.method, help=", ".join(method_names()))
     p.add_argument(
         "--option",
         "-o",

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..errors import T5PeftError
 
 if TYPE_CHECKING:
+    from ..model.config import T5Config
     from ..model.t5 import T5ForConditionalGeneration
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,9 @@ class Method:
     # adapter_config.json fields PEFT writes that we read but do not use (a PEFT file asking for another
     # value, e.g. use_dora=true, is refused rather than ignored); ``file_config`` writes those marked so
     neutral_file_fields: ClassVar[dict[str, Neutral]] = {}
+    # adapter_config.json values by which a file of ``peft_type`` belongs to this method rather than to another
+    # method of the same type (DoRA claims LORA files with use_dora=true); see registry.method_for_file
+    file_claims: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -279,6 +283,27 @@ def find_linear_targets(model: nn.Module, targets: list[str], exclude: list[str]
     if missing:
         raise MethodConfigError(f"target_modules {missing} match no linear layer of this model")
     return found
+
+
+def t5_linear_shapes(config: T5Config) -> dict[str, tuple[int, int, int]]:
+    """Every linear layer of a T5 by leaf name: ``(how many, in_features, out_features)``, from the config alone
+    (closed-form parameter counts of methods that wrap linear layers)."""
+    attentions = config.num_layers + 2 * config.num_decoder_layers  # encoder self, decoder self and cross
+    ffns = config.num_layers + config.num_decoder_layers
+    d, inner = config.d_model, config.inner_dim
+    shapes = {
+        "q": (attentions, d, inner),
+        "k": (attentions, d, inner),
+        "v": (attentions, d, inner),
+        "o": (attentions, inner, d),
+        "wo": (ffns, config.d_ff, d),
+        "lm_head": (1, d, config.vocab_size),
+    }
+    if config.is_gated_act:
+        shapes.update(wi_0=(ffns, d, config.d_ff), wi_1=(ffns, d, config.d_ff))
+    else:
+        shapes["wi"] = (ffns, d, config.d_ff)
+    return shapes
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
