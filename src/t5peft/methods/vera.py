@@ -67,7 +67,8 @@ PEFT_VERA_NEUTRAL_FIELDS = {
 
 def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> Tensor:
     """``float32`` uniform in ``±sqrt(6 / shape[1])``, drawn from ``generator`` (how PEFT draws VeRA's projections)."""
-    bound = math.sqrt(3.0) * math.sqrt(2.0) / math.sqrt(shape[1])
+    std = math.sqrt(2.0) / math.sqrt(shape[1])
+    bound = math.sqrt(3.0) * std  # in this order: the same float as PEFT's bound, hence the same draws
     return torch.empty(shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
 
 
