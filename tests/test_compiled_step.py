@@ -102,6 +102,7 @@ def assert_same_training(method: str, device: str = "cpu") -> None:
 @pytest.mark.parametrize("method", method_names())
 def test_model_forward_has_no_graph_breaks(method):
     """The whole model, training loss with the method's extra term and evaluation scoring, as one graph each."""
+    torch._dynamo.reset()  # a fresh cache: each method's model would count as a recompile of the same loss function
     model = tiny_model(method, dropout=True)
     batch = step_batch(0)
     loss_fn = torch.compile(make_loss_fn(model, torch.device("cpu"), False), fullgraph=True, backend="eager")

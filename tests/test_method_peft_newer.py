@@ -238,6 +238,7 @@ def test_untrained_method_is_identity_exactly_when_it_says_so(base_dir, case):
 
 @pytest.mark.parametrize("case", ["ptuning-lstm", "prefix-projected"])  # the defaults: test_compiled_step.py
 def test_forward_and_loss_compile_in_one_graph(base_dir, case):
+    torch._dynamo.reset()  # a fresh cache: other models' compilations of the loss function count as recompiles
     model = _applied(base_dir, case).train()
     loss_fn = torch.compile(make_loss_fn(model, torch.device("cpu"), False), fullgraph=True, backend="eager")
     batch = _batch()
