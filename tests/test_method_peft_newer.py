@@ -1,10 +1,11 @@
-"""DoRA, VeRA, P-tuning (v1), PEFT's prefix tuning and LayerNorm tuning.
+"""DoRA, VeRA, P-tuning (v1), PEFT's prefix tuning and LayerNorm tuning: what is specific to each.
 
-Each method: gradients only on its parameters, a bit-identical frozen base after training steps, its closed-form
-count equal to the count of the model and of Hugging Face PEFT, save/load with identical logits, PEFT -> t5peft and
-t5peft -> PEFT with non-zero weights (relative error <= 1e-5), what an untrained one does to the logits, and a
-forward + loss that compiles in one graph. Then what is specific to each (merging, file resolution, projections,
-the LSTM, prefix positions).
+What every method must do (gradients, frozen base, closed-form and PEFT counts, t5-small counts, save/load,
+identity at init, PEFT interop both ways) is checked for these five by ``test_method_contract.py``, the compiled
+step by ``test_compiled_step.py``. Here: DoRA's file resolution, gradients against PEFT's (the detached norm),
+dropout formula and merging; VeRA's projections (shared buffers, drawn as PEFT draws them, saved or not) and
+merging; P-tuning's LSTM and its folded file; the prefix layout, positions and cached generation on encoder/decoder
+depths other than the contract's; LayerNorm tuning's copies and merging.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import train_steps
-from oracles import hf_model, random_batch, relative_error, transformers
+from helpers import random_batch, relative_error
+from oracles import hf_model, transformers
 from t5peft import (
     T5Config,
     T5ForConditionalGeneration,
@@ -144,96 +145,7 @@ def _t5_small_meta(t5_small_dir: Path) -> T5ForConditionalGeneration:
 
 
 # --------------------------------------------------------------------------------------------------
-# Generic checks on every case
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_only_method_parameters_get_gradients(base_dir, case):
-    model = _applied(base_dir, case).train()
-    _randomise(model)  # DoRA's B = 0 would leave A without gradient
-    model(**_batch()).loss.backward()
-    trainable = set(model.peft.trainable)
-    assert trainable and trainable <= set(model.peft.added)
-    for name, param in model.named_parameters():
-        if name in trainable:
-            assert param.requires_grad and param.grad is not None and param.grad.abs().sum() > 0, name
-        else:
-            assert not param.requires_grad and param.grad is None, name
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_base_and_buffers_unchanged_after_training_steps(base_dir, case):
-    model = _applied(base_dir, case)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    train_steps(model, _batch, 3)
-    trainable = set(model.peft.trainable)
-    for name, param in model.named_parameters():
-        if name in trainable:
-            assert not torch.equal(param, before[name]), f"{name} did not train"
-        else:
-            assert torch.equal(param, before[name]), f"{name} changed"
-    for name, buffer in model.named_buffers():
-        assert torch.equal(buffer, buffers[name]), f"buffer {name} changed"
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_count_is_the_closed_form_and_peft_count(base_dir, case):
-    model = _applied(base_dir, case)
-    ours = count_parameters(model)["trainable"]
-    assert ours == model.peft.method.closed_form_trainable(model.config)
-    assert ours == _peft_model(base_dir, case).get_nb_trainable_parameters()[0]
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_save_load_identical_logits(base_dir, case, tmp_path):
-    model = _applied(base_dir, case)
-    _randomise(model)
-    expected = _logits(model, _batch())
-    save_adapter(model, tmp_path)
-    loaded = load_adapter(load_pretrained(base_dir), tmp_path)
-    assert loaded.peft.name == model.peft.name
-    assert torch.equal(_logits(loaded, _batch()), expected)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_our_file_loads_in_peft_with_same_logits(base_dir, case, tmp_path):
-    model = _applied(base_dir, case)
-    _randomise(model, seed=2)
-    batch = _batch(1)
-    expected = _logits(model, batch)
-    assert not torch.allclose(expected, _logits(load_pretrained(base_dir), batch), atol=1e-3), "the adapter must matter"
-    save_adapter(model, tmp_path)
-    base = transformers.T5ForConditionalGeneration.from_pretrained(base_dir)
-    reference = peft.PeftModel.from_pretrained(base, tmp_path).eval()
-    assert reference.peft_config["default"].peft_type == model.peft.method.peft_type
-    with torch.no_grad():
-        actual = reference(**batch).logits
-    assert relative_error(actual, expected) <= TOLERANCE
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_peft_file_loads_in_t5peft_with_same_logits(base_dir, case, tmp_path):
-    reference = _peft_model(base_dir, case)
-    _randomise(reference, seed=3)
-    reference.save_pretrained(tmp_path)
-    reference.eval()
-    batch = _batch(2)
-    with torch.no_grad():
-        expected = reference(**batch).logits
-    model = load_adapter(load_pretrained(base_dir), tmp_path)
-    assert model.peft.name == CASES[case][0]
-    assert relative_error(_logits(model, batch), expected) <= TOLERANCE
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_untrained_method_is_identity_exactly_when_it_says_so(base_dir, case):
-    plain = _logits(load_pretrained(base_dir), _batch())
-    model = _applied(base_dir, case)
-    if model.peft.method.identity_at_init:
-        assert torch.equal(_logits(model, _batch()), plain)
-    else:
-        assert not torch.allclose(_logits(model, _batch()), plain, atol=1e-3)
+# Generic: the whole forward of the non-default variants as one graph (test_compiled_step.py: the defaults)
 
 
 @pytest.mark.parametrize("case", ["ptuning-lstm", "prefix-projected"])  # the defaults: test_compiled_step.py
@@ -246,29 +158,6 @@ def test_forward_and_loss_compile_in_one_graph(base_dir, case):
     loss.backward()
     assert torch.isfinite(loss)
     assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
-
-
-# t5-small (6 + 6 layers, d_model = inner = 512, d_ff 2048, 8 heads of 64): the README's numbers
-T5_SMALL_COUNTS = [
-    ("dora", {}, 36 * (8 * 1024 + 512), 313_344),
-    ("vera", {}, 36 * (512 + 256), 27_648),
-    ("ptuning", {}, 20 * 512 + 3 * (512 * 512 + 512), 798_208),
-    ("ptuning", dict(encoder_reparameterization_type="LSTM", encoder_hidden_size=128), None, None),
-    ("prefix", {}, 20 * 6 * 2 * 512, 122_880),
-    ("prefix", dict(prefix_projection=True), 20 * 512 + (512 * 512 + 512) + (512 * 6144 + 6144), 3_424_768),
-    ("ln_tuning", {}, (12 + 18 + 2) * 512, 16_384),
-    ("ln_tuning", dict(target_modules=["final_layer_norm"]), 2 * 512, 1_024),
-]
-
-
-@pytest.mark.parametrize(("method", "options", "formula", "expected"), T5_SMALL_COUNTS)
-def test_t5_small_counts(t5_small_dir, method, options, formula, expected):
-    model = apply_method(_t5_small_meta(t5_small_dir), method, **options)
-    counts = count_parameters(model)
-    assert counts["base"] == 60_506_624
-    assert counts["trainable"] == model.peft.method.closed_form_trainable(model.config)
-    if expected is not None:
-        assert formula == expected == counts["trainable"]
 
 
 def test_default_learning_rates():
@@ -473,9 +362,13 @@ def test_ptuning_prepends_only_the_first_tokens(base_dir):
 # PEFT's prefix tuning
 
 
-def test_prefix_even_depth_matches_peft(tmp_path):
-    """With an even encoder depth decoder layer i reads pair 2i mod L, so half the pairs are never used."""
-    base = _reference_base(num_layers=4, num_decoder_layers=4)
+@pytest.mark.parametrize(
+    ("encoder", "decoder", "pairs", "unused"),
+    [(4, 4, [0, 2, 0, 2], [1, 3]), (3, 2, [0, 2], [1]), (5, 5, [0, 2, 4, 1, 3], [])],
+)
+def test_prefix_layout_matches_peft(tmp_path, encoder, decoder, pairs, unused):
+    """Decoder layer i reads pair 2i mod L (L = encoder layers): with an even L half the pairs are never used."""
+    base = _reference_base(num_layers=encoder, num_decoder_layers=decoder)
     base.save_pretrained(tmp_path / "base")
     reference = peft.get_peft_model(base, peft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3))
     _randomise(reference)
@@ -484,12 +377,12 @@ def test_prefix_even_depth_matches_peft(tmp_path):
     with torch.no_grad():
         expected = reference(**_batch()).logits
     model = load_adapter(load_pretrained(tmp_path / "base"), tmp_path / "adapter")
-    assert model.decoder.self_prefix.pairs.tolist() == [0, 2, 0, 2]
+    assert model.decoder.self_prefix.pairs.tolist() == pairs
     assert relative_error(_logits(model, _batch()), expected) <= TOLERANCE
     model.train()
     model(**_batch()).loss.backward()
-    grad = model.decoder.self_prefix.prompt_embeddings.grad.view(3, 4, 2, 64)
-    assert grad[:, [1, 3]].abs().sum() == 0 and grad[:, [0, 2]].abs().sum() > 0
+    grad = model.decoder.self_prefix.prompt_embeddings.grad.view(3, encoder, 2, 64)
+    assert grad[:, unused].abs().sum() == 0 and grad[:, sorted(set(pairs))].abs().sum(dim=(0, 2, 3)).min() > 0
 
 
 def test_prefix_reaches_only_decoder_self_attention_with_position_bias(base_dir):

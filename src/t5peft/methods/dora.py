@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, Neutral, merge_wrapped_linears, t5_linear_shapes
+from .base import Method, Neutral, linear_targets, merge_wrapped_linears
 from .lora import PEFT_LORA_NEUTRAL_FIELDS, LoraConfig, LoraLinear, inject_lora
 
 if TYPE_CHECKING:
@@ -106,9 +106,8 @@ class Dora(Method):
 
     def closed_form_trainable(self, config: T5Config) -> int:
         """``sum over targets of r * (in + out) + out``."""
-        shapes = t5_linear_shapes(config)
         r = self.config.r
-        targets = [shapes[name] for name in self.config.target_modules]
+        targets = linear_targets(config, self.config.target_modules)
         return sum(n * (r * (fan_in + fan_out) + fan_out) for n, fan_in, fan_out in targets)
 
 

@@ -44,10 +44,10 @@ from .base import (
     check_int,
     check_positive,
     find_linear_targets,
+    linear_targets,
     merge_wrapped_linears,
     module_list,
     replace_module,
-    t5_linear_shapes,
 )
 
 if TYPE_CHECKING:
@@ -199,8 +199,8 @@ class Vera(Method):
 
     def closed_form_trainable(self, config: T5Config) -> int:
         """``sum over targets of out + r``."""
-        shapes = t5_linear_shapes(config)
-        return sum(n * (fan_out + self.config.r) for n, _, fan_out in (shapes[t] for t in self.config.target_modules))
+        targets = linear_targets(config, self.config.target_modules)
+        return sum(n * (fan_out + self.config.r) for n, _, fan_out in targets)
 
     def export_state(self, model, names: list[str]) -> dict[str, Tensor]:
         state = super().export_state(model, names)
