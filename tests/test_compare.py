@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from helpers import train_steps
+from t5peft import T5Config, T5ForConditionalGeneration, apply_method
 from t5peft.experiments.compare import run_compare, run_dir
 from t5peft.experiments.config import ExperimentError, load_experiment, parse_experiment
 from t5peft.experiments.report import (
@@ -21,6 +24,7 @@ from t5peft.experiments.report import (
     TABLE_FILE,
     render_report,
 )
+from t5peft.methods import get_method_class, method_names
 
 jsonschema = pytest.importorskip("jsonschema")
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +44,7 @@ def _finite(value) -> bool:
 def test_smoke_compare_end_to_end_and_resume(in_repo, tmp_path):
     experiment = load_experiment(SMOKE)
     methods = [m.name for m in experiment.methods]
-    assert methods == ["full", "lora", "adalora", "adapter", "prompt", "ptuning2", "lora+prompt", "ia3"]
+    assert methods == method_names()  # every registered method
     output = tmp_path / "smoke"
 
     # Interrupt: kill the comparison once its second run has finished.
@@ -131,6 +135,40 @@ def test_seed_config_is_the_setup_of_record(in_repo):
     assert cfg.test_size is None and cfg.train_size is None and cfg.validation_size == 1000
     rates = {m.name: experiment.run_config(m, 0, Path("x")).learning_rate for m in experiment.methods}
     assert rates["prompt"] == 0.3 and rates["lora"] == 1e-3
+
+
+def test_all_methods_config_covers_every_method(in_repo):
+    experiment = load_experiment(REPO / "configs" / "all-methods.toml")
+    assert [m.name for m in experiment.methods] == method_names() and experiment.seeds == [0, 1, 2]
+    seed = load_experiment(REPO / "configs" / "seed.toml")
+    plan = experiment.run_config(experiment.methods[0], 0, Path("x"))
+    assert plan == seed.run_config(seed.methods[0], 0, Path("x"))  # the setup of record
+    for method in experiment.methods:
+        cfg = experiment.run_config(method, 0, Path("x"))
+        assert cfg.learning_rate == get_method_class(method.name).default_lr, method.name
+
+
+def test_seed_notebook_config_is_what_the_notebook_ran(in_repo):
+    experiment = load_experiment(REPO / "configs" / "seed-notebook.toml")
+    assert [m.name for m in experiment.methods] == ["full", "lora", "adalora", "prompt", "ptuning"]
+    for method in experiment.methods:
+        cfg = experiment.run_config(method, 0, Path("x"))
+        assert (cfg.max_source_length, cfg.train_size, cfg.test_size, cfg.learning_rate) == (256, 10_000, 1_000, 3e-4)
+    adalora = next(m for m in experiment.methods if m.name == "adalora")
+    config = get_method_class("adalora").config_class.from_options(dict(adalora.options), "adalora")
+    assert config.init_r == config.target_r  # the budget never shrinks: no rank update
+    # and allocation then prunes nothing: every triplet of every layer is kept through a whole schedule
+    tiny = T5Config(vocab_size=100, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
+    model = apply_method(T5ForConditionalGeneration(tiny), "adalora", **config.to_dict())
+    generator = torch.Generator().manual_seed(0)
+    batch = dict(
+        input_ids=torch.randint(2, 100, (2, 6), generator=generator),
+        attention_mask=torch.ones(2, 6, dtype=torch.long),
+        labels=torch.randint(2, 100, (2, 2), generator=generator),
+    )
+    train_steps(model, lambda step: batch, 4, total_steps=4)
+    masks = [buffer for name, buffer in model.named_buffers() if name.endswith("rank_mask")]
+    assert masks and all(bool(mask.all()) for mask in masks)
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,16 @@
 What "the same training" means, and the tolerance: the compiled step computes the same function as the eager
 one with operations fused and reordered, so each step rounds differently in float32. Both are float32
 approximations of one exact trajectory; the eager float32 run's distance from the eager float64 run (the same
-steps in double precision) measures how far float32 rounding carries a trajectory over these steps. By the
-triangle inequality compiled and eager differ by at most the sum of their two distances from the exact
-trajectory; we allow four times the measured float32 distance (two runs, and a factor of two for a different
-rounding order), plus 8 float32 ulps of the loss for runs whose measured distance is zero. Dropout is off in
-these runs, so that the two paths draw no random numbers (they draw them differently).
+steps in double precision) measures how far float32 rounding carries a trajectory over these steps. A trajectory
+can also be sensitive in a way that one float64 run misses, when it passes near a discrete event (a ReLU unit
+crossing zero, Adam's update of a gradient near zero) that float64 happens to resolve as float32 does: P-tuning's
+MLP prompt encoder is such a case (its eager loss moves by 2.3e-4 within 30 steps when its trainable weights start
+one float32 ulp away, against 1.9e-6 from float64). So the distance is the larger of that from the float64 run
+and that from an eager run whose trainable weights start one ulp (relative 2**-23) away. By the triangle
+inequality compiled and eager differ by at most the sum of their two distances from the exact trajectory; we
+allow four times the measured float32 distance (two runs, and a factor of two for a different rounding order),
+plus 8 float32 ulps of the loss for runs whose measured distance is zero. Dropout is off in these runs, so that
+the two paths draw no random numbers (they draw them differently).
 """
 
 from __future__ import annotations
@@ -63,9 +68,14 @@ def step_batch(step: int) -> dict[str, torch.Tensor]:
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it)")
 
 
-def loss_trajectory(method: str, compile: bool, dtype: torch.dtype = torch.float32, device: str = "cpu") -> list[float]:
+def loss_trajectory(
+    method: str, compile: bool, dtype: torch.dtype = torch.float32, device: str = "cpu", perturb: float = 0.0
+) -> list[float]:
+    """Training losses of STEPS steps; ``perturb``: the trainable weights start multiplied by ``1 + perturb``."""
     model = tiny_model(method, dtype).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        torch._foreach_mul_(params, 1.0 + perturb)
     optimizer = torch.optim.AdamW(params, lr=get_method_class(method).default_lr)
     model.peft.method.on_train_begin(model, STEPS)
     runner = TrainStep(model, optimizer, total_steps=STEPS, compile=compile)
@@ -80,8 +90,9 @@ def loss_trajectory(method: str, compile: bool, dtype: torch.dtype = torch.float
 def assert_same_training(method: str, device: str = "cpu") -> None:
     eager = loss_trajectory(method, compile=False, device=device)
     exact = loss_trajectory(method, compile=False, dtype=torch.float64, device=device)
+    nudged = loss_trajectory(method, compile=False, device=device, perturb=2.0**-23)
     compiled = loss_trajectory(method, compile=True, device=device)
-    float32_distance = max(abs(a - b) for a, b in zip(eager, exact, strict=True))
+    float32_distance = max(abs(a - b) for other in (exact, nudged) for a, b in zip(eager, other, strict=True))
     tolerance = 4 * float32_distance + 8 * torch.finfo(torch.float32).eps * max(map(abs, eager))
     difference = max(abs(a - b) for a, b in zip(eager, compiled, strict=True))
     assert difference <= tolerance, (method, difference, tolerance, eager, compiled)
@@ -91,6 +102,7 @@ def assert_same_training(method: str, device: str = "cpu") -> None:
 @pytest.mark.parametrize("method", method_names())
 def test_model_forward_has_no_graph_breaks(method):
     """The whole model, training loss with the method's extra term and evaluation scoring, as one graph each."""
+    torch._dynamo.reset()  # a fresh cache: each method's model would count as a recompile of the same loss function
     model = tiny_model(method, dropout=True)
     batch = step_batch(0)
     loss_fn = torch.compile(make_loss_fn(model, torch.device("cpu"), False), fullgraph=True, backend="eager")

@@ -17,13 +17,14 @@ it has one).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from helpers import logits, perturb, relative_error, t5_small_meta, tiny_config, train_steps
+from helpers import logits, perturb, relative_error, save_tiny_base, t5_small_meta, tiny_config, train_steps
 from helpers import tiny_batch as _batch
 from t5peft import T5Config, T5ForConditionalGeneration, apply_method, count_parameters, load_pretrained
 from t5peft.methods import load_trained, method_names, save_trained
@@ -46,6 +47,12 @@ class Contract:
     t5_small: tuple[tuple[dict[str, Any], int], ...]
     # the PEFT config equal to a case's options; given exactly when the method is ``peft_compatible``
     peft_config: PeftConfigBuilder | None = None
+    # overrides of helpers.TINY for the tiny T5 this method's cases run on (its counts too), where the method
+    # cannot run on the default one
+    base: dict[str, Any] = field(default_factory=dict)
+    # True for a case whose file holds an evaluated reparameterisation (P-tuning's encoder output, a projected
+    # prefix): loaded, it trains that table, not PEFT's training-time parameters
+    folds_on_save: Callable[[dict[str, Any]], bool] = lambda options: False
 
 
 def _peft_as_is(config_name: str, **defaults: Any) -> PeftConfigBuilder:
@@ -110,6 +117,51 @@ CONTRACTS: dict[str, Contract] = {
         t5_small=(({}, 43_008),),
         peft_config=_peft_as_is("IA3Config"),
     ),
+    "dora": Contract(
+        cases={"dora": dict(r=4, lora_alpha=8, target_modules=["q", "v", "wo"])},
+        t5_small=(({}, 313_344),),
+        peft_config=_peft_as_is("LoraConfig", use_dora=True),
+    ),
+    "vera": Contract(
+        cases={
+            "vera": dict(r=8, target_modules=["q", "v", "wo"]),  # projections sliced for q/v and for wo
+            "vera-no-projection": dict(
+                r=6, target_modules=["k", "wi"], save_projection=False, projection_prng_key=7
+            ),  # the file without them: drawn again from the key, as PEFT draws them
+        },
+        t5_small=(({}, 27_648),),
+        peft_config=_peft_as_is("VeraConfig"),
+    ),
+    "ptuning": Contract(
+        cases={
+            "ptuning": dict(num_virtual_tokens=5, encoder_hidden_size=24),
+            "ptuning-lstm": dict(
+                num_virtual_tokens=3,
+                encoder_reparameterization_type="LSTM",
+                encoder_hidden_size=12,
+                num_transformer_submodules=2,  # the LSTM runs over the unused second half too
+            ),
+        },
+        t5_small=(({}, 798_208), (dict(encoder_reparameterization_type="LSTM", encoder_hidden_size=128), 1_260_288)),
+        peft_config=_peft_as_is("PromptEncoderConfig", num_transformer_submodules=1),  # PEFT's seq2seq default is 2
+        folds_on_save=lambda options: True,
+    ),
+    "prefix": Contract(
+        cases={
+            "prefix": dict(num_virtual_tokens=4),
+            "prefix-projected": dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=24),
+        },
+        t5_small=(({}, 122_880), (dict(prefix_projection=True), 3_424_768)),
+        peft_config=_peft_as_is("PrefixTuningConfig"),
+        # PEFT's layout: no deeper decoder than encoder, num_heads * d_kv = d_model (d_kv for the gated count too)
+        base=dict(num_layers=3, d_kv=16),
+        folds_on_save=lambda options: bool(options.get("prefix_projection")),
+    ),
+    "ln_tuning": Contract(
+        cases={"ln_tuning": {}, "ln_tuning-final": dict(target_modules=["final_layer_norm"])},
+        t5_small=(({}, 16_384), (dict(target_modules=["final_layer_norm"]), 1_024)),
+        peft_config=_peft_as_is("LNTuningConfig"),
+    ),
 }
 
 
@@ -121,6 +173,23 @@ def _cases(peft: bool | None = None) -> list:
         if peft is None or get_method_class(method).peft_compatible == peft
         for case, options in contract.cases.items()
     ]
+
+
+@pytest.fixture(scope="session")
+def method_base_dir(tiny_base_dir, tmp_path_factory) -> Callable[[str], Path]:
+    """``method -> checkpoint``: the tiny T5 a method's cases run on (``tiny_base_dir`` unless its contract
+    overrides the architecture; those are written once per session)."""
+    made: dict[str, Path] = {}
+
+    def base_dir(method: str) -> Path:
+        overrides = CONTRACTS[method].base
+        if not overrides:
+            return tiny_base_dir
+        if method not in made:
+            made[method] = save_tiny_base(tmp_path_factory.mktemp(f"tiny-base-{method}"), **overrides)
+        return made[method]
+
+    return base_dir
 
 
 def _applied(base_dir, method: str, options: dict[str, Any]) -> T5ForConditionalGeneration:
@@ -142,8 +211,9 @@ def test_every_registered_method_has_a_contract():
 
 
 @pytest.mark.parametrize(("method", "options"), _cases())
-def test_gradients_reach_exactly_the_trained_parameters(tiny_base_dir, method, options):
-    model = _applied(tiny_base_dir, method, options).train()
+def test_gradients_reach_exactly_the_trained_parameters(method_base_dir, method, options):
+    base_dir = method_base_dir(method)
+    model = _applied(base_dir, method, options).train()
     perturb(model)  # LoRA's B = 0 would leave A without gradient
     loss = model(**_batch()).loss
     extra = model.peft.method.extra_loss(model)
@@ -158,8 +228,9 @@ def test_gradients_reach_exactly_the_trained_parameters(tiny_base_dir, method, o
 
 
 @pytest.mark.parametrize(("method", "options"), _cases())
-def test_training_moves_the_trained_tensors_and_leaves_the_base_bit_identical(tiny_base_dir, method, options):
-    model = _applied(tiny_base_dir, method, options)
+def test_training_moves_the_trained_tensors_and_leaves_the_base_bit_identical(method_base_dir, method, options):
+    base_dir = method_base_dir(method)
+    model = _applied(base_dir, method, options)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     train_steps(model, _batch, 3)
@@ -190,13 +261,14 @@ def _count_and_closed_form(config: T5Config, method: str, options: dict[str, Any
 
 @pytest.mark.parametrize(("method", "options"), _cases())
 def test_trainable_count_is_the_closed_form(method, options):
-    counts, closed_form = _count_and_closed_form(tiny_config(), method, options)
+    counts, closed_form = _count_and_closed_form(tiny_config(**CONTRACTS[method].base), method, options)
     assert counts["trainable"] == closed_form > 0
 
 
 @pytest.mark.parametrize("method", list(CONTRACTS))
 def test_trainable_count_is_the_closed_form_on_gated_untied_t5(method):
-    config = tiny_config(feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_kv=8, d_ff=96)
+    gated = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_kv=8, d_ff=96)
+    config = tiny_config(**(gated | CONTRACTS[method].base))
     counts, closed_form = _count_and_closed_form(config, method, {})
     assert counts["trainable"] == closed_form > 0
 
@@ -221,23 +293,25 @@ def test_t5_small_count_is_the_stated_number(t5_small_dir, method, options, expe
 
 
 @pytest.mark.parametrize(("method", "options"), _cases())
-def test_save_load_gives_identical_logits(tiny_base_dir, tmp_path, method, options):
-    model = _applied(tiny_base_dir, method, options)
+def test_save_load_gives_identical_logits(method_base_dir, tmp_path, method, options):
+    base_dir = method_base_dir(method)
+    model = _applied(base_dir, method, options)
     perturb(model)
     batch = _batch()
     expected = logits(model, batch)
-    assert not torch.allclose(expected, logits(load_pretrained(tiny_base_dir), batch)), "the method must matter"
+    assert not torch.allclose(expected, logits(load_pretrained(base_dir), batch)), "the method must matter"
     save_trained(model, tmp_path)
-    loaded = load_trained(tmp_path, tiny_base_dir)
+    loaded = load_trained(tmp_path, base_dir)
     assert torch.equal(logits(loaded, batch), expected)
     assert count_parameters(loaded)["trainable"] > 0
 
 
 @pytest.mark.parametrize(("method", "options"), _cases())
-def test_untrained_method_changes_the_logits_only_where_it_claims_to(tiny_base_dir, method, options):
+def test_untrained_method_changes_the_logits_only_where_it_claims_to(method_base_dir, method, options):
+    base_dir = method_base_dir(method)
     batch = _batch()
-    base = logits(load_pretrained(tiny_base_dir), batch)
-    untrained = logits(_applied(tiny_base_dir, method, options), batch)
+    base = logits(load_pretrained(base_dir), batch)
+    untrained = logits(_applied(base_dir, method, options), batch)
     if get_method_class(method).identity_at_init:
         assert torch.equal(untrained, base)
     else:  # e.g. prompts add encoder positions, deep prompts attention keys: the logits always move
@@ -249,40 +323,46 @@ def test_untrained_method_changes_the_logits_only_where_it_claims_to(tiny_base_d
 
 
 @pytest.mark.parametrize(("method", "options"), _cases(peft=True))
-def test_peft_loads_what_t5peft_saves(tiny_base_dir, tmp_path, method, options):
+def test_peft_loads_what_t5peft_saves(method_base_dir, tmp_path, method, options):
+    base_dir = method_base_dir(method)
     from oracles import peft_load
 
-    model = _applied(tiny_base_dir, method, options)
+    model = _applied(base_dir, method, options)
     perturb(model)
     save_trained(model, tmp_path)
     batch = _batch()
     expected = logits(model, batch)
-    assert relative_error(expected, logits(load_pretrained(tiny_base_dir), batch)) > 1e-3, "the method must matter"
-    assert relative_error(logits(peft_load(tiny_base_dir, tmp_path), batch), expected) <= TOLERANCE
+    assert relative_error(expected, logits(load_pretrained(base_dir), batch)) > 1e-3, "the method must matter"
+    assert relative_error(logits(peft_load(base_dir, tmp_path), batch), expected) <= TOLERANCE
 
 
 @pytest.mark.parametrize(("method", "options"), _cases(peft=True))
-def test_t5peft_loads_what_peft_saves(tiny_base_dir, tmp_path, method, options):
+def test_t5peft_loads_what_peft_saves(method_base_dir, tmp_path, method, options):
+    base_dir = method_base_dir(method)
     from oracles import peft_model
 
     peft = pytest.importorskip("peft")
-    reference = peft_model(tiny_base_dir, CONTRACTS[method].peft_config(peft, options))
+    reference = peft_model(base_dir, CONTRACTS[method].peft_config(peft, options))
     theirs = reference.get_nb_trainable_parameters()[0]
-    assert count_parameters(_applied(tiny_base_dir, method, options))["trainable"] == theirs
+    assert count_parameters(_applied(base_dir, method, options))["trainable"] == theirs
     perturb(reference)
     reference.save_pretrained(tmp_path)
     batch = _batch()
     expected = logits(reference, batch)
-    loaded = load_trained(tmp_path, tiny_base_dir)
-    assert count_parameters(loaded)["trainable"] == theirs
-    assert relative_error(expected, logits(load_pretrained(tiny_base_dir), batch)) > 1e-3, "the method must matter"
+    loaded = load_trained(tmp_path, base_dir)
+    if CONTRACTS[method].folds_on_save(options):  # the evaluated table: PEFT's loaded adapter holds that too
+        assert count_parameters(loaded)["trainable"] == loaded.peft.method.closed_form_trainable(loaded.config)
+    else:
+        assert count_parameters(loaded)["trainable"] == theirs
+    assert relative_error(expected, logits(load_pretrained(base_dir), batch)) > 1e-3, "the method must matter"
     assert relative_error(logits(loaded, batch), expected) <= TOLERANCE
 
 
 @pytest.mark.parametrize(("method", "options"), _cases(peft=False))
-def test_peft_refuses_what_has_no_peft_format(tiny_base_dir, tmp_path, method, options):
+def test_peft_refuses_what_has_no_peft_format(method_base_dir, tmp_path, method, options):
+    base_dir = method_base_dir(method)
     from oracles import peft_load
 
-    save_trained(_applied(tiny_base_dir, method, options), tmp_path)
+    save_trained(_applied(base_dir, method, options), tmp_path)
     with pytest.raises(Exception):  # noqa: B017  (PEFT's own error, whatever its class)
-        peft_load(tiny_base_dir, tmp_path)
+        peft_load(base_dir, tmp_path)

@@ -105,11 +105,14 @@ def test_bad_adapter_folders(tiny_base_dir, tmp_path):
         load_adapter(load_pretrained(tiny_base_dir), folder)
     save_file(state, weights)
     config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(MethodConfigError, match="use_dora=True is not supported"):
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": "yes"}))
+    with pytest.raises(MethodConfigError, match="use_dora='yes' is not supported"):
         load_adapter(load_pretrained(tiny_base_dir), folder)
-    (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "VERA"}))
-    with pytest.raises(MethodConfigError, match="peft_type 'VERA' is not supported"):
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))  # DoRA's: no magnitudes
+    with pytest.raises(MethodConfigError, match="missing tensors: .*lora_magnitude_vector"):
+        load_adapter(load_pretrained(tiny_base_dir), folder)
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LOHA"}))
+    with pytest.raises(MethodConfigError, match="peft_type 'LOHA' is not supported"):
         load_adapter(load_pretrained(tiny_base_dir), folder)
     weights.write_bytes(weights.read_bytes()[:100])
     (folder / "adapter_config.json").write_text(json.dumps(config))

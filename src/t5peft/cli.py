@@ -224,7 +224,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
             f"{f.name}={f.default if f.default is not dataclasses.MISSING else f.default_factory()}"
             for f in dataclasses.fields(cls.config_class)
         )
-        print(f"{name:12s} lr {cls.default_lr:g}  peft_type {cls.peft_type}  options: {options or '-'}")
+        claims = "".join(f" {k}={v}" for k, v in cls.file_claims.items())
+        print(f"{name:12s} lr {cls.default_lr:g}  peft_type {cls.peft_type}{claims}  options: {options or '-'}")
     return 0
 
 

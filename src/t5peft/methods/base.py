@@ -184,6 +184,9 @@ class Method:
     # True where an untrained method (initialisation options at their defaults) leaves the model's function
     # exactly unchanged; declared by every method, checked by tests/test_method_contract.py
     identity_at_init: ClassVar[bool]
+    # adapter_config.json values by which a file of ``peft_type`` belongs to this method rather than to another
+    # method of the same type (DoRA claims LORA files with use_dora=true); see registry.method_for_file
+    file_claims: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

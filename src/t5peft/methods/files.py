@@ -21,7 +21,7 @@ from ..model.checkpoint import SAFETENSORS
 from ..model.t5 import load_pretrained
 from .apply import apply_method
 from .base import Method, MethodConfigError
-from .registry import method_for_peft_type
+from .registry import method_for_file
 
 if TYPE_CHECKING:
     from ..model.t5 import T5ForConditionalGeneration
@@ -123,7 +123,7 @@ def load_adapter(model: T5ForConditionalGeneration, directory: str | os.PathLike
     directory = Path(directory)
     values = read_adapter_config(directory)
     source = str(directory / ADAPTER_CONFIG)
-    cls = method_for_peft_type(values["peft_type"], source)
+    cls = method_for_file(values, source)
     config = cls.config_from_file(values, source)
     apply_method(model, cls.name, **config.to_dict())
     weights = directory / ADAPTER_WEIGHTS

@@ -128,13 +128,12 @@ class LoraConfig(MethodConfig):
         check_bool("use_rslora", self.use_rslora)
 
 
-def inject_lora(model: nn.Module, config: LoraConfig) -> list[str]:
+def inject_lora(model: nn.Module, config: LoraConfig, layer: type[LoraLinear] = LoraLinear) -> list[str]:
+    """Wrap every target linear layer in ``layer`` (``LoraLinear`` or a subclass such as DoRA's)."""
     names = find_linear_targets(model, config.target_modules)
     for name in names:
         base = model.get_submodule(name)
-        replace_module(
-            model, name, LoraLinear(base, config.r, config.lora_alpha, config.lora_dropout, config.use_rslora)
-        )
+        replace_module(model, name, layer(base, config.r, config.lora_alpha, config.lora_dropout, config.use_rslora))
     return names
 
 

@@ -74,6 +74,18 @@ PEFT_PROMPT_NEUTRAL_FIELDS = {
 }
 
 
+def prepend_prompt(prompt: Tensor, inputs_embeds: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Prepend ``prompt`` ``[n, d]`` to every row of ``inputs_embeds`` and ``n`` ones to the attention mask (a mask
+    of ones is made when none is given): the ``encoder.input_prefix`` contract."""
+    batch, length = inputs_embeds.shape[:2]
+    n = prompt.shape[0]
+    prompt = prompt.to(inputs_embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+    ones = attention_mask.new_ones(batch, n)
+    return torch.cat([prompt, inputs_embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
+
+
 class SoftPrompt(nn.Module):
     """Prepends the first ``num_virtual_tokens`` rows of ``prompt_embeddings`` to the encoder input."""
 
@@ -83,13 +95,7 @@ class SoftPrompt(nn.Module):
         self.prompt_embeddings = nn.Parameter(torch.zeros(rows, d_model, device=device, dtype=dtype))
 
     def forward(self, inputs_embeds: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        batch, length = inputs_embeds.shape[:2]
-        n = self.num_virtual_tokens
-        prompt = self.prompt_embeddings[:n].to(inputs_embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
-        ones = attention_mask.new_ones(batch, n)
-        return torch.cat([prompt, inputs_embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
+        return prepend_prompt(self.prompt_embeddings[: self.num_virtual_tokens], inputs_embeds, attention_mask)
 
     def extra_repr(self) -> str:
         rows, d_model = self.prompt_embeddings.shape
@@ -145,8 +151,9 @@ class PromptTuningConfig(MethodConfig):
         return self.num_virtual_tokens * self.num_transformer_submodules
 
 
-def _fill_model_fields(config: PromptTuningConfig, model_config: T5Config) -> None:
-    """Record the model's dimensions in the config, refusing values that belong to another model."""
+def fill_model_fields(config: Any, model_config: T5Config) -> None:
+    """Record the model's dimensions in a prompt-learning config (its ``token_dim``, ``num_attention_heads`` and
+    ``num_layers``, as PEFT records them), refusing values that belong to another model."""
     actual = {"token_dim": model_config.d_model, "num_attention_heads": model_config.num_heads}
     actual["num_layers"] = model_config.num_layers
     for name, value in actual.items():
@@ -195,7 +202,7 @@ def inject_prompt(model: T5ForConditionalGeneration, config: PromptTuningConfig)
     """Set a soft prompt as ``model.encoder.input_prefix`` (initialised unless ``config.skip_init``)."""
     if model.encoder.input_prefix is not None:
         raise MethodConfigError("the encoder already has an input prefix")
-    _fill_model_fields(config, model.config)
+    fill_model_fields(config, model.config)
     weight = model.shared.weight
     prompt = SoftPrompt(
         config.num_virtual_tokens, config.total_virtual_tokens, model.config.d_model, weight.device, weight.dtype

@@ -43,6 +43,7 @@ cross-attention cache is rebuilt from the encoder output, and the encoder never 
 and ``transformers``' T5 treats them as ``n`` earlier decoder positions, so they receive relative position
 bias (and shift the real tokens' cache positions), where t5peft gives them zero bias. With only
 ``decoder_self`` enabled the two therefore agree only when the decoder's relative position bias is zero.
+The ``prefix`` method (:mod:`t5peft.methods.prefix`) is PEFT's prefix tuning exactly, position bias included.
 """
 
 from __future__ import annotations

@@ -14,7 +14,11 @@ Extension points used by the PEFT methods (``t5peft.methods``), all ``None`` on 
 
 * ``T5Stack.input_prefix``: ``(embeds, mask) -> (embeds, mask)`` applied to the encoder input (prompt tuning);
 * ``T5Stack.self_prefix`` / ``T5Stack.cross_prefix``: modules returning per-layer key/value prefixes,
-  a tensor ``[num_layers, 2, num_heads, prefix_len, d_kv]`` (deep prompts, P-Tuning v2);
+  a tensor ``[num_layers, 2, num_heads, prefix_len, d_kv]`` (deep prompts, P-Tuning v2). A self-attention
+  prefix module with ``occupies_positions = True`` stands for ``prefix_len`` positions before the first token
+  (it receives relative position bias as positions ``0 .. prefix_len - 1``, and the stack's tokens start at
+  position ``prefix_len``: Hugging Face's ``past_key_values`` prefixes, PEFT's prefix tuning); otherwise the
+  prefix keys have no position and get zero bias;
 * ``T5LayerSelfAttention.adapter`` / ``T5LayerCrossAttention.adapter`` / ``T5LayerFF.adapter``: a module
   applied to the sub-layer's output before the residual add (bottleneck adapters).
 """
@@ -315,12 +319,20 @@ def _mask_dtype(reference: Tensor) -> torch.dtype:
     return reference.dtype
 
 
-def _prefix_columns(mask: Tensor, prefix_len: int) -> Tensor:
-    """Prepend ``prefix_len`` always-visible key columns (value 0) to an additive mask."""
+def _prefix_columns(mask: Tensor, prefix_len: int, columns: Tensor | None = None) -> Tensor:
+    """Prepend ``prefix_len`` always-visible key columns to an additive mask: ``columns`` ``[1, H, Lq, P]``
+    (a position bias), or zeros."""
     if prefix_len == 0:
         return mask
-    zeros = mask.new_zeros((*mask.shape[:-1], prefix_len))
-    return torch.cat([zeros, mask], dim=-1)
+    if columns is None:
+        columns = mask.new_zeros((*mask.shape[:-1], prefix_len))
+    else:
+        columns = columns.to(mask.dtype).expand(mask.shape[0], -1, -1, -1)
+    return torch.cat([columns, mask], dim=-1)
+
+
+def _occupies_positions(module: nn.Module | None) -> bool:
+    return module is not None and bool(getattr(module, "occupies_positions", False))
 
 
 class T5Stack(nn.Module):
@@ -354,9 +366,15 @@ class T5Stack(nn.Module):
         return table(buckets).permute(2, 0, 1).unsqueeze(0)
 
     def self_attention_mask(
-        self, hidden: Tensor, attention_mask: Tensor | None, offset: int, prefix_len: int
+        self, hidden: Tensor, attention_mask: Tensor | None, offset: int, prefix_len: int, positioned: bool = False
     ) -> Tensor:
-        """Position bias, causal mask (decoder) and padding mask as one additive ``[B|1, H, Lq, P+Lk]``."""
+        """Position bias, causal mask (decoder) and padding mask as one additive ``[B|1, H, Lq, P+Lk]``.
+
+        ``positioned``: the ``prefix_len`` prefix keys sit at positions ``0 .. P-1`` and the tokens after them
+        (query ``i`` at ``P + offset + i``); relative positions among the tokens are unchanged by that shift,
+        so only the prefix columns differ from an unpositioned prefix, whose columns get zero bias. Prefix
+        keys are visible to every query either way (they precede every token under the causal mask).
+        """
         query_len = hidden.shape[1]
         key_len = offset + query_len
         dtype = _mask_dtype(hidden)
@@ -369,7 +387,10 @@ class T5Stack(nn.Module):
             keep = attention_mask[:, None, None, :key_len].bool()
             allowed = keep if allowed is None else allowed & keep
         mask = bias if allowed is None else torch.where(allowed, bias, torch.finfo(dtype).min)
-        return _prefix_columns(mask, prefix_len)
+        columns = None
+        if positioned and prefix_len:
+            columns = self.position_bias(query_len, prefix_len, offset + prefix_len, hidden.device)
+        return _prefix_columns(mask, prefix_len, columns)
 
     @staticmethod
     def cross_attention_mask(hidden: Tensor, encoder_mask: Tensor | None, prefix_len: int) -> Tensor | None:
@@ -408,7 +429,13 @@ class T5Stack(nn.Module):
     ) -> Tensor:
         offset = cache.length if cache is not None else 0
         hidden = self.dropout(inputs_embeds)
-        self_mask = self.self_attention_mask(hidden, attention_mask, offset, self._prefix_len(self.self_prefix))
+        self_mask = self.self_attention_mask(
+            hidden,
+            attention_mask,
+            offset,
+            self._prefix_len(self.self_prefix),
+            positioned=_occupies_positions(self.self_prefix),
+        )
         cross_mask = None
         if self.is_decoder:
             cross_mask = self.cross_attention_mask(hidden, encoder_attention_mask, self._prefix_len(self.cross_prefix))
