@@ -149,10 +149,10 @@ def dataclass_replace(cfg: PretrainConfig, **changes) -> PretrainConfig:
 
 def test_resume_is_bit_exact(small_imdb: Path, t5_small_dir: Path, tmp_path: Path) -> None:
     """Stopped after step 7 (a kill right after a checkpoint) and resumed: the same weights, bit for bit, and
-    the same losses as the run that went through."""
+    the same losses as the run that went through (whose batches were built in the loop, not by 2 workers)."""
     through = tiny_pretrain_config(small_imdb, t5_small_dir, tmp_path / "through", max_steps=12, eval_every=4)
     pretrain(through)
-    stopped = dataclass_replace(through, output=str(tmp_path / "stopped"))
+    stopped = dataclass_replace(through, output=str(tmp_path / "stopped"), data_workers=2)  # batches built elsewhere
     assert pretrain(stopped, stop_at_step=7) == {"stopped_by": "interrupted", "steps": 7}
     assert not (Path(stopped.output) / "model.safetensors").exists()
     record = pretrain(dataclass_replace(stopped, resume=True))

@@ -152,6 +152,12 @@ def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-length", type=int, default=d.input_length)
     p.add_argument("--noise-density", type=float, default=d.noise_density)
     p.add_argument("--mean-noise-span-length", type=float, default=d.mean_noise_span_length)
+    p.add_argument(
+        "--no-first-sentinel",
+        dest="first_sentinel",
+        action="store_false",
+        help="targets start with the first span's tokens instead of <extra_id_0> (a variant of T5's objective)",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)

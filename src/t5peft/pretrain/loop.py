@@ -30,15 +30,14 @@ import json
 import logging
 import math
 import os
-import queue
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -60,10 +59,11 @@ from .data import (
     PretrainTexts,
     batches_per_epoch,
     build_pretrain_data,
+    epoch_order,
     exclude_texts,
     load_pretrain_texts,
     record_test_overlap,
-    train_batches,
+    train_batch,
     validation_batches,
 )
 from .objective import MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY
@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("cosine", "inverse-sqrt", "constant")
 EXPORT_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 CUDA_SYNC_EVERY = 25  # steps between host-device synchronisations, so the host clock tracks the device's work
-PREFETCH_BATCHES = 8
+PREFETCH_BATCHES = 4  # per data worker
 
 
 class PretrainError(T5PeftError, ValueError):
@@ -95,6 +95,9 @@ class PretrainConfig:
     input_length: int = 128
     noise_density: float = NOISE_DENSITY
     mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+    # False: targets start with the first span's tokens, not <extra_id_0>, so decoder step 0 (where
+    # fine-tuning reads the label) has to look at the input. A variant of T5's objective; True is T5's.
+    first_sentinel: bool = True
     batch_size: int = 64
     lr: float = 3e-3
     schedule: str = "cosine"
@@ -116,6 +119,7 @@ class PretrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: str = "auto"
+    data_workers: int | None = None  # processes building batches; None: 4 on CUDA, 0 (in the loop) on the CPU
     resume: bool = False
     progress: bool = True
 
@@ -141,6 +145,8 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise PretrainError(f"{name} must be > 0, got {value}")
+        if self.data_workers is not None and self.data_workers < 0:
+            raise PretrainError(f"data_workers must be >= 0, got {self.data_workers}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise PretrainError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -333,51 +339,57 @@ def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
 # Batches
 
 
-def _batch_stream(data: PretrainData, batch_size: int, seed: int, start_step: int) -> Iterator[PretrainBatch]:
-    """The training batches from global step ``start_step`` on, epoch after epoch (a batch is a function of
-    (seed, step) only)."""
-    per_epoch = batches_per_epoch(data, batch_size)
-    epoch, index = divmod(start_step, per_epoch)
-    while True:
-        yield from train_batches(data, batch_size, seed=seed, epoch=epoch, start=index)
-        epoch, index = epoch + 1, 0
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is the training batch of global step ``step``: a function of (seed, step) only, so any
+    worker can build any step's batch and a resumed run sees the same batches."""
+
+    def __init__(self, data: PretrainData, batch_size: int, seed: int) -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.per_epoch = batches_per_epoch(data, batch_size)
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its chunk order), per worker
+
+    def __getitem__(self, step: int) -> PretrainBatch:
+        epoch, index = divmod(step, self.per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(len(self.data.train), self.seed, epoch))
+        return train_batch(self.data, self.batch_size, seed=self.seed, epoch=epoch, index=index, order=self._order[1])
+
+    def __len__(self) -> int:
+        return 2**62  # steps go on epoch after epoch; the loop stops at its budget
 
 
-def prefetch(batches: Iterator[PretrainBatch], depth: int = PREFETCH_BATCHES) -> Iterator[PretrainBatch]:
-    """Build batches on a background thread (span corruption is numpy work) in the same order."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+def batch_loader(
+    data: PretrainData, batch_size: int, seed: int, start_step: int, workers: int, pin_memory: bool
+) -> Iterator[PretrainBatch]:
+    """Batches from ``start_step`` on, in step order; ``workers`` processes build them ahead of the step (span
+    corruption is numpy work, which would otherwise keep a fast GPU waiting)."""
+    loader = torch.utils.data.DataLoader(
+        StepBatches(data, batch_size, seed),
+        batch_size=None,
+        sampler=range(start_step, 2**62),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=PREFETCH_BATCHES if workers else None,
+        persistent_workers=False,
+    )
+    return iter(loader)
 
-    def produce() -> None:
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        ready.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as err:  # handed to the consumer, which raises it
-            ready.put(err)
 
-    thread = threading.Thread(target=produce, name="pretrain-batches", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+def targets_for(batch: PretrainBatch, first_sentinel: bool) -> PretrainBatch:
+    """The batch as trained on: without the leading ``<extra_id_0>`` of every target when ``first_sentinel`` is
+    False (see :class:`PretrainConfig`)."""
+    return batch if first_sentinel else PretrainBatch(batch.input_ids, batch.labels[:, 1:].contiguous())
 
 
 @torch.no_grad()
 def validation_loss(
-    model: T5ForConditionalGeneration, data: PretrainData, batch_size: int, *, seed: int, bf16: bool
+    model: T5ForConditionalGeneration,
+    data: PretrainData,
+    batch_size: int,
+    *,
+    seed: int,
+    bf16: bool,
+    first_sentinel: bool = True,
 ) -> float:
     """Mean token cross-entropy over the validation examples of ``data`` (every target has the same length)."""
     was_training = model.training
@@ -386,6 +398,7 @@ def validation_loss(
     total = torch.zeros((), dtype=torch.float64, device=device)
     rows = 0
     for batch in validation_batches(data, batch_size, seed=seed):
+        batch = targets_for(batch, first_sentinel)
         input_ids, labels = batch.input_ids.to(device), batch.labels.to(device)
         with autocast(device, bf16):
             loss = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels).loss
@@ -409,6 +422,8 @@ class Pretraining:
         self.device = resolve_device(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.device)
         self.compiled = resolve_compile(cfg.compile, self.device)
+        default_workers = min(4, max(1, (os.cpu_count() or 1) - 1)) if self.device.type == "cuda" else 0
+        self.data_workers = default_workers if cfg.data_workers is None else cfg.data_workers
         self.started = time.time()
         self.load_at_start = _load_average()
         seed_everything(cfg.seed)
@@ -448,7 +463,7 @@ class Pretraining:
                 "another --output"
             )
         if self.cfg.resume and config_path.exists():
-            ignored = ("resume", "progress")
+            ignored = ("resume", "progress", "data_workers")  # neither changes what is computed
             saved = {k: v for k, v in json.loads(config_path.read_text()).items() if k not in ignored}
             mine = {k: v for k, v in self.cfg.to_dict().items() if k not in ignored}
             changed = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
@@ -527,6 +542,7 @@ class Pretraining:
         return None
 
     def _device_batch(self, batch: PretrainBatch) -> Batch:
+        batch = targets_for(batch, self.cfg.first_sentinel)
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
         labels = batch.labels.to(self.device, non_blocking=True)
         return Batch(input_ids, self.attention_mask, labels, len(input_ids), input_ids.numel())
@@ -552,7 +568,9 @@ class Pretraining:
         )
         if pos.global_step == 0 and not self.validations:
             self._validate(0, bar)  # the loss of the initial weights: where the curve starts
-        batches = prefetch(_batch_stream(self.data, cfg.batch_size, cfg.seed, pos.global_step))
+        workers = self.data_workers
+        pin = self.device.type == "cuda"
+        batches = batch_loader(self.data, cfg.batch_size, cfg.seed, pos.global_step, workers, pin)
         segment = None  # start of the current stretch of timed training steps
         try:
             while True:
@@ -584,7 +602,7 @@ class Pretraining:
                 if self.stopped_by:
                     break
         finally:
-            batches.close()
+            del batches  # stops the workers
             bar.close()
 
     def _pause_needed(self, step: int) -> bool:
@@ -613,7 +631,14 @@ class Pretraining:
         pos = self.position
         loss_sum, steps = self.step.read_loss()
         self.step.reset_loss()
-        val = validation_loss(self.model, self.validation_data, self.cfg.batch_size, seed=self.cfg.seed, bf16=self.bf16)
+        val = validation_loss(
+            self.model,
+            self.validation_data,
+            self.cfg.batch_size,
+            seed=self.cfg.seed,
+            bf16=self.bf16,
+            first_sentinel=self.cfg.first_sentinel,
+        )
         tokens_per_s = pos.train_tokens / pos.train_seconds if pos.train_seconds else None
         record = {
             "step": step,
@@ -676,6 +701,13 @@ class Pretraining:
             | {"feed_forward_proj": config.feed_forward_proj, "tie_word_embeddings": config.tie_word_embeddings},
             "parameters": self.model.num_parameters(),
             "init": "random" if cfg.init == "random" else f"pretrained:{cfg.model}",
+            "objective": {
+                "name": "span corruption" if cfg.first_sentinel else "span corruption, targets without <extra_id_0>",
+                "input_length": self.data.input_length,
+                "target_length": self.data.target_length - (0 if cfg.first_sentinel else 1),
+                "noise_density": cfg.noise_density,
+                "mean_noise_span_length": cfg.mean_noise_span_length,
+            },
             "model": cfg.model,
             "data": self.data.info,
             "training": {
@@ -703,6 +735,7 @@ class Pretraining:
                 "precision": "bf16-autocast" if self.bf16 else "fp32",
                 "compiled": self.compiled,
                 "cuda_graph": self.step.cuda_graph,
+                "data_workers": self.data_workers,
             },
             "losses": {
                 "train_last": last_train,
