@@ -1,11 +1,13 @@
 """How long an experiment plan (e.g. configs/seed.toml) would take on this machine, from measured throughput.
 
 For every method of the plan this builds the run exactly as ``t5peft compare`` would (same settings, same
-training loop code), with random weights of the plan's architecture (read from a local config.json, since
-pretrained weights may be unavailable; the cost per step does not depend on the weight values), times
-``--steps`` training steps after ``--warmup`` steps on real IMDb batches, times evaluation on ``--eval-size``
-real test reviews, and extrapolates to the full plan: every seed, every epoch, every validation log point,
-and the final validation and test evaluations.
+training loop code, the same compiled or eager step as ``--compile`` resolves to), with random weights of the
+plan's architecture (read from a local config.json, since pretrained weights may be unavailable; the cost per
+step does not depend on the weight values), times ``--steps`` training steps after ``--warmup`` steps on real
+IMDb batches (CUDA events on a GPU), times evaluation on ``--eval-size`` real test reviews, and extrapolates
+to the full plan: every seed, every epoch, every validation log point, and the final validation and test
+evaluations, run one after another. Compiling (measured once per method) is reported beside the estimate,
+not in it: ``compare`` shares a compile cache between the runs of a plan.
 
     python benchmarks/plan_time.py --config configs/seed.toml --model-config ../shared/models/t5-small
 """
@@ -27,7 +29,6 @@ import torch
 from t5peft.data.text2text import steps_per_epoch, train_batches
 from t5peft.experiments.config import load_experiment
 from t5peft.train.env import environment
-from t5peft.train.evaluate import evaluate
 from t5peft.train.loop import Run
 
 TRAIN_SPLIT_SIZE = 25_000  # IMDb train split (the plan holds out validation_size of it)
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--eval-size", type=int, default=128)
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", default=None, choices=["auto", "on", "off"], help="default: the plan's setting")
     p.add_argument("--output", default=None, help="JSON file for the measurements and the estimate")
     return p.parse_args(argv)
 
@@ -59,31 +61,39 @@ def measure_method(experiment, plan, args, workdir: Path) -> dict:
     validation_points = math.ceil(
         planned_steps / max(1, round(2 * planned_steps / cfg.epochs / cfg.logs_per_two_epochs))
     )
+    pad = 0  # T5's pad id; the tokenizer's is checked by Run
     # the measured run: same settings, random weights, a train subset just big enough for the timed steps
     cfg.model, cfg.tokenizer, cfg.data, cfg.test_data = args.model_config, args.tokenizer, args.data, None
     cfg.init, cfg.progress, cfg.device = "random", False, args.device
+    cfg.compile = args.compile or cfg.compile
     cfg.train_size = cfg.batch_size * (args.steps + args.warmup)
     cfg.test_size, cfg.validation_size = args.eval_size, 16
     if plan.name == "adalora":  # time the rank-allocation phase (the costly one) over the real plan's schedule
         cfg.method_options = {**cfg.method_options, "total_step": planned_steps, "tinit": 0}
     run = Run(cfg)
     run.model.train()
-    times = []
-    batches = train_batches(run.data.train, cfg.batch_size, cfg.seed, 0, run.tokenizer.pad_token_id)
-    for i, batch in enumerate(batches):
-        start = time.perf_counter()
-        run.train_step(batch.to(run.device))
-        if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    result = evaluate(run.model, run.data.test, run.tokenizer.pad_token_id, cfg.eval_batch_size, bf16=run.bf16)
+    batches = [
+        b.to(run.device) for b in train_batches(run.data.train, cfg.batch_size, cfg.seed, 0, pad, static=run.static)
+    ]
+    compile_start = time.perf_counter()
+    if run.compiled:
+        run.step.prepare(batches[0])
+    synchronize(run.device)
+    compile_seconds = time.perf_counter() - compile_start
+    times = [timed(run, batch) for batch in batches]
+    times = times[args.warmup :]
+    run.evaluate_split(run.data.test)  # the first evaluation compiles the scorer's shapes
+    result = run.evaluate_split(run.data.test)
     eval_per_example = result.seconds / result.n
     step_s = statistics.median(times)
     evaluated = (validation_points + 1) * experiment.train.get("validation_size", 1000) + full_test
     per_seed = planned_steps * step_s + evaluated * eval_per_example
     return {
         "method": plan.name,
+        "compiled": run.compiled,
+        "cuda_graph": run.step.cuda_graph,
+        "compile_seconds": compile_seconds,
+        "eval_batch_size": run.eval_batch_size,
         "step_seconds_median": step_s,
         "step_seconds_all": times,
         "eval_seconds_per_example": eval_per_example,
@@ -94,6 +104,26 @@ def measure_method(experiment, plan, args, workdir: Path) -> dict:
         "seeds": len(experiment.seeds),
         "seconds_all_seeds": per_seed * len(experiment.seeds),
     }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run: Run, batch) -> float:
+    """Seconds of one training step: CUDA events around it on a GPU, the host clock elsewhere."""
+    if run.device.type == "cuda":
+        synchronize(run.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run.step(batch)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    start_s = time.perf_counter()
+    run.step(batch)
+    return time.perf_counter() - start_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,20 +137,32 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(measure_method(experiment, plan, args, Path(tmp)))
                 print(f"{plan.name}: {rows[-1]['step_seconds_median']:.3f} s/step", file=sys.stderr)
     total = sum(r["seconds_all_seeds"] for r in rows)
-    env = environment(torch.device("cuda" if args.device == "cuda" else "cpu"))
+    env = environment(
+        torch.device(
+            "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+        )
+    )
     lines = [
         f"Plan {args.config} on {env['device_name']}, {env['date']} (torch {env['packages']['torch']}):",
         "",
-        "| method | s / train step | ms / eval example | steps per seed | hours per seed | hours, all seeds |",
-        "|---|---|---|---|---|---|",
+        "| method | path | ms / train step | ms / eval example | steps per seed | minutes per seed "
+        "| minutes, all seeds | compile s (once) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        path = ("compiled + CUDA graph" if r["cuda_graph"] else "compiled") if r["compiled"] else "eager"
         lines.append(
-            f"| {r['method']} | {r['step_seconds_median']:.2f} | {1000 * r['eval_seconds_per_example']:.1f} "
-            f"| {r['planned_steps_per_seed']:,} | {r['seconds_per_seed'] / 3600:.1f} "
-            f"| {r['seconds_all_seeds'] / 3600:.1f} |"
+            f"| {r['method']} | {path} | {1000 * r['step_seconds_median']:.2f} "
+            f"| {1000 * r['eval_seconds_per_example']:.3f} | {r['planned_steps_per_seed']:,} "
+            f"| {r['seconds_per_seed'] / 60:.1f} | {r['seconds_all_seeds'] / 60:.1f} | {r['compile_seconds']:.0f} |"
         )
-    lines += ["", f"Whole plan: {total / 3600:.1f} hours ({total / 86400:.1f} days)."]
+    compile_total = sum(r["compile_seconds"] for r in rows)
+    lines += [
+        "",
+        f"Whole plan, runs one after another: {total / 60:.1f} minutes ({total / 3600:.2f} hours), extrapolated "
+        f"from the measured step and evaluation rates; plus compiling, measured {compile_total:.0f} s for one run "
+        "of each method (later runs of a method reuse the compile cache).",
+    ]
     print("\n".join(lines))
     if args.output:
         report = {

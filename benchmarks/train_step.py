@@ -1,18 +1,27 @@
 """Time one training step of t5peft against Hugging Face ``transformers`` + ``peft``, side by side.
 
-For every method both libraries implement (full fine-tuning, LoRA, AdaLoRA, prompt tuning, (IA)^3), the two
-sides are built in one process from the same random weights (a ``transformers`` model drawn from a fixed
-seed, saved, and loaded by both) and trained on the same batch of real IMDb reviews with the same optimizer.
-One step is what ``t5peft.train.loop.Run.train_step`` does: forward with labels (bf16 autocast on CUDA), the
-method's extra loss, backward, the method's hooks, gradient clipping at 1.0, an AdamW step, zero_grad. The
-measurements interleave the two sides (ours, theirs, ours, theirs, ...) so that drift of a shared machine
-falls on both, and the table reports the median and minimum milliseconds per step and ours / theirs.
+For every method both libraries implement (full fine-tuning, LoRA, AdaLoRA, prompt tuning, (IA)^3), the sides
+are built in one process from the same random weights (a ``transformers`` model drawn from a fixed seed,
+saved, and loaded by all) and trained on the same batch of real IMDb reviews with the same optimizer:
+
+* ``t5peft``: the training loop's step (``t5peft.train.step.TrainStep``) run eagerly;
+* ``t5peft-compiled`` (``--compiled``, on by default on CUDA): the same step with every T5 block compiled and,
+  on CUDA, forward + backward + clipping replayed as one CUDA graph (what ``t5peft train`` runs on a GPU);
+* ``transformers+peft``: the same step written with transformers' model and PEFT's adapter, eager;
+* ``transformers+peft-compiled`` (``--hf-compile``): that model under ``torch.compile`` (graph breaks allowed).
+
+One step: forward with labels (bf16 autocast on CUDA), the method's extra loss, backward, the method's hooks,
+gradient clipping at 1.0, an AdamW step, zero_grad. The measurements interleave the sides (each side once per
+round) so that drift of a shared machine falls on all of them, each step is timed on its own (CUDA events on a
+GPU), and the table reports the median and minimum milliseconds per step and the speed-up of each t5peft side
+over transformers + peft eager (their median / ours).
 
 Run from the repository root::
 
     python benchmarks/train_step.py                        # all methods, t5-small dimensions
     python benchmarks/train_step.py --methods lora,ia3 --repeats 10 --output lora_ia3.json
     python benchmarks/train_step.py --tiny --repeats 1     # a small model: checks the script itself
+    python benchmarks/train_step.py --compiled --hf-compile --methods lora   # all four sides
 
 The shared folder (t5-small config and tokenizer, IMDb parquet files) is ``--shared``, else
 ``$T5PEFT_SHARED``, else ``../shared`` relative to the repository root. No pretrained weights are needed.
@@ -116,12 +125,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--source-length", type=int, default=128, help="source tokens (reviews are truncated)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compiled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time t5peft's compiled step (default: on CUDA only; on the CPU compiling takes minutes)",
+    )
+    parser.add_argument(
+        "--hf-compile",
+        nargs="?",
+        const="all",
+        default="",
+        metavar="METHODS",
+        help="also time transformers+peft under torch.compile (for all methods, or a comma list)",
+    )
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         parser.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)} (the methods PEFT also has)")
     args.methods = list(dict.fromkeys(methods))
+    hf = args.hf_compile.split(",") if args.hf_compile not in ("", "all") else (methods if args.hf_compile else [])
+    args.hf_compile = [m.strip() for m in hf if m.strip()]
     for name in ("repeats", "warmup", "threads", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
@@ -242,35 +267,47 @@ def trainable_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_ours(method: str, base: Path, batch: Batch, device: torch.device, bf16: bool) -> Side:
-    try:
-        get_method_class(method)
-    except Exception as err:  # a placeholder module may fail in any way when imported or looked up
-        raise MethodUnavailable(f"t5peft's {method!r} is not available: {type(err).__name__}: {err}") from err
-    model = load_pretrained(base)
-    model.set_dropout(DROPOUT)  # before the method, whose own dropouts keep their rates
-    options: dict[str, Any] = {
+def method_options(method: str) -> dict[str, Any]:
+    return {
         "full": {},
         "lora": dict(LORA),
         "adalora": dict(ADALORA),
         "prompt": {"num_virtual_tokens": PROMPT_TOKENS},
         "ia3": {},
     }[method]
+
+
+def build_ours(method: str, base: Path, batch: Batch, device: torch.device, bf16: bool, compiled: bool) -> Side:
     try:
-        model = apply_method(model, method, **options)
+        get_method_class(method)
+    except Exception as err:  # a placeholder module may fail in any way when imported or looked up
+        raise MethodUnavailable(f"t5peft's {method!r} is not available: {type(err).__name__}: {err}") from err
+    model = load_pretrained(base)
+    model.set_dropout(DROPOUT)  # before the method, whose own dropouts keep their rates
+    try:
+        model = apply_method(model, method, **method_options(method))
     except NotImplementedError as err:
         raise MethodUnavailable(f"t5peft's {method!r} is not implemented yet: {err}") from err
     model.to(device).train()
     model.peft.method.on_train_begin(model, ADALORA_TOTAL_STEP)
     optimizer = make_optimizer(trainable_params(model), device)
-    runner = TrainStep(model, optimizer, total_steps=ADALORA_TOTAL_STEP, max_grad_norm=MAX_GRAD_NORM, bf16=bf16)
+    runner = TrainStep(
+        model, optimizer, total_steps=ADALORA_TOTAL_STEP, max_grad_norm=MAX_GRAD_NORM, bf16=bf16, compile=compiled
+    )
     step_batch = TrainBatch.from_tensors(batch.input_ids, batch.attention_mask, batch.labels)
+    notes = []
+    if compiled:
+        start = time.perf_counter()
+        runner.prepare(step_batch)  # compile (and capture the CUDA graph) before any timing
+        synchronize(device)
+        notes.append(f"compile + capture: {time.perf_counter() - start:.1f} s (cuda_graph={runner.cuda_graph})")
 
     def step(index: int) -> None:  # the training loop's step, less the learning-rate schedule
         runner.step = index
         runner(step_batch)
 
-    return Side("t5peft", model, step, optimizer)
+    name = "t5peft-compiled" if compiled else "t5peft"
+    return Side(name, model, step, optimizer, notes)
 
 
 def quiet_transformers() -> None:
@@ -295,7 +332,9 @@ def peft_prompt_config() -> tuple[peft.PromptTuningConfig, str]:
         return peft.PromptTuningConfig(**common), f"PEFT refused num_transformer_submodules=1 ({err}); its default"
 
 
-def build_theirs(method: str, base: Path, batch: Batch, device: torch.device, bf16: bool) -> Side:
+def build_theirs(
+    method: str, base: Path, batch: Batch, device: torch.device, bf16: bool, compiled: bool = False
+) -> Side:
     model = load_transformers(base)
     notes = []
     if method == "lora":
@@ -316,10 +355,11 @@ def build_theirs(method: str, base: Path, batch: Batch, device: torch.device, bf
     optimizer = make_optimizer(params, device)
     kwargs = batch.as_kwargs()
     allocate = model.base_model.update_and_allocate if method == "adalora" else None
+    forward = torch.compile(model) if compiled else model
 
     def step(index: int) -> None:  # PEFT's AdaLoRA adds its orthogonality penalty to the loss in forward
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**kwargs).loss
+            loss = forward(**kwargs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         optimizer.step()
@@ -327,7 +367,12 @@ def build_theirs(method: str, base: Path, batch: Batch, device: torch.device, bf
             allocate(index)  # PEFT's documented place: after optimizer.step(), before zero_grad()
         optimizer.zero_grad(set_to_none=True)
 
-    return Side("transformers+peft", model, step, optimizer, notes)
+    if compiled:
+        start = time.perf_counter()
+        step(0)  # compile outside the timing (this also takes one optimizer step, as each side's warm-up does)
+        synchronize(device)
+        notes.append(f"torch.compile of the transformers model: {time.perf_counter() - start:.1f} s")
+    return Side("transformers+peft-compiled" if compiled else "transformers+peft", model, step, optimizer, notes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,69 +437,100 @@ class Timings:
 
 
 def timed_step(side: Side, device: torch.device, timings: Timings) -> None:
+    """One step, timed on its own: CUDA events around it on a GPU (after waiting for earlier work), else the clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-    start = time.perf_counter()
-    side.step()
-    synchronize(device)
-    timings.ms.append((time.perf_counter() - start) * 1000.0)
-    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        side.step()
+        end.record()
+        end.synchronize()
+        timings.ms.append(start.elapsed_time(end))
         peak = torch.cuda.max_memory_allocated(device)
         timings.step_peak_increase = max(timings.step_peak_increase, peak - before)
         timings.max_allocated = max(timings.max_allocated, peak)
+        return
+    start_s = time.perf_counter()
+    side.step()
+    timings.ms.append((time.perf_counter() - start_s) * 1000.0)
 
 
 def summary(values: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}
 
 
+REFERENCE = "transformers+peft"
+
+
+def build_sides(method: str, base: Path, batch: Batch, device: torch.device, bf16: bool, args) -> list[Side]:
+    sides = [build_ours(method, base, batch, device, bf16, compiled=False)]
+    if args.compiled:
+        try:
+            sides.append(build_ours(method, base, batch, device, bf16, compiled=True))
+        except MethodUnavailable:
+            raise
+        except Exception as err:  # recorded in the table and the JSON; the other sides are still timed
+            sides[0].notes.append(f"t5peft compiled step FAILED: {type(err).__name__}: {err}")
+            sides[0].notes.append(traceback.format_exc(limit=8))
+    sides.append(build_theirs(method, base, batch, device, bf16))
+    if method in args.hf_compile:
+        try:
+            sides.append(build_theirs(method, base, batch, device, bf16, compiled=True))
+        except Exception as err:  # "compiled where that works": a failure is recorded, not fatal
+            sides[-1].notes.append(f"transformers+peft under torch.compile failed: {type(err).__name__}: {err}")
+    return sides
+
+
 def benchmark_method(
-    method: str, base: Path, batch: Batch, device: torch.device, bf16: bool, warmup: int, repeats: int
+    method: str, base: Path, batch: Batch, device: torch.device, bf16: bool, warmup: int, repeats: int, args
 ) -> dict[str, Any]:
-    ours = build_ours(method, base, batch, device, bf16)
-    theirs = build_theirs(method, base, batch, device, bf16)
-    notes = [*ours.notes, *theirs.notes]
+    sides = build_sides(method, base, batch, device, bf16, args)
+    notes = [note for side in sides for note in side.notes]
     if method == "adalora":
         notes.append(
             f"AdaLoRA: total_step {ADALORA_TOTAL_STEP}, tinit 0, tfinal 0, deltaT 1: every timed step is in the "
             "rank-allocation phase (importance update + re-masking each step), AdaLoRA's most expensive phase"
         )
-    params = {"t5peft": ours.trainable, "transformers+peft": theirs.trainable}
-    if params["t5peft"] != params["transformers+peft"]:
+    params = {side.name: side.trainable for side in sides}
+    if len(set(params.values())) != 1:
         notes.append(f"WARNING: trainable parameter counts differ: {params}")
     synchronize(device)
     warm_start = time.perf_counter()
     for _ in range(warmup):
-        ours.step()
-        theirs.step()
+        for side in sides:
+            side.step()
     synchronize(device)
     warm_seconds = time.perf_counter() - warm_start
-    mine, other = Timings(), Timings()
-    for _ in range(repeats):  # interleaved: drift of the machine falls on both sides alike
-        timed_step(ours, device, mine)
-        timed_step(theirs, device, other)
+    timings = {side.name: Timings() for side in sides}
+    for _ in range(repeats):  # interleaved: drift of the machine falls on every side alike
+        for side in sides:
+            timed_step(side, device, timings[side.name])
     result: dict[str, Any] = {
         "status": "ok",
-        "t5peft": {"ms": mine.ms, **summary(mine.ms)},
-        "transformers+peft": {"ms": other.ms, **summary(other.ms)},
+        "sides": [side.name for side in sides],
+        **{name: {"ms": t.ms, **summary(t.ms)} for name, t in timings.items()},
         "trainable_params": params,
         "warmup_seconds": warm_seconds,
         "notes": notes,
     }
-    result["ratio"] = result["t5peft"]["median_ms"] / result["transformers+peft"]["median_ms"]
-    result["ratio_min"] = result["t5peft"]["min_ms"] / result["transformers+peft"]["min_ms"]
+    reference = result[REFERENCE]
+    for side in sides:
+        if side.name != REFERENCE:
+            result[side.name]["speedup"] = reference["median_ms"] / result[side.name]["median_ms"]
+    result["ratio"] = result["t5peft"]["median_ms"] / reference["median_ms"]
+    result["ratio_min"] = result["t5peft"]["min_ms"] / reference["min_ms"]
     if device.type == "cuda":
-        for side, timings in ((ours, mine), (theirs, other)):
+        for side in sides:
             resident = resident_bytes(side)
             result[side.name]["memory"] = {
                 "resident_bytes": resident,  # parameters + buffers + optimizer state
-                "step_peak_increase_bytes": timings.step_peak_increase,  # grads, activations, workspaces
-                "peak_bytes": resident + timings.step_peak_increase,
-                "max_memory_allocated_bytes": timings.max_allocated,  # includes the other side's model
+                "step_peak_increase_bytes": timings[side.name].step_peak_increase,  # grads, activations, workspaces
+                "peak_bytes": resident + timings[side.name].step_peak_increase,
+                "max_memory_allocated_bytes": timings[side.name].max_allocated,  # includes the other sides' models
             }
-    del ours, theirs
+    del sides
     return result
 
 
@@ -484,25 +560,30 @@ def fmt_mb(value: int) -> str:
     return f"{value / 2**20:.0f}"
 
 
+SIDE_ORDER = ("t5peft", "t5peft-compiled", REFERENCE, "transformers+peft-compiled")
+
+
 def markdown_table(results: dict[str, dict[str, Any]], device: torch.device) -> str:
+    """One row per method; a side a method was not timed with (not asked, or failed: see the notes) shows "-"."""
     cuda = device.type == "cuda"
-    head = ["method", "t5peft ms", "transformers+peft ms", "ratio", "trainable params"]
+    present = {s for r in results.values() if r["status"] == "ok" for s in r["sides"]}
+    sides = [s for s in SIDE_ORDER if s in present] or ["t5peft", REFERENCE]
+    ours = [s for s in sides if s != REFERENCE]
+    head = ["method", *(f"{s} ms" for s in sides), *(f"speed-up {s}" for s in ours), "trainable params"]
     if cuda:
-        head += ["peak MB t5peft", "peak MB transformers+peft"]
+        head += [f"peak MB {s}" for s in sides]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, r in results.items():
         if r["status"] != "ok":
-            cells = [method, r["status"], "", "", ""] + (["", ""] if cuda else [])
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join([method, r["status"]] + [""] * (len(head) - 2)) + " |")
             continue
-        ours, theirs = r["trainable_params"]["t5peft"], r["trainable_params"]["transformers+peft"]
-        count = f"{ours:,}" if ours == theirs else f"{ours:,} vs {theirs:,} (DIFFER)"
-        cells = [method, fmt_ms(r["t5peft"]), fmt_ms(r["transformers+peft"]), f"{r['ratio']:.2f}", count]
+        counts = sorted(set(r["trainable_params"].values()))
+        count = f"{counts[0]:,}" if len(counts) == 1 else f"{r['trainable_params']} (DIFFER)"
+        cells = [method, *(fmt_ms(r[s]) if s in r else "-" for s in sides)]
+        cells += [f"{r[s]['speedup']:.2f}x" if s in r else "-" for s in ours]
+        cells.append(count)
         if cuda:
-            cells += [
-                fmt_mb(r["t5peft"]["memory"]["peak_bytes"]),
-                fmt_mb(r["transformers+peft"]["memory"]["peak_bytes"]),
-            ]
+            cells += [fmt_mb(r[s]["memory"]["peak_bytes"]) if s in r else "-" for s in sides]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -516,7 +597,7 @@ def header(settings: dict[str, Any], device: torch.device, date: str) -> str:
         f"layers ({settings['model_source']}); batch {settings['batch_size']} x {settings['source_tokens']} source "
         f"tokens, 2 target tokens; {settings['precision']}; warmup {settings['warmup']}, {settings['repeats']} "
         "interleaved timed steps per side\n"
-        "ms per step: median (min); ratio = t5peft median / transformers+peft median (< 1: t5peft faster)"
+        "ms per step: median (min); speed-up = transformers+peft eager median / that side's median (> 1: faster)"
     )
 
 
@@ -539,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cuda = device.type == "cuda"
+    if args.compiled is None:
+        args.compiled = cuda
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
     repeats = args.repeats if args.repeats is not None else (20 if cuda else 5)
     output = Path(args.output or f"train_step_{device.type}.json")
@@ -563,6 +646,10 @@ def main(argv: list[str] | None = None) -> int:
         "adalora": ADALORA,
         "prompt": {"num_virtual_tokens": PROMPT_TOKENS},
         "ia3": "defaults (k, v, wo; wo feedforward)",
+        "sides": ["t5peft", *(["t5peft-compiled"] if args.compiled else []), REFERENCE]
+        + (["transformers+peft-compiled"] if args.hf_compile else []),
+        "hf_compile_methods": args.hf_compile,
+        "timing": "CUDA events around each step" if cuda else "time.perf_counter around each step",
     }
     results: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
@@ -581,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)  # PEFT's advice on config choices
                     warnings.simplefilter("ignore", FutureWarning)  # deprecations inside transformers / peft
-                    results[method] = benchmark_method(method, base, batch, device, bf16, warmup, repeats)
+                    results[method] = benchmark_method(method, base, batch, device, bf16, warmup, repeats, args)
             except MethodUnavailable as err:
                 results[method] = {"status": "skipped", "reason": str(err)}
                 notes.append(f"{method}: skipped ({err})")

@@ -19,7 +19,7 @@ SIDES = ("t5peft", "transformers+peft")
 
 
 @pytest.fixture(scope="module")
-def benchmark():
+def bench_module():
     name = "t5peft_benchmark_train_step"
     spec = importlib.util.spec_from_file_location(name, SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -31,11 +31,11 @@ def benchmark():
         sys.modules.pop(name, None)
 
 
-def test_tiny_run_writes_every_method_with_sound_numbers(benchmark, shared_dir, tmp_path, capsys):
+def test_tiny_run_writes_every_method_with_sound_numbers(bench_module, shared_dir, tmp_path, capsys):
     output = tmp_path / "bench.json"
     argv = ["--tiny", "--repeats", "1", "--warmup", "0", "--methods", ",".join(METHODS), "--device", "cpu"]
     argv += ["--batch-size", "4", "--source-length", "32", "--shared", str(shared_dir), "--output", str(output)]
-    assert benchmark.main(argv) == 0
+    assert bench_module.main(argv) == 0
 
     report = json.loads(output.read_text(encoding="utf-8"))
     assert report["settings"]["methods"] == METHODS
@@ -64,22 +64,22 @@ def test_tiny_run_writes_every_method_with_sound_numbers(benchmark, shared_dir, 
     assert report["table"] in printed
 
 
-def test_unknown_method_is_refused(benchmark, capsys):
+def test_unknown_method_is_refused(bench_module, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(["--methods", "full,adapter"])
+        bench_module.main(["--methods", "full,adapter"])
     assert exit_info.value.code == 2
     assert "adapter" in capsys.readouterr().err
 
 
-def test_placeholder_method_is_skipped_with_a_note(benchmark, shared_dir, tmp_path, monkeypatch):
+def test_placeholder_method_is_skipped_with_a_note(bench_module, shared_dir, tmp_path, monkeypatch):
     def placeholder(name):
         raise NotImplementedError(f"{name} is a placeholder")
 
-    monkeypatch.setattr(benchmark, "get_method_class", placeholder)
+    monkeypatch.setattr(bench_module, "get_method_class", placeholder)
     output = tmp_path / "bench.json"
     argv = ["--tiny", "--repeats", "1", "--warmup", "0", "--methods", "lora", "--device", "cpu"]
     argv += ["--batch-size", "2", "--source-length", "16", "--shared", str(shared_dir), "--output", str(output)]
-    assert benchmark.main(argv) == 0
+    assert bench_module.main(argv) == 0
     report = json.loads(output.read_text(encoding="utf-8"))
     assert report["results"]["lora"]["status"] == "skipped"
     assert "placeholder" in report["results"]["lora"]["reason"]

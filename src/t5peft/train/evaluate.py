@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..data.text2text import Batch, EncodedSplit, StaticShape, eval_batches
 from ..tokenizer import T5Tokenizer
-from .step import autocast, compile_fn
+from .step import autocast, compile_blocks
 
 
 @dataclass
@@ -61,8 +61,8 @@ def label_pair_probabilities(first_step_logits: Tensor, first_tokens: Tensor) ->
 class Scorer:
     """Scores a batch on the device: loss summed over the target tokens, their count, label-word probabilities.
 
-    With ``compile`` the scoring runs through ``torch.compile`` (static shapes: see ``evaluate``); keep one
-    scorer per model so the compiled code is reused by every evaluation.
+    With ``compile`` the model's blocks run compiled (static shapes: see ``evaluate``); the compiled code is
+    kept by the model, so every evaluation after the first reuses it.
     """
 
     def __init__(self, model: nn.Module, first_tokens: list[int], bf16: bool = False, compile: bool = False) -> None:
@@ -71,7 +71,8 @@ class Scorer:
         self.first_tokens = torch.tensor(first_tokens, device=self.device)
         self.bf16 = bf16 and self.device.type == "cuda"
         self.compiled = compile
-        self._fn = compile_fn(self._score) if compile else self._score
+        if compile:
+            compile_blocks(model)
 
     def _score(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         with autocast(self.device, self.bf16):
@@ -83,7 +84,7 @@ class Scorer:
 
     def __call__(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         with torch.no_grad():
-            return self._fn(batch.input_ids, batch.attention_mask, batch.labels)
+            return self._score(batch.input_ids, batch.attention_mask, batch.labels)
 
 
 @torch.no_grad()

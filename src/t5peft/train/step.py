@@ -3,11 +3,14 @@
 Order: forward with labels (bf16 autocast on CUDA), the method's extra loss, backward, gradient clipping,
 AdamW, the method's update after the optimizer step (AdaLoRA's rank allocation), the scheduler, zero_grad.
 
-Compiled (``compile=True``): the loss goes through ``torch.compile`` as one graph (``fullgraph``; shapes are
-static, see ``data.text2text.StaticShape``). On CUDA, forward + backward + clipping are then captured once as
-a CUDA graph and replayed at every step; fused AdamW, the method's Python-side update and the scheduler run
-after the replay, outside the graph, so the learning rate and AdaLoRA's allocation stay ordinary Python.
-Gradients live in the graph's memory and are overwritten by each replay instead of being zeroed.
+Compiled (``compile=True``): every T5 block goes through ``torch.compile`` (``fullgraph``, static shapes: see
+``data.text2text.StaticShape``). Compiling block by block ("regional compilation") lets the blocks of a stack
+share one compiled graph, so compiling costs a fraction of compiling the whole model, while almost every
+kernel still comes from a fused block. On CUDA the whole forward + backward + clipping is then captured once
+as a CUDA graph and replayed at every step (the launches between blocks cost nothing in a replay); fused
+AdamW, the method's Python-side update and the scheduler run after the replay, outside the graph, so the
+learning rate and AdaLoRA's allocation stay ordinary Python. Gradients live in the graph's memory and are
+overwritten by each replay instead of being zeroed.
 
 The training loss is summed on the device (in float64, as a Python float would) and read only when asked
 (:meth:`TrainStep.read_loss`), so no step waits for the device.
@@ -15,9 +18,9 @@ The training loss is summed on the device (in float64, as a Python float would) 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +28,10 @@ from torch import Tensor, nn
 from ..data.text2text import Batch
 
 COMPILE_SETTINGS = ("auto", "on", "off")
+# torch.compile backend: inductor (the default) generates fused kernels; "aot_eager" traces forward and backward
+# the same way without generating code (seconds instead of minutes on a CPU), for quick checks and debugging.
+BACKEND_VARIABLE = "T5PEFT_COMPILE_BACKEND"
+RECOMPILE_LIMIT = 256
 GRAPH_WARMUP_STEPS = 3  # forward + backward runs on a side stream before capture (compile, allocator, cuBLAS)
 
 LossFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -59,9 +66,22 @@ def make_loss_fn(model: nn.Module, device: torch.device, bf16: bool) -> LossFn:
     return loss_fn
 
 
-def compile_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``torch.compile`` as every compiled path of t5peft uses it: one graph, static shapes."""
-    return torch.compile(fn, fullgraph=True, dynamic=False)
+def compile_backend() -> str:
+    return os.environ.get(BACKEND_VARIABLE, "inductor")
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """Compile every T5 block of ``model`` in place (idempotent); module names and state dicts are unchanged."""
+    if getattr(model, "_t5peft_blocks_compiled", False):
+        return
+    # Blocks legitimately differ in guards (the first block's input needs no gradient, encoder and decoder masks
+    # differ in shape, training and evaluation), and one process may compile several models (benchmarks): allow
+    # that many variants. Past the limit, fullgraph=True makes torch fail loudly rather than run eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    for stack in (model.encoder, model.decoder):
+        for block in stack.block:
+            block.compile(fullgraph=True, dynamic=False, backend=compile_backend())
+    model._t5peft_blocks_compiled = True
 
 
 class TrainStep:
@@ -95,8 +115,9 @@ class TrainStep:
         self.cuda_graph = compile and self.device.type == "cuda" if cuda_graph is None else cuda_graph
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        loss_fn = make_loss_fn(model, self.device, bf16)
-        self.loss_fn: LossFn = compile_fn(loss_fn) if compile else loss_fn
+        if compile:
+            compile_blocks(model)
+        self.loss_fn: LossFn = make_loss_fn(model, self.device, bf16)
         self.step = 0
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.loss_steps = 0
