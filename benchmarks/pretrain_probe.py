@@ -225,10 +225,29 @@ def architecture_key(model_dir: Path) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
+class SharedRandomArms:
+    """Random-init runs depend only on the architecture, the probe settings and the data: kept in one file
+    beside the studies, so a later study of the same architecture and probe reuses them (and says so)."""
+
+    def __init__(self, path: Path, arch: str, probe: ProbeSettings, data: str) -> None:
+        settings = {k: v for k, v in dataclasses.asdict(probe).items() if k != "seeds"}
+        self.path = path
+        self.key = hashlib.sha256(json.dumps([arch, settings, data], sort_keys=True).encode()).hexdigest()[:16]
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        self.arm = stored.get(self.key, {"runs": [], "shared_key": self.key})
+
+    def save(self, arm: dict) -> None:
+        stored = json.loads(self.path.read_text()) if self.path.exists() else {}
+        stored[self.key] = {k: v for k, v in arm.items() if k != "features"}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(stored, indent=2) + "\n")
+
+
 def probe_backbone(study: StudyFile, key: str, backbone: Path, probe: ProbeSettings, args, work: Path) -> None:
     """Fill ``study.data["points"][key]`` with the backbone's runs (and the random arm once per architecture)."""
     arch = architecture_key(backbone)
-    random_arm = study.data["random"].setdefault(arch, {"runs": []})
+    shared = SharedRandomArms(Path(args.out_dir) / "random-arms.json", arch, probe, args.data)
+    random_arm = study.data["random"].setdefault(arch, shared.arm)
     point = study.data["points"].setdefault(key, {"runs": []})
     record = json.loads((backbone / "pretraining.json").read_text())
     point.update(
@@ -243,6 +262,7 @@ def probe_backbone(study: StudyFile, key: str, backbone: Path, probe: ProbeSetti
             random_arm["runs"].append(finetune(backbone, "random", seed, probe, args, work))
             random_arm["summary"] = summary(random_arm["runs"])
             study.save()
+            shared.save(random_arm)
             _say(f"random seed {seed}: {random_arm['runs'][-1]['test_accuracy']:.4f}")
         if seed not in [r["seed"] for r in point["runs"]]:
             point["runs"].append(finetune(backbone, "pretrained", seed, probe, args, work))
