@@ -11,13 +11,14 @@ learning rate and seeds (3 by default). It reports test accuracy, mean and stand
 seeds, for each arm, and the difference. The random arm depends only on the architecture and the settings,
 so it is run once per study.
 
-Also measured per backbone (``features``): how much the state the label is read from depends on the review.
-The label is scored at the first decoder step, and in span corruption the first target token is always
-``<extra_id_0>``: a backbone may learn that decoder step 0 need not look at the input. For 1,000 training and
-1,000 test reviews it takes (a) the encoder output averaged over the review's tokens and (b) the last decoder
-layer's state at step 0 (before the LM head), fits a logistic regression on the frozen training features
-and reports test accuracy, and for (b) the spread across reviews (mean squared distance to the mean state
-divided by the mean squared norm: 0 = the same state for every review).
+Also measured per backbone (``--features``, or the ``features`` command alone): how much the state the label is
+read from depends on the review. The label is scored at the first decoder step, and in span corruption the
+first target token is always ``<extra_id_0>``: a backbone may learn that decoder step 0 need not look at the
+input. For 1,000 training and 1,000 test reviews it takes (a) the input embeddings and (b) the encoder output,
+each averaged over the review's tokens, and (c) the last decoder layer's state at step 0 (before the LM head),
+fits a logistic regression on the frozen training features and reports test accuracy, and for (c) the spread
+across reviews (mean squared distance to the mean state divided by the mean squared norm: 0 = the same state
+for every review).
 
 Everything is written to one JSON (rewritten after every run, so an interrupted study resumes where it
 stopped) and a PNG: probe accuracy against pretraining steps and minutes.
@@ -141,21 +142,26 @@ def _encoded(args: argparse.Namespace, tokenizer, n: int, length: int):
 
 
 @torch.no_grad()
-def _features(model, split, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Float32 features on the CPU, computed on the model's device."""
-    encoder_means, decoder_states, labels = [], [], []
+def _features(model, split, pad_id: int) -> dict[str, torch.Tensor]:
+    """Float32 features on the CPU, computed on the model's device: the input embeddings and the encoder output
+    averaged over the review's tokens, the last decoder layer's state at step 0, and the labels."""
+    columns: dict[str, list[torch.Tensor]] = {"embedding": [], "encoder": [], "decoder": [], "labels": []}
     device = model.device
     for indices, batch in eval_batches(split, 64, pad_id):
         batch = batch.to(device)
         mask = batch.attention_mask
         hidden, _ = model.encode(batch.input_ids, mask)
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         start = torch.zeros((len(indices), 1), dtype=torch.long, device=device)
         state = model.decoder(model.shared(start), None, encoder_hidden_states=hidden, encoder_attention_mask=mask)
-        encoder_means.append(pooled.float().cpu())
-        decoder_states.append(state[:, 0].float().cpu())
-        labels.append(torch.as_tensor([split.labels[i] for i in indices]))
-    return torch.cat(encoder_means), torch.cat(decoder_states), torch.cat(labels)
+        columns["embedding"].append(_mean(model.shared(batch.input_ids), mask))
+        columns["encoder"].append(_mean(hidden, mask))
+        columns["decoder"].append(state[:, 0].float().cpu())
+        columns["labels"].append(torch.as_tensor([split.labels[i] for i in indices]))
+    return {name: torch.cat(values) for name, values in columns.items()}
+
+
+def _mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ((states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).float().cpu()
 
 
 def _logistic_accuracy(train_x, train_y, test_x, test_y) -> float:
@@ -188,12 +194,16 @@ def features(model, encoded, pad_id: int) -> dict:
     """The frozen-feature check (module docstring) of ``model`` on ``encoded`` = (train split, test split)."""
     model.eval()
     train_split, test_split = encoded
-    enc_train, dec_train, y_train = _features(model, train_split, pad_id)
-    enc_test, dec_test, y_test = _features(model, test_split, pad_id)
+    train, test = _features(model, train_split, pad_id), _features(model, test_split, pad_id)
+
+    def accuracy(name: str) -> float:
+        return _logistic_accuracy(train[name], train["labels"], test[name], test["labels"])
+
     return {
-        "encoder_mean_accuracy": _logistic_accuracy(enc_train, y_train, enc_test, y_test),
-        "decoder_step0_accuracy": _logistic_accuracy(dec_train, y_train, dec_test, y_test),
-        "decoder_step0_spread": _spread(torch.cat([dec_train, dec_test])),
+        "embedding_mean_accuracy": accuracy("embedding"),
+        "encoder_mean_accuracy": accuracy("encoder"),
+        "decoder_step0_accuracy": accuracy("decoder"),
+        "decoder_step0_spread": _spread(torch.cat([train["decoder"], test["decoder"]])),
         "reviews": [len(train_split), len(test_split)],
     }
 
@@ -349,6 +359,42 @@ def plot(study: dict, path: Path) -> Path:
     return path
 
 
+def plot_all(studies: list[dict], path: Path) -> Path:
+    """Every study in one figure: probe accuracy against pretraining steps and minutes, one line per study
+    (random init drawn at 0 steps), one panel per probe setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probes = sorted({json.dumps(s["probe"], sort_keys=True) for s in studies})
+    fig, axes = plt.subplots(len(probes), 2, figsize=(11, 3.6 * len(probes)), squeeze=False)
+    for row, probe_json in enumerate(probes):
+        probe = json.loads(probe_json)
+        for col, (x_key, label) in enumerate((("step", "pretraining steps"), ("minutes", "pretraining minutes"))):
+            ax = axes[row][col]
+            for study in (s for s in studies if json.dumps(s["probe"], sort_keys=True) == probe_json):
+                points = sorted((p for p in study["points"].values() if p.get("summary")), key=lambda p: p["step"])
+                arm = next(iter(study["random"].values()))["summary"]
+                xs = [0.0] + [p[x_key] for p in points]
+                means = [100 * arm["mean"]] + [100 * p["summary"]["mean"] for p in points]
+                stds = [100 * arm["std"]] + [100 * p["summary"]["std"] for p in points]
+                ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=study["name"])
+            ax.set_xlabel(label)
+            ax.set_ylabel("probe test accuracy (%)")
+            ax.grid(alpha=0.3)
+            ax.set_title(
+                f"fine-tuning {probe['train_size']:,} reviews x {probe['epochs']} epochs, lr {probe['lr']:g}; "
+                f"{probe['test_size']:,} test reviews (x = 0: random init)",
+                fontsize=8,
+            )
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --------------------------------------------------------------------------------------------------
 # Commands
 
@@ -445,6 +491,22 @@ def cmd_study(args: argparse.Namespace) -> None:
     _say(f"wrote {out_json}")
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    """The frozen-feature check alone, for backbone folders, into ``<out-dir>/<name>.json``."""
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    path = Path(args.out_dir) / f"{args.name}.json"
+    result = json.loads(path.read_text()) if path.exists() else header(args, probe_settings(args), device)
+    result.pop("probe", None)
+    result.setdefault("backbones", {})
+    for backbone in args.backbone:
+        ours, random_features = feature_pair(Path(backbone), args, args.max_source_length, device)
+        record = json.loads((Path(backbone) / "pretraining.json").read_text())
+        result["backbones"][backbone] = {"step": record["training"]["steps"], "features": ours}
+        result.setdefault("random_init", {})[architecture_key(Path(backbone))] = random_features
+        _say(f"{backbone}: {ours}")
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def cmd_probe(args: argparse.Namespace) -> None:
     probe = probe_settings(args)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -461,7 +523,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["study", "probe", "plot"])
+    p.add_argument("command", choices=["study", "probe", "features", "plot", "plot-all"])
     p.add_argument("--name", required=True)
     p.add_argument("--out-dir", default="docs/pretraining")
     p.add_argument("--work", default="/tmp/pretrain-study", help="backbones and fine-tuning runs (not committed)")
@@ -489,7 +551,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--validation-documents", type=int, default=500)
     # probe
-    p.add_argument("--backbone", nargs="*", default=[], help="probe: backbone folders")
+    p.add_argument("--backbone", nargs="*", default=[], help="probe: backbone folders; plot-all: study JSON files")
     p.add_argument("--train-size", type=int, default=4000)
     p.add_argument("--validation-size", type=int, default=500)
     p.add_argument("--test-size", type=int, default=2000)
@@ -512,6 +574,11 @@ def main(argv: list[str] | None = None) -> None:
         cmd_study(args)
     elif args.command == "probe":
         cmd_probe(args)
+    elif args.command == "features":
+        cmd_features(args)
+    elif args.command == "plot-all":
+        studies = [json.loads(Path(p).read_text()) for p in args.backbone]  # --backbone takes the JSON files here
+        plot_all(studies, Path(args.out_dir) / f"{args.name}.png")
     else:
         path = Path(args.out_dir) / f"{args.name}.json"
         plot(json.loads(path.read_text()), path.with_suffix(".png"))

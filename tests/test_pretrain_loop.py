@@ -227,3 +227,28 @@ def test_shards_hold_at_most_their_size_and_old_weights_go(tmp_path: Path) -> No
     assert len(shards) == 2 and all(p.stat().st_size <= 8 * 2**20 + 4096 for p in shards)
     reloaded = load_pretrained(tmp_path)
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_cli_pretrain_without_first_sentinel(
+    small_imdb: Path, t5_small_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`t5peft pretrain --no-first-sentinel`: targets lose their leading <extra_id_0> (always the first token)."""
+    from t5peft.pretrain import build_pretrain_data, train_batches
+    from t5peft.pretrain.loop import targets_for
+    from t5peft.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(t5_small_dir)
+    data = build_pretrain_data(["a review of a film " * 40] * 4, tokenizer, input_length=32, validation_documents=1)
+    batch = next(train_batches(data, 2, seed=0, epoch=0))
+    assert (batch.labels[:, 0] == tokenizer.token_to_id("<extra_id_0>")).all()
+    assert torch.equal(targets_for(batch, first_sentinel=False).labels, batch.labels[:, 1:])
+    assert targets_for(batch, first_sentinel=True) is batch
+
+    out = tmp_path / "out"
+    args = f"pretrain --model {TINY} --tokenizer {t5_small_dir} --data {small_imdb} --output {out} --max-steps 3"
+    args += " --input-length 32 --batch-size 8 --validation-documents 20 --validation-examples 16 --no-progress"
+    assert cli_main([*args.split(), "--no-first-sentinel"]) == 0
+    assert "pretrained 2,286,592 parameters: 3 steps (max_steps)" in capsys.readouterr().out
+    record = json.loads((out / "pretraining.json").read_text())
+    assert record["objective"]["name"] == "span corruption, targets without <extra_id_0>"
+    assert record["objective"]["target_length"] == data.target_length - 1

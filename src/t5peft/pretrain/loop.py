@@ -12,7 +12,8 @@ results say ``pretrained-here``.
 Optimisation (the choices, and why):
 
 * AdamW, no weight decay by default, gradient clipping at 1.0, dropout 0: nanoT5's settings for T5 from
-  scratch (it found dropout only slows pretraining; a single pass over the data does not overfit).
+  scratch (with at most a few passes over the data there is nothing for dropout to regularise; the exported
+  config.json keeps the architecture's own rate for fine-tuning).
 * Linear warmup, then cosine decay to ``min_lr_ratio`` of the peak (nanoT5: warmup then cosine). A budget
   fixed in advance is what this command runs, and a schedule that anneals by the end gives a lower final loss
   for the same steps than the T5 paper's inverse square root, which never anneals (it was chosen for open-ended
