@@ -21,6 +21,22 @@ def _on_ci() -> bool:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory) -> Path:
+    """A tiny random T5 checkpoint (``helpers.TINY``, t5peft's initialisation, seed 0), written once per session."""
+    from helpers import save_tiny_base
+
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture(scope="session")
+def hf_base_dir(tmp_path_factory) -> Path:
+    """A tiny random transformers T5 checkpoint (``oracles.hf_config``, seed 3), written once per session."""
+    from oracles import save_hf_base
+
+    return save_hf_base(tmp_path_factory.mktemp("hf-base"), seed=3)
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The read-only shared folder (real data, tokenizer); a missing folder fails under CI=true."""
     path = _shared_path()

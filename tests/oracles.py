@@ -1,4 +1,4 @@
-"""Helpers that build reference models with ``transformers`` (a test-only dependency)."""
+"""Reference models built with ``transformers`` and ``peft`` (test-only dependencies); the t5peft side: helpers.py."""
 
 from __future__ import annotations
 
@@ -29,17 +29,25 @@ def hf_model(seed: int = 0, **overrides) -> transformers.T5ForConditionalGenerat
     return transformers.T5ForConditionalGeneration(hf_config(**overrides)).eval()
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|."""
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+def save_hf_base(directory, seed: int = 0, **overrides):
+    """A tiny random transformers T5 (its own initialisation, drawn from ``seed``) saved as a checkpoint folder."""
+    hf_model(seed, **overrides).save_pretrained(directory)
+    return directory
 
 
-def random_batch(seed: int = 0, vocab: int = 32000) -> dict[str, torch.Tensor]:
-    """Three rows of random ids (two of them padded) and random labels, for the method tests."""
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(2, vocab, (3, 9), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 6:] = 0
-    attention_mask[2, 4:] = 0
-    labels = torch.randint(2, vocab, (3, 5), generator=generator)
-    return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+def _peft():
+    return __import__("pytest").importorskip("peft")
+
+
+def hf_from(base_dir) -> transformers.T5ForConditionalGeneration:
+    return transformers.T5ForConditionalGeneration.from_pretrained(base_dir)
+
+
+def peft_model(base_dir, config):
+    """A PEFT model of ``config`` (a PEFT config) on the transformers T5 read from the checkpoint ``base_dir``."""
+    return _peft().get_peft_model(hf_from(base_dir), config)
+
+
+def peft_load(base_dir, adapter_dir):
+    """What PEFT makes of the adapter folder ``adapter_dir`` on the checkpoint ``base_dir`` (eval mode)."""
+    return _peft().PeftModel.from_pretrained(hf_from(base_dir), str(adapter_dir)).eval()

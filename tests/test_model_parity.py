@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from oracles import hf_config, hf_model, relative_error, transformers
+from helpers import relative_error
+from oracles import hf_config, hf_model, transformers
 from t5peft import T5Config, T5ForConditionalGeneration, load_pretrained
 
 TOLERANCE = 1e-5

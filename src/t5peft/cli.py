@@ -1,16 +1,43 @@
-"""Command line: ``t5peft train | evaluate | predict | compare | report | methods | pretrain``."""
+"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import shlex
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
 from .errors import T5PeftError
+
+DESCRIPTION = """\
+T5 from scratch and parameter-efficient fine-tuning on IMDb sentiment.
+
+Commands: train (fine-tune with one method), evaluate (re-score a finished run), predict (label reviews),
+methods (list methods and options), compare (run an experiment file), report (re-render a results JSON).
+Run 't5peft COMMAND --help' for a command's options.
+"""
+
+EPILOG = """\
+Errors you can fix (a missing file, a bad option) are printed as one line and exit with status 2; an
+unexpected error is reported as a bug (status 1) and -v shows its traceback. Ctrl-C exits with status 130.
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, except where the help text already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if "default:" in help_text or action.default in (None, argparse.SUPPRESS):
+            return help_text  # said in words, or nothing to say
+        if action.nargs == 0 and action.default is False:  # a flag
+            return f"{help_text} (default: off)"
+        return super()._get_help_string(action)
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -26,6 +53,7 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .methods.registry import method_names
     from .train.loop import TrainConfig
 
     d = TrainConfig()
@@ -33,7 +61,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", default=d.data, help="Hub-layout folder, stanfordnlp/imdb, aclImdb dir/tar.gz, csv/jsonl/parquet"
     )
-    p.add_argument("--test-data", default=None, help="test split source when --data is a single file")
+    p.add_argument(
+        "--test-data",
+        default=None,
+        help="test source (default: the test split of --data; for a single --data file, 10%% of it held out, "
+        "or --test-size rows)",
+    )
     p.add_argument("--output", required=True, help="run folder")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model)")
     p.add_argument(
@@ -42,9 +75,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=d.init,
         help="random: weights drawn from --seed with --model's architecture (every output says so)",
     )
-    p.add_argument(
-        "--method", default=d.method, help="full, lora, adalora, adapter, prompt, ptuning2, lora+prompt, ia3"
-    )
+    p.add_argument("--method", default=d.method, help=", ".join(method_names()))
     p.add_argument(
         "--option",
         "-o",
@@ -52,22 +83,30 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=parse_option,
         default=[],
         metavar="KEY=VALUE",
-        help="method option, e.g. -o r=16 -o target_modules=q,k,v (see `t5peft methods`)",
+        help="method option, e.g. -o r=16 -o target_modules=q,k,v (default: the method's; see `t5peft methods`)",
     )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training reviews")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="default: 512 when compiled, else 64")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
-    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--validation-size", type=int, default=d.validation_size)
-    p.add_argument("--train-size", type=int, default=None, help="train on a seeded subset of this many reviews")
-    p.add_argument("--test-size", type=int, default=None, help="test on a seeded subset (default: all 25,000)")
-    p.add_argument("--logs-per-two-epochs", type=int, default=d.logs_per_two_epochs)
-    p.add_argument("--max-source-length", type=int, default=d.max_source_length)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's, see t5peft methods)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="share of steps with linear warmup")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout rate of the model")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, method, data order and subsets")
+    p.add_argument(
+        "--validation-size", type=int, default=d.validation_size, help="training reviews held out for validation"
+    )
+    p.add_argument(
+        "--train-size", type=int, default=None, help="train on a seeded subset of this many reviews (default: all)"
+    )
+    p.add_argument(
+        "--test-size", type=int, default=None, help="test on a seeded subset of this many reviews (default: all)"
+    )
+    p.add_argument(
+        "--logs-per-two-epochs", type=int, default=d.logs_per_two_epochs, help="log points (validation) per 2 epochs"
+    )
+    p.add_argument("--max-source-length", type=int, default=d.max_source_length, help="source tokens kept")
     p.add_argument(
         "--truncation-side",
         choices=["right", "left", "both"],
@@ -75,10 +114,18 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="right keeps the head of a long review, left the tail, both head + tail",
     )
     p.add_argument("--strip-html", action="store_true", help="replace <br /> tags by spaces")
-    p.add_argument("--prefix", default=d.prefix)
-    p.add_argument("--label-words", nargs=2, default=list(d.label_words), metavar=("NEGATIVE", "POSITIVE"))
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision)
+    p.add_argument("--prefix", default=d.prefix, help=f"text put before each review (default: {d.prefix!r})")
+    p.add_argument(
+        "--label-words",
+        nargs=2,
+        default=list(d.label_words),
+        metavar=("NEGATIVE", "POSITIVE"),
+        help=f"target words of the two classes (default: {' '.join(d.label_words)})",
+    )
+    p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default=d.precision, help="auto: bf16 on CUDA, fp32 on CPU"
+    )
     p.add_argument(
         "--compile",
         choices=["auto", "on", "off"],
@@ -86,7 +133,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="torch.compile the step (+ CUDA graphs on CUDA); auto: on for CUDA, off on the CPU",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars; one line per log point instead")
 
 
 def _train_config(args: argparse.Namespace):
@@ -109,16 +156,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(results: dict) -> None:
-    test, params, timing = results["test"], results["parameters"], results["training"]
+    test, params, timing, data = results["test"], results["parameters"], results["training"], results["data"]
+    overlap = data["overlap"]
     print(f"method {results['method']} ({results['weights']} weights), seed {results['seed']}")
     print(f"  trainable parameters: {params['trainable']:,} of {params['base']:,} ({params['trainable_percent']:.3f}%)")
     print(f"  test accuracy: {test['accuracy']:.4f} on {test['n']:,} reviews, loss {test['loss']:.4f}")
+    print(f"  test set: {data['test_from']}")
+    print(
+        f"  overlap: {overlap['test_in_train']:,} of the {test['n']:,} test reviews also occur in the training "
+        f"reviews, {overlap['test_in_validation']:,} in the validation reviews"
+    )
     print(f"  validation accuracy: {results['validation']['accuracy']:.4f}")
     print(
         f"  training: {timing['seconds']:.1f} s, {timing['examples_per_s']:.1f} examples/s, "
         f"{timing['tokens_per_s']:.0f} tokens/s ({timing['precision']})"
     )
     print(f"  machine: {results['environment']['device_name']}")
+    folder = Path(results["config"]["output"])
+    files = sorted(f"{entry.name}/" if entry.is_dir() else entry.name for entry in folder.iterdir())
+    print(f"  run folder: {folder} ({', '.join(files)})")
     if results.get("pretraining"):
         from .pretrain.loop import weights_summary
 
@@ -216,16 +272,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         generate=args.generate,
         device=args.device,
+        progress=not args.no_progress,
     )
     print(json.dumps(report, indent=2))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .train.runs import load_run, predict
+    from .train.loop import TrainError
+    from .train.runs import check_texts, load_run, predict, read_texts
 
+    if args.file is not None and args.texts:
+        raise TrainError("give reviews as arguments or with --file, not both")
+    if args.file is not None or args.texts == ["-"]:
+        texts = read_texts(args.file or "-")
+    elif args.texts:
+        texts = args.texts
+    else:
+        raise TrainError("no reviews: give them as arguments, with --file PATH, or '-' to read standard input")
+    check_texts(texts)
     run = load_run(args.run, args.device)
-    for text, (label, probability) in zip(args.texts, predict(run, args.texts), strict=True):
+    for text, (label, probability) in zip(texts, predict(run, texts), strict=True):
         print(json.dumps({"text": text[:80], "label": label, "probability": round(probability, 4)}))
     return 0
 
@@ -261,33 +328,48 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="t5peft", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details; tracebacks of bugs")
+    parser = argparse.ArgumentParser(
+        prog="t5peft", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log details (INFO messages) and show the traceback of a bug"
+    )
     parser.add_argument("--version", action="version", version=f"t5peft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="fine-tune on IMDb with one method")
+    p = sub.add_parser("train", help="fine-tune on IMDb with one method", formatter_class=HelpFormatter)
     _add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("pretrain", help="pretrain T5 with span corruption (from scratch or continued)")
+    p = sub.add_parser(
+        "pretrain", help="pretrain T5 with span corruption (from scratch or continued)", formatter_class=HelpFormatter
+    )
     _add_pretrain_arguments(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("evaluate", help="evaluate a finished run folder")
-    p.add_argument("run")
-    p.add_argument("--data", default=None, help="default: the run's test data")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--size", type=int, default=None, help="a seeded, class-balanced sample of N reviews")
-    p.add_argument("--batch-size", type=int, default=64)
+    p = sub.add_parser("evaluate", help="evaluate a finished run folder", formatter_class=HelpFormatter)
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", default=None, help="another data source (default: the run's own test set)")
+    p.add_argument(
+        "--split", default=None, choices=["train", "test"], help="split of --data or of the run's data (default: test)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="a seeded sample of N reviews, stratified by label, of the whole split (default: the run's test set)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     p.add_argument("--generate", action="store_true", help="also score by greedy generation and compare")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="label reviews with a finished run")
-    p.add_argument("run")
-    p.add_argument("texts", nargs="+")
-    p.add_argument("--device", default="cpu")
+    p = sub.add_parser("predict", help="label reviews with a finished run", formatter_class=HelpFormatter)
+    p.add_argument("run", help="run folder")
+    p.add_argument("texts", nargs="*", help="reviews to label; '-' reads one review per line from standard input")
+    p.add_argument("--file", default=None, help="read one review per line from this file ('-': standard input)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("methods", help="list the methods, their default learning rates and options")
@@ -307,12 +389,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_command(argv: list[str]) -> str:
+    words = ["t5peft", *argv]
+    if "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .train.loop import TrainInterrupted
+
     try:
         return args.func(args)
+    except TrainInterrupted as err:
+        print(f"t5peft {args.command}: {err}", file=sys.stderr)
+        again = _resume_command(argv) if err.resumable else shlex.join(["t5peft", *argv])
+        print(f"to continue: {again}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"t5peft {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (T5PeftError, OSError) as err:  # the user's input, files or machine: one line, no traceback
         print(f"t5peft {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -121,7 +121,7 @@ def split_validation(data: LabeledTexts, size: int = 1000, seed: int = 0) -> tup
     ``size >= 2``) and depends only on ``seed``. Both parts keep the original row order.
     """
     if not 1 <= size < len(data):
-        raise ValueError(f"validation size must be in [1, {len(data)}) for {data.origin}, got {size}")
+        raise DataError(f"validation size must be in [1, {len(data)}) for {data.origin}, got {size}")
     rng = random.Random(seed)
     by_class = _indices_by_class(data.labels)
     counts = _stratified_counts([len(idx) for idx in by_class.values()], size)
@@ -134,6 +134,22 @@ def split_validation(data: LabeledTexts, size: int = 1000, seed: int = 0) -> tup
     train_rest.origin = f"{data.origin} [minus validation: {len(rest)} rows, seed {seed}]"
     validation.origin = f"{data.origin} [validation: {size} rows, seed {seed}]"
     return train_rest, validation
+
+
+def is_single_split_file(source: str | os.PathLike[str]) -> bool:
+    """True when ``source`` is one .csv/.jsonl/.json/.parquet file: one split, with no test split of its own."""
+    path = Path(source).expanduser()
+    return path.is_file() and not path.name.lower().endswith(_TAR_SUFFIXES)
+
+
+def shared_rows(data: LabeledTexts, reference: LabeledTexts) -> int:
+    """How many rows of ``data`` have a text that also occurs, character for character, in ``reference``.
+
+    Exact matching only: near-duplicates (whitespace, case, HTML) are not found. IMDb: 123 of the 25,000
+    ``test`` rows are texts that also occur in ``train``.
+    """
+    seen = set(reference.texts)
+    return sum(text in seen for text in data.texts)
 
 
 def dataset_checksums(source: str | os.PathLike[str]) -> dict[str, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..tokenizer import TRUNCATION_SIDES, T5Tokenizer, pad_batch, truncate
-from .sources import LabeledTexts
+from .sources import DataError, LabeledTexts
 
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
@@ -33,11 +33,11 @@ class TaskFormat:
     def __post_init__(self) -> None:
         self.label_words = tuple(self.label_words)
         if len(self.label_words) != 2 or len(set(self.label_words)) != 2 or not all(self.label_words):
-            raise ValueError(f"label_words must be two different non-empty words, got {self.label_words!r}")
+            raise DataError(f"label_words must be two different non-empty words, got {self.label_words!r}")
         if self.truncation_side not in TRUNCATION_SIDES:
-            raise ValueError(f"truncation_side must be one of {TRUNCATION_SIDES}, got {self.truncation_side!r}")
+            raise DataError(f"truncation_side must be one of {TRUNCATION_SIDES}, got {self.truncation_side!r}")
         if self.max_source_length < 2:
-            raise ValueError(f"max_source_length must be at least 2, got {self.max_source_length}")
+            raise DataError(f"max_source_length must be at least 2, got {self.max_source_length}")
 
     def source_text(self, text: str) -> str:
         if self.strip_html:
@@ -75,7 +75,7 @@ def label_token_ids(tokenizer: T5Tokenizer, task: TaskFormat) -> list[list[int]]
     """Target ids of each class (word ids + ``</s>``); the first tokens must differ for one-step scoring."""
     targets = tokenizer.encode(list(task.label_words))
     if targets[0][0] == targets[1][0]:
-        raise ValueError(
+        raise DataError(
             f"label words {task.label_words!r} start with the same token ({targets[0][0]}); "
             "one-step scoring needs different first tokens"
         )

@@ -61,6 +61,7 @@ from .base import (
     check_positive,
     find_linear_targets,
     is_int,
+    linear_targets,
     module_list,
     neutral_values,
     replace_module,
@@ -69,6 +70,7 @@ from .base import (
 from .lora import PEFT_LORA_NEUTRAL_FIELDS
 
 if TYPE_CHECKING:
+    from ..model.config import T5Config
     from ..model.t5 import T5ForConditionalGeneration
 
 log = logging.getLogger(__name__)
@@ -330,10 +332,9 @@ class RankAllocator:
             self.sensitivity = self.uncertainty = None
 
 
-def resolve_targets(model: nn.Module, targets: list[str]) -> list[str]:
+def resolve_targets(config: T5Config, targets: list[str]) -> list[str]:
     """On gated-FFN models (T5 v1.1) ``wi`` means both input projections ``wi_0`` and ``wi_1``."""
-    config = getattr(model, "config", None)
-    if "wi" in targets and config is not None and config.is_gated_act:
+    if "wi" in targets and config.is_gated_act:
         return sorted((set(targets) - {"wi"}) | {"wi_0", "wi_1"})
     return targets
 
@@ -345,6 +346,7 @@ class AdaLora(Method):
     default_lr = 1e-3
     peft_compatible = True
     neutral_file_fields = PEFT_ADALORA_NEUTRAL_FIELDS
+    identity_at_init = True
 
     def __init__(self, config: AdaLoraConfig) -> None:
         super().__init__(config)
@@ -356,7 +358,7 @@ class AdaLora(Method):
     # --- structure ---------------------------------------------------------------------------------
     def inject(self, model: T5ForConditionalGeneration) -> None:
         c = self.config
-        c.target_modules = resolve_targets(model, c.target_modules)
+        c.target_modules = resolve_targets(model.config, c.target_modules)
         pattern = dict(c.rank_pattern or {})
         for name in find_linear_targets(model, c.target_modules):
             layer = AdaLoraLinear(model.get_submodule(name), c.init_r, c.lora_alpha, c.lora_dropout)
@@ -371,6 +373,10 @@ class AdaLora(Method):
         for layer in self.layers.values():
             shapes.setdefault((layer.in_features, layer.out_features), []).append(layer)
         self._orth_groups = list(shapes.values())
+
+    def closed_form_trainable(self, config: T5Config) -> int:
+        targets = linear_targets(config, resolve_targets(config, self.config.target_modules))
+        return sum(n * self.config.init_r * (i + o + 1) for n, i, o in targets)
 
     # --- training ----------------------------------------------------------------------------------
     def on_train_begin(self, model: T5ForConditionalGeneration, total_steps: int) -> None:

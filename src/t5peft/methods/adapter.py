@@ -37,6 +37,7 @@ from ..model.t5 import T5LayerCrossAttention, T5LayerFF, T5LayerSelfAttention
 from .base import Method, MethodConfig, MethodConfigError, check_choice, check_fraction, check_int, check_non_negative
 
 if TYPE_CHECKING:
+    from ..model.config import T5Config
     from ..model.t5 import T5ForConditionalGeneration
 
 PLACEMENTS = {
@@ -126,6 +127,14 @@ class BottleneckAdapters(Method):
     peft_type = "T5PEFT_BOTTLENECK"
     config_class = AdapterConfig
     default_lr = 1e-3
+    identity_at_init = True  # with the default init_scale 0: the up-projection starts at zero
 
     def inject(self, model) -> None:
         inject_adapters(model, self.config)
+
+    def closed_form_trainable(self, config: T5Config) -> int:
+        d, b = config.d_model, config.d_model // self.config.reduction_factor
+        per_adapter = 2 * d * b + b + d
+        if self.config.placement == "houlsby":
+            return per_adapter * (2 * config.num_layers + 3 * config.num_decoder_layers)
+        return per_adapter * (config.num_layers + config.num_decoder_layers)

@@ -6,7 +6,8 @@ nothing above it. Applying a method inserts its modules into the model in place;
 are found by comparing parameter names before and after, so freezing, counting, optimizer groups and
 saving need no per-method code. A method overrides only what differs: how adapter tensors are named in
 the file (``file_key`` / ``model_key``), what happens before saving (``export_state``), an extra loss
-term, and an update after each optimizer step.
+term, and an update after each optimizer step. Every method also declares two facts the contract suite
+(``tests/test_method_contract.py``) holds it to: ``identity_at_init`` and ``closed_form_trainable``.
 
 Options are checked by the validators below (``check_*``), so every method reports a bad value the same way.
 """
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from ..errors import T5PeftError
 
 if TYPE_CHECKING:
+    from ..model.config import T5Config
     from ..model.t5 import T5ForConditionalGeneration
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class MethodConfig:
     def from_options(cls, options: dict[str, Any], method: str = "") -> MethodConfig:
         """Build from user options; a name that is not an option is an error listing the valid ones."""
         unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown and not cls.option_names():
+            raise MethodConfigError(f"method {method!r} has no options (got {', '.join(map(repr, unknown))})")
         if unknown:
             raise MethodConfigError(
                 f"method {method!r} has no option {', '.join(map(repr, unknown))}; "
@@ -177,9 +181,17 @@ class Method:
     # adapter_config.json fields PEFT writes that we read but do not use (a PEFT file asking for another
     # value, e.g. use_dora=true, is refused rather than ignored); ``file_config`` writes those marked so
     neutral_file_fields: ClassVar[dict[str, Neutral]] = {}
+    # True where an untrained method (initialisation options at their defaults) leaves the model's function
+    # exactly unchanged; declared by every method, checked by tests/test_method_contract.py
+    identity_at_init: ClassVar[bool]
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
+
+    def closed_form_trainable(self, config: T5Config) -> int:
+        """The number of parameters this method trains on a T5 of ``config``, by the formula its docstring
+        states (computed from the configs alone; the contract suite checks it against the applied method)."""
+        raise NotImplementedError(f"method {self.name!r} states no closed-form parameter count")
 
     # --- structure ------------------------------------------------------------------------------
     def inject(self, model: T5ForConditionalGeneration) -> None:
@@ -279,6 +291,36 @@ def find_linear_targets(model: nn.Module, targets: list[str], exclude: list[str]
     if missing:
         raise MethodConfigError(f"target_modules {missing} match no linear layer of this model")
     return found
+
+
+def t5_linear_shapes(config: T5Config) -> dict[str, tuple[int, int, int]]:
+    """Every linear layer of a T5 by leaf name: ``(how many, in_features, out_features)``, from the config alone
+    (closed-form parameter counts of methods that wrap linear layers)."""
+    attentions = config.num_layers + 2 * config.num_decoder_layers  # encoder self, decoder self and cross
+    ffns = config.num_layers + config.num_decoder_layers
+    d, inner = config.d_model, config.inner_dim
+    shapes = {
+        "q": (attentions, d, inner),
+        "k": (attentions, d, inner),
+        "v": (attentions, d, inner),
+        "o": (attentions, inner, d),
+        "wo": (ffns, config.d_ff, d),
+        "lm_head": (1, d, config.vocab_size),
+    }
+    if config.is_gated_act:
+        shapes.update(wi_0=(ffns, d, config.d_ff), wi_1=(ffns, d, config.d_ff))
+    else:
+        shapes["wi"] = (ffns, d, config.d_ff)
+    return shapes
+
+
+def linear_targets(config: T5Config, targets: list[str]) -> list[tuple[int, int, int]]:
+    """``(how many, in, out)`` of each target leaf name, as :func:`find_linear_targets` would match them."""
+    shapes = t5_linear_shapes(config)
+    missing = sorted(set(targets) - set(shapes))
+    if missing:
+        raise MethodConfigError(f"target_modules {missing} match no linear layer of this model")
+    return [shapes[name] for name in targets]
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

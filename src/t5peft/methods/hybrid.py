@@ -24,10 +24,14 @@ File: ``peft_type`` ``T5PEFT_LORA_PROMPT`` (no Hugging Face PEFT equivalent; PEF
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .base import check_positive
-from .lora import LoraConfig, inject_lora
-from .prompt import PROMPT_MODEL_KEY, PromptTuning, PromptTuningConfig, inject_prompt
+from .lora import LoraConfig, inject_lora, lora_trainable
+from .prompt import PROMPT_MODEL_KEY, PromptTuning, PromptTuningConfig, inject_prompt, prompt_trainable
+
+if TYPE_CHECKING:
+    from ..model.config import T5Config
 
 
 @dataclass
@@ -48,10 +52,14 @@ class LoraPrompt(PromptTuning):
     config_class = LoraPromptConfig
     default_lr = 1e-3
     peft_compatible = False
+    identity_at_init = False  # its prompt is never neutral
 
     def inject(self, model) -> None:
         inject_lora(model, self.config)
         inject_prompt(model, self.config)
+
+    def closed_form_trainable(self, config: T5Config) -> int:
+        return lora_trainable(self.config, config) + prompt_trainable(self.config, config)
 
     def param_groups(self, model, lr: float, weight_decay: float) -> list[dict]:
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

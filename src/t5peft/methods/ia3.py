@@ -27,6 +27,7 @@ plain T5. There is no unmerge: dividing by a learned scale is not exact, and a v
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +39,15 @@ from .base import (
     Neutral,
     check_bool,
     find_linear_targets,
+    linear_targets,
     merge_wrapped_linears,
     module_list,
     replace_module,
     require,
 )
+
+if TYPE_CHECKING:
+    from ..model.config import T5Config
 
 DEFAULT_TARGETS = ["k", "v", "wo"]
 DEFAULT_FEEDFORWARD = ["wo"]
@@ -128,9 +133,18 @@ class IA3(Method):
     default_lr = 3e-3
     peft_compatible = True
     neutral_file_fields = PEFT_IA3_NEUTRAL_FIELDS
+    identity_at_init = True  # with init_ia3_weights (the default): every vector starts at one
 
     def inject(self, model) -> None:
         inject_ia3(model, self.config)
+
+    def closed_form_trainable(self, config: T5Config) -> int:
+        targets = self.config.target_modules
+        total = 0
+        for name, (n, i, o) in zip(targets, linear_targets(config, targets), strict=True):
+            # a module path ends with a feedforward name exactly when its leaf name does (names have no dots)
+            total += n * (i if any(name.endswith(f) for f in self.config.feedforward_modules) else o)
+        return total
 
 
 def merge_ia3(model: nn.Module) -> nn.Module:

@@ -215,6 +215,11 @@ def prompt_file_config(config: PromptTuningConfig) -> dict[str, Any]:
     return {**values, **neutral_values(PEFT_PROMPT_NEUTRAL_FIELDS)}
 
 
+def prompt_trainable(config: PromptTuningConfig, model_config: T5Config) -> int:
+    """``num_virtual_tokens * num_transformer_submodules * d_model``."""
+    return config.total_virtual_tokens * model_config.d_model
+
+
 class PromptTuning(Method):
     name = "prompt"
     peft_type = "PROMPT_TUNING"
@@ -222,9 +227,13 @@ class PromptTuning(Method):
     default_lr = 0.3
     peft_compatible = True
     neutral_file_fields = PEFT_PROMPT_NEUTRAL_FIELDS
+    identity_at_init = False
 
     def inject(self, model) -> None:
         inject_prompt(model, self.config)
+
+    def closed_form_trainable(self, config: T5Config) -> int:
+        return prompt_trainable(self.config, config)
 
     def param_groups(self, model, lr: float, weight_decay: float) -> list[dict]:
         params = [p for p in model.parameters() if p.requires_grad]

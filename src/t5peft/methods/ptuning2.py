@@ -65,6 +65,7 @@ from .base import (
 )
 
 if TYPE_CHECKING:
+    from ..model.config import T5Config
     from ..model.t5 import T5ForConditionalGeneration
 
 # option name -> (stack, extension-point attribute)
@@ -179,9 +180,23 @@ class DeepPrompt(Method):
     peft_type = "T5PEFT_DEEP_PROMPT"
     config_class = DeepPromptConfig
     default_lr = 1e-2
+    identity_at_init = False
 
     def inject(self, model) -> None:
         inject_deep_prompts(model, self.config)
+
+    def closed_form_trainable(self, config: T5Config) -> int:
+        c = self.config
+        n, d, h = c.num_virtual_tokens, config.d_model, c.encoder_hidden_size or config.d_model
+        total = 0
+        for site in c.sites():
+            layers = config.num_layers if SITES[site][0] == "encoder" else config.num_decoder_layers
+            row = layers * 2 * config.inner_dim  # one virtual token's keys and values in every layer: L * 2 * inner
+            if c.prefix_projection:
+                total += n * d + (d * h + h) + (h * row + row)
+            else:
+                total += n * row
+        return total
 
     def export_state(self, model, names: list[str]) -> dict[str, Tensor]:
         """The final prefixes of every enabled site (the reparameterisation MLP evaluated, not saved)."""

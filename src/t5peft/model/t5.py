@@ -184,10 +184,14 @@ class T5Attention(nn.Module):
 
 
 class _SubLayer(nn.Module):
-    """What the three sub-layers share: pre-norm, and "dropout -> optional adapter -> residual" after them."""
+    """What the three sub-layers share: pre-norm, and "dropout -> optional adapter -> residual" after them.
 
-    def __init__(self, config: T5Config) -> None:
-        super().__init__()
+    Subclasses create their main module first and then call :meth:`_add_norm_and_dropout`, so parameters are
+    registered in Hugging Face's order (``SelfAttention.q`` ... before ``layer_norm``): optimizer state and
+    gradient-norm sums then run over the same order as ``transformers`` and as earlier t5peft versions.
+    """
+
+    def _add_norm_and_dropout(self, config: T5Config) -> None:
         self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
         self.adapter: nn.Module | None = None  # extension point (bottleneck adapters)
@@ -201,8 +205,9 @@ class _SubLayer(nn.Module):
 
 class T5LayerSelfAttention(_SubLayer):
     def __init__(self, config: T5Config, has_relative_attention_bias: bool = False) -> None:
-        super().__init__(config)
+        super().__init__()
         self.SelfAttention = T5Attention(config, has_relative_attention_bias)
+        self._add_norm_and_dropout(config)
 
     def forward(
         self,
@@ -217,8 +222,9 @@ class T5LayerSelfAttention(_SubLayer):
 
 class T5LayerCrossAttention(_SubLayer):
     def __init__(self, config: T5Config) -> None:
-        super().__init__(config)
+        super().__init__()
         self.EncDecAttention = T5Attention(config, has_relative_attention_bias=False)
+        self._add_norm_and_dropout(config)
 
     def forward(
         self,
@@ -240,9 +246,10 @@ class T5LayerCrossAttention(_SubLayer):
 
 class T5LayerFF(_SubLayer):
     def __init__(self, config: T5Config) -> None:
-        super().__init__(config)
+        super().__init__()
         dense = T5DenseGatedActDense if config.is_gated_act else T5DenseActDense
         self.DenseReluDense = dense(config)
+        self._add_norm_and_dropout(config)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         return self.add_residual(hidden_states, self.DenseReluDense(self.layer_norm(hidden_states)))
@@ -442,6 +449,8 @@ class T5ForConditionalGeneration(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Random initialisation with the same distributions as Hugging Face's T5."""
+        if self.shared.weight.is_meta:  # shapes only (parameter counts): there are no values to draw
+            return
         c = self.config
         f = c.initializer_factor
         nn.init.normal_(self.shared.weight, std=f)

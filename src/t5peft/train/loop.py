@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.sources import LabeledTexts, dataset_checksums, load_split, split_validation
+from ..data.sources import (
+    LabeledTexts,
+    dataset_checksums,
+    is_single_split_file,
+    load_split,
+    shared_rows,
+    split_validation,
+)
 from ..data.text2text import (
     Batch,
     EncodedSplit,
@@ -49,6 +57,15 @@ log = logging.getLogger(__name__)
 
 class TrainError(T5PeftError, ValueError):
     pass
+
+
+class TrainInterrupted(T5PeftError):
+    """Ctrl-C during a run: the message says where it stopped and which checkpoint exists."""
+
+    def __init__(self, message: str, output: Path, resumable: bool) -> None:
+        super().__init__(message)
+        self.output = output
+        self.resumable = resumable  # the run folder holds the run's settings: ``--resume`` continues it
 
 
 @dataclass
@@ -102,7 +119,24 @@ class TrainConfig:
             raise TrainError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise TrainError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        self._check_ranges()
         self.label_words = tuple(self.label_words)
+        TaskFormat(self.prefix, self.label_words, self.max_source_length, self.truncation_side, self.strip_html)
+
+    def _check_ranges(self) -> None:
+        """Settings checked before anything is loaded, so a typo costs no data loading."""
+        if not 0 <= self.dropout < 1:
+            raise TrainError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.weight_decay >= 0:
+            raise TrainError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.max_grad_norm > 0:
+            raise TrainError(f"max_grad_norm must be > 0 (gradients are always clipped), got {self.max_grad_norm}")
+        if self.validation_size < 1:
+            raise TrainError(f"validation_size must be >= 1, got {self.validation_size}")
+        for name in ("train_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise TrainError(f"{name} must be at least 2 (a review of each class), got {value}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> TrainConfig:
@@ -156,9 +190,7 @@ def build_model(cfg: TrainConfig) -> T5ForConditionalGeneration:
         try:
             return load_pretrained(cfg.model)
         except CheckpointError as err:
-            raise TrainError(
-                f"{err}\n(no pretrained weights? pass --init random to train from random weights)"
-            ) from err
+            raise TrainError(f"{err} (no pretrained weights? pass --init random to train from random weights)") from err
     directory = resolve_model_dir(cfg.model) if not Path(cfg.model).is_file() else Path(cfg.model).parent
     config_path = Path(cfg.model) if Path(cfg.model).is_file() else directory / "config.json"
     if not config_path.is_file():
@@ -167,6 +199,9 @@ def build_model(cfg: TrainConfig) -> T5ForConditionalGeneration:
     config.name_or_path = f"random-init:{cfg.model}"
     torch.manual_seed(cfg.seed)
     return T5ForConditionalGeneration(config)
+
+
+TEST_HOLDOUT_FRACTION = 0.1  # of a single data file, held out as the test set when no --test-data is given
 
 
 def pretraining_record(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -181,12 +216,67 @@ def pretraining_record(cfg: TrainConfig) -> dict[str, Any] | None:
 
 
 def _sample(data: LabeledTexts, size: int | None, seed: int, what: str) -> LabeledTexts:
-    if size is None or size >= len(data):
+    """A seeded, stratified sample of ``size`` rows; all of ``data`` (with a warning) when it has fewer."""
+    if size is None or size == len(data):
         return data
-    if size < 2:
-        raise TrainError(f"{what} size must be at least 2, got {size}")
+    if size > len(data):
+        log.warning(
+            "%s %s is larger than the data (%s); using all %s", what, f"{size:,}", data.origin, f"{len(data):,}"
+        )
+        return data
     _, sample = split_validation(data, size=size, seed=seed)  # stratified, seeded
+    sample.origin = f"{data.origin} [stratified sample: {size:,} of {len(data):,} rows, seed {seed}]"
     return sample
+
+
+def holds_out_test(cfg: TrainConfig) -> bool:
+    """A single data file and no ``test_data``: the run's test set is held out from that file."""
+    return cfg.test_data is None and is_single_split_file(cfg.data)
+
+
+def _hold_out_test(whole: LabeledTexts, cfg: TrainConfig) -> tuple[LabeledTexts, LabeledTexts]:
+    """``(rest, test)``: a seeded, stratified test set taken out of a single data file, disjoint from the rest."""
+    size = cfg.test_size if cfg.test_size is not None else max(2, round(TEST_HOLDOUT_FRACTION * len(whole)))
+    if size + cfg.validation_size + 2 > len(whole):
+        raise TrainError(
+            f"{whole.origin}: {len(whole):,} rows cannot hold a test set of {size:,}, a validation set of "
+            f"{cfg.validation_size:,} and training rows; pass --test-data, or a smaller --test-size / --validation-size"
+        )
+    rest, test = split_validation(whole, size=size, seed=cfg.seed + 2)
+    rest.origin = f"{whole.origin} [minus the test hold-out: {len(rest):,} rows]"
+    test.origin = f"{whole.origin} [test hold-out: {size:,} of {len(whole):,} rows, stratified, seed {cfg.seed + 2}]"
+    return rest, test
+
+
+def run_test_set(cfg: TrainConfig) -> LabeledTexts:
+    """The test set of a run, exactly as its training scored it: same source, size, seed (or hold-out)."""
+    if holds_out_test(cfg):
+        return _hold_out_test(load_split(cfg.data, "train"), cfg)[1]
+    return _sampled_test_split(cfg)[0]
+
+
+def _sampled_test_split(cfg: TrainConfig) -> tuple[LabeledTexts, int]:
+    """The test split of the run's test source, sampled to ``test_size``; and the size of the whole split."""
+    whole = load_split(cfg.test_data or cfg.data, "test")
+    return _sample(whole, cfg.test_size, cfg.seed + 2, "test_size"), len(whole)
+
+
+def _split_off_validation(pool: LabeledTexts, cfg: TrainConfig) -> tuple[LabeledTexts, LabeledTexts]:
+    if cfg.validation_size >= len(pool) - 1:
+        raise TrainError(
+            f"validation_size {cfg.validation_size:,} leaves fewer than 2 training rows of the {len(pool):,} in "
+            f"{pool.origin}; pass a smaller --validation-size"
+        )
+    return split_validation(pool, size=cfg.validation_size, seed=cfg.seed)
+
+
+def data_overlap(train: LabeledTexts, validation: LabeledTexts, test: LabeledTexts) -> dict[str, int]:
+    """Rows whose exact text also occurs in another set of the run (counted and recorded, never removed)."""
+    return {
+        "test_in_train": shared_rows(test, train),
+        "test_in_validation": shared_rows(test, validation),
+        "validation_in_train": shared_rows(validation, train),
+    }
 
 
 @dataclass
@@ -197,20 +287,50 @@ class PreparedData:
     info: dict[str, Any]
 
 
+@dataclass
+class RunTexts:
+    """The reviews of a run, before tokenising: three disjoint sets of rows, and where the test set came from."""
+
+    train: LabeledTexts
+    validation: LabeledTexts
+    test: LabeledTexts
+    test_from: str
+
+    def overlap(self) -> dict[str, int]:
+        return data_overlap(self.train, self.validation, self.test)
+
+
+def select_texts(cfg: TrainConfig) -> RunTexts:
+    """Train, validation and test reviews of a run, from its settings alone (seeded, stratified subsets)."""
+    if holds_out_test(cfg):
+        pool, test = _hold_out_test(load_split(cfg.data, "train"), cfg)
+        test_from = (
+            f"held out from {cfg.data}, a single file: {len(test):,} of its {len(pool) + len(test):,} rows "
+            f"(stratified, seed {cfg.seed + 2}), disjoint from the training and validation rows "
+            "(--test-data tests on another file)"
+        )
+    else:
+        pool, (test, whole) = load_split(cfg.data, "train"), _sampled_test_split(cfg)
+        test_from = f"the test split of {cfg.test_data or cfg.data}"
+        if len(test) < whole:
+            sample = f"a stratified sample (seed {cfg.seed + 2}) of {len(test):,} of the {whole:,} reviews"
+            test_from = f"{sample} of {test_from}"
+    train_rest, validation = _split_off_validation(pool, cfg)
+    train = _sample(train_rest, cfg.train_size, cfg.seed + 1, "train_size")
+    return RunTexts(train, validation, test, test_from)
+
+
 def prepare_data(cfg: TrainConfig, tokenizer, task: TaskFormat) -> PreparedData:
-    train_all = load_split(cfg.data, "train")
-    test_all = load_split(cfg.test_data or cfg.data, "test")
-    train_rest, validation = split_validation(train_all, size=cfg.validation_size, seed=cfg.seed)
-    train = _sample(train_rest, cfg.train_size, cfg.seed + 1, "train")
-    test = _sample(test_all, cfg.test_size, cfg.seed + 2, "test")
-    encoded = {
-        name: encode_split(d, tokenizer, task)
-        for name, d in (("train", train), ("validation", validation), ("test", test))
-    }
+    texts = select_texts(cfg)
+    parts = {"train": texts.train, "validation": texts.validation, "test": texts.test}
+    encoded = {name: encode_split(d, tokenizer, task) for name, d in parts.items()}
     info = {
         "sizes": {name: len(e) for name, e in encoded.items()},
         "truncated": {name: e.truncated for name, e in encoded.items()},
-        "origins": {"train": train_all.origin, "test": test_all.origin},
+        "origins": {name: d.origin for name, d in parts.items()},
+        "test_from": texts.test_from,
+        "test_held_out": holds_out_test(cfg),
+        "overlap": texts.overlap(),
         "checksums": {**dataset_checksums(cfg.data), **(dataset_checksums(cfg.test_data) if cfg.test_data else {})},
     }
     return PreparedData(encoded["train"], encoded["validation"], encoded["test"], info)
@@ -281,19 +401,22 @@ class Run:
         self.compiled = resolve_compile(cfg.compile, self.device)
         self.eval_batch_size = cfg.eval_batch_size or (512 if self.compiled else 64)
         seed_everything(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+        self.task = TaskFormat(cfg.prefix, cfg.label_words, cfg.max_source_length, cfg.truncation_side, cfg.strip_html)
+        self.first_tokens = [ids[0] for ids in label_token_ids(self.tokenizer, self.task)]
+        self._setup_model()  # before the data: a wrong model or option fails in seconds, not after tokenizing
         self._setup_data()
         self.out.mkdir(parents=True, exist_ok=True)
-        self._setup_model()
+        self._place_model()
         self._setup_optimizer()
         self.pretraining = pretraining_record(cfg)
         self.position = Position()
         self.last_validation: tuple[int, EvalResult] | None = None  # (step, result) of the latest log point
+        self.bar: tqdm | None = None  # the training progress bar, closed on Ctrl-C
         self.compile_seconds = 0.0
 
     def _setup_data(self) -> None:
         cfg = self.cfg
-        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-        self.task = TaskFormat(cfg.prefix, cfg.label_words, cfg.max_source_length, cfg.truncation_side, cfg.strip_html)
         self.data = prepare_data(cfg, self.tokenizer, self.task)
         self.static = (
             StaticShape.for_split(self.data.train, cfg.batch_size, cfg.max_source_length) if self.compiled else None
@@ -305,14 +428,15 @@ class Run:
         model.set_dropout(cfg.dropout)
         torch.manual_seed(cfg.seed)  # method initialisation is seeded on its own, whatever came before
         self.model = apply_method(model, cfg.method, **cfg.method_options)
-        if cfg.init == "random" and not self.model.peft.trains_base:
-            # a random base cannot be fetched again: keep it, and point the adapter's config at it
-            save_base(self.model, self.folder.base)
-            self.model.config.name_or_path = str(self.folder.base)
-        self.model.to(self.device)
         self.method = self.model.peft.method
-        first_tokens = [ids[0] for ids in label_token_ids(self.tokenizer, self.task)]
-        self.scorer = Scorer(self.model, first_tokens, self.bf16, self.compiled)
+
+    def _place_model(self) -> None:
+        """Keep a random base beside the run (it cannot be fetched again), then move the model to its device."""
+        if self.cfg.init == "random" and not self.model.peft.trains_base:
+            save_base(self.model, self.folder.base)
+            self.model.config.name_or_path = str(self.folder.base)  # the adapter's config points at it
+        self.model.to(self.device)
+        self.scorer = Scorer(self.model, self.first_tokens, self.bf16, self.compiled)
 
     def _setup_optimizer(self) -> None:
         cfg = self.cfg
@@ -400,6 +524,12 @@ class Run:
     def validate(self, step: int, epoch: float, train_loss: float) -> EvalResult:
         result = self.evaluate_split(self.data.validation, "validation")
         self.last_validation = (step, result)
+        if not self.cfg.progress:  # without a progress bar, one line per log point
+            print(
+                f"step {step}/{self.total_steps} (epoch {epoch:.2f}): train loss {train_loss:.4f}, "
+                f"validation loss {result.loss:.4f}, accuracy {result.accuracy:.4f}",
+                flush=True,
+            )
         self.write_metric(
             {
                 "step": step,
@@ -426,7 +556,7 @@ class Run:
     def fit(self) -> None:
         cfg, pos = self.cfg, self.position
         self.model.train()
-        bar = tqdm(
+        bar = self.bar = tqdm(
             total=self.total_steps,
             initial=pos.global_step,
             disable=not cfg.progress,
@@ -504,17 +634,70 @@ class Run:
             "config": self.cfg.to_dict(),
         }
 
+    def where_stopped(self) -> str:
+        """Where an interrupted run stopped and which checkpoint it can resume from."""
+        pos = self.position
+        if pos.global_step >= self.total_steps:
+            where = f"after training ({pos.global_step} steps), before the test results were written"
+        else:
+            epoch = f"in epoch {pos.epochs_done + 1} of {self.cfg.epochs}"
+            where = f"{epoch}, after step {pos.global_step} of {self.total_steps}"
+        state = self.folder.checkpoint / "state.json"
+        if state.is_file():
+            saved = json.loads(state.read_text())["position"]
+            checkpoint = (
+                f"checkpoint: {self.folder.checkpoint} (end of epoch {saved['epochs_done']}, "
+                f"step {saved['global_step']}); --resume continues from there"
+            )
+        else:
+            checkpoint = "no checkpoint yet (one is written at the end of each epoch); --resume starts it over"
+        return f"interrupted {where}; {checkpoint}"
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what creating ``path`` would create)."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _start(cfg: TrainConfig) -> Run:
+    """Set the run up; if that fails (or is interrupted), remove the folders this call created."""
+    created = _first_missing(Path(cfg.output))
+    try:
+        return Run(cfg)
+    except BaseException as err:
+        if created is not None and created.exists():
+            shutil.rmtree(created)
+        if isinstance(err, KeyboardInterrupt):
+            resumable = RunFolder(Path(cfg.output)).run_config.is_file()
+            where = "interrupted while setting up, before any training step" + ("" if resumable else "; nothing saved")
+            raise TrainInterrupted(where, Path(cfg.output), resumable) from None
+        raise
+
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run and return its results (also written to ``results.json``)."""
-    run = Run(cfg)
+    run = _start(cfg)
     run.resume_if_asked()
     run.folder.run_config.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    try:
+        return _train_and_test(run)
+    except KeyboardInterrupt:
+        if run.bar is not None:
+            run.bar.close()
+        raise TrainInterrupted(run.where_stopped(), run.out, True) from None
+
+
+def _train_and_test(run: Run) -> dict[str, Any]:
     if torch.cuda.is_available() and run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
     run.fit()
     weights_file = run.save_final()
-    test = run.evaluate_split(run.data.test, "test", progress=cfg.progress)
+    test = run.evaluate_split(run.data.test, "test", progress=run.cfg.progress)
     results = run.results(test, run.final_validation(), weights_file)
     run.folder.results.write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from ..errors import T5PeftError
+
+
+class ResumeError(T5PeftError, ValueError):
+    """A checkpoint that cannot be resumed from: missing files, unreadable files, or another method's tensors."""
 
 
 @dataclass
@@ -126,10 +133,27 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> tuple[Position, dict[str, torch.Tensor]]:
     """Restore weights, optimizer, scheduler and RNG; returns the data position and the method state."""
+    try:
+        return _load_checkpoint(directory, model, optimizer, scheduler)
+    except ResumeError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        raise ResumeError(
+            f"{directory}: cannot resume from this checkpoint ({type(err).__name__}: {err}); "
+            "delete the folder to start the run over with --resume"
+        ) from err
+
+
+def _load_checkpoint(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[Position, dict[str, torch.Tensor]]:
     weights = load_file(directory / "trainable.safetensors")
     expected = trainable_state(model)
     if set(weights) != set(expected):
-        raise ValueError(
+        raise ResumeError(
             f"{directory}: the checkpoint's trainable tensors do not match this run's method "
             f"(missing {sorted(set(expected) - set(weights))[:3]}, extra {sorted(set(weights) - set(expected))[:3]})"
         )
