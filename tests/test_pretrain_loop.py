@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from oracles import relative_error
+from helpers import relative_error
 from t5peft.cli import main as cli_main
 from t5peft.model import load_pretrained
 from t5peft.model.checkpoint import SAFETENSORS_INDEX, CheckpointError, plan_shards, write_checkpoint
