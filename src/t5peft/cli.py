@@ -1,4 +1,4 @@
-"""Command line: t5peft train | evaluate | predict | compare | report | methods."""
+"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain."""
 
 from __future__ import annotations
 
@@ -175,6 +175,90 @@ def _print_summary(results: dict) -> None:
     folder = Path(results["config"]["output"])
     files = sorted(f"{entry.name}/" if entry.is_dir() else entry.name for entry in folder.iterdir())
     print(f"  run folder: {folder} ({', '.join(files)})")
+    if results.get("pretraining"):
+        from .pretrain.loop import weights_summary
+
+        print(f"  backbone: {weights_summary(results['pretraining'])}")
+
+
+def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    from .pretrain.loop import EXPORT_DTYPES, SCHEDULES, PretrainConfig
+
+    d = PretrainConfig(model="", output="", max_steps=1)
+    p.add_argument("--model", required=True, help="folder with config.json (--init random) or a checkpoint")
+    p.add_argument(
+        "--init",
+        choices=["random", "pretrained"],
+        default=d.init,
+        help="random: weights drawn from --seed; pretrained: continue pretraining --model's weights",
+    )
+    p.add_argument("--data", default=d.data, help="IMDb-layout folder or Hub id, or a .txt/.jsonl/.parquet/.csv file")
+    p.add_argument("--output", required=True, help="folder for the checkpoint and the run's files")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model)")
+    p.add_argument(
+        "--splits", nargs="+", default=None, help="splits of an IMDb-layout source (default: unsupervised train)"
+    )
+    p.add_argument("--test-data", default=None, help="texts never to pretrain on (default: the source's test split)")
+    p.add_argument(
+        "--keep-test-overlap",
+        dest="exclude_test_overlap",
+        action="store_false",
+        help="keep documents that are exact copies of test texts (they are counted either way)",
+    )
+    p.add_argument("--input-length", type=int, default=d.input_length)
+    p.add_argument("--noise-density", type=float, default=d.noise_density)
+    p.add_argument("--mean-noise-span-length", type=float, default=d.mean_noise_span_length)
+    p.add_argument(
+        "--no-first-sentinel",
+        dest="first_sentinel",
+        action="store_false",
+        help="targets start with the first span's tokens instead of <extra_id_0> (a variant of T5's objective)",
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps, or 1000")
+    p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="where the cosine ends, x peak")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--max-steps", type=int, default=None, help="step budget (the schedule runs over it)")
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="time budget in training minutes (alone: the schedule too)"
+    )
+    p.add_argument("--validation-documents", type=int, default=d.validation_documents)
+    p.add_argument("--validation-examples", type=int, default=d.validation_examples)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument(
+        "--export-steps",
+        type=lambda text: [int(x) for x in text.split(",") if x],
+        default=[],
+        help="comma list of steps at which to also write a checkpoint (exports/step-N)",
+    )
+    p.add_argument("--export-dtype", choices=list(EXPORT_DTYPES), default=d.export_dtype)
+    p.add_argument("--max-shard-mb", type=float, default=None, help="write sharded safetensors of at most N MiB")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision)
+    p.add_argument("--compile", choices=["auto", "on", "off"], default=d.compile)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .pretrain.loop import PretrainConfig, pretrain
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if hasattr(args, f.name)}
+    record = pretrain(PretrainConfig(**values, progress=not args.no_progress))
+    training, losses = record["training"], record["losses"]
+    print(f"pretrained {record['parameters']:,} parameters: {training['steps']:,} steps ({training['stopped_by']})")
+    print(f"  validation loss: {losses['validation'][0]['loss']:.4f} -> {losses['validation'][-1]['loss']:.4f}")
+    print(f"  training: {training['minutes']:.2f} min, {training['input_tokens_per_s']:.0f} input tokens/s")
+    print(f"  checkpoint: {args.output} (fine-tune it with: t5peft train --model {args.output} ...)")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -273,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune on IMDb with one method", formatter_class=HelpFormatter)
     _add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "pretrain", help="pretrain T5 with span corruption (from scratch or continued)", formatter_class=HelpFormatter
+    )
+    _add_pretrain_arguments(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="evaluate a finished run folder", formatter_class=HelpFormatter)
     p.add_argument("run", help="run folder")

@@ -70,6 +70,7 @@ def run_record(run_folder: Path, root: Path | None = None) -> dict[str, Any]:
         "seed": r["seed"],
         "folder": str(folder),
         "weights": r["weights"],
+        "pretraining": r.get("pretraining"),  # what a pretrained-here backbone is (data, steps, time, machine)
         "learning_rate": r["learning_rate"],
         "method_options": r["method_options"],
         "test_accuracy": r["test"]["accuracy"],

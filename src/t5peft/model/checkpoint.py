@@ -212,11 +212,75 @@ def read_checkpoint(
 # Writing
 
 
-def write_checkpoint(config: T5Config, state: dict[str, Tensor], directory: str | os.PathLike) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (tensors copied to the CPU) for ``transformers`` and us."""
+def write_checkpoint(
+    config: T5Config,
+    state: dict[str, Tensor],
+    directory: str | os.PathLike,
+    *,
+    max_shard_bytes: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``config.json`` + the weights (tensors copied to the CPU) for ``transformers`` and us.
+
+    One ``model.safetensors``, or with ``max_shard_bytes`` shards ``model-0000i-of-0000n.safetensors`` of at
+    most that many bytes each (tensor data plus the file's header) and their ``model.safetensors.index.json``,
+    as ``transformers`` writes them; a tensor larger than a shard on its own is an error. ``dtype`` converts
+    floating-point tensors (e.g. ``torch.bfloat16`` halves the files). Weight files a previous write left in
+    ``directory`` are removed first, so the folder never holds two sets of weights.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config.save(directory)
-    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
-    save_file(tensors, directory / SAFETENSORS, metadata={"format": "pt"})
+    tensors = {name: _for_file(tensor, dtype) for name, tensor in state.items()}
+    _remove_weight_files(directory)
+    if max_shard_bytes is None:
+        save_file(tensors, directory / SAFETENSORS, metadata={"format": "pt"})
+        return directory
+    shards = plan_shards(tensors, max_shard_bytes)
+    weight_map: dict[str, str] = {}
+    for number, names in enumerate(shards, start=1):
+        file_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        save_file({name: tensors[name] for name in names}, directory / file_name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, file_name))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return directory
+
+
+def _for_file(tensor: Tensor, dtype: torch.dtype | None) -> Tensor:
+    tensor = tensor.detach().to("cpu")
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.contiguous()
+
+
+def _remove_weight_files(directory: Path) -> None:
+    for pattern in (SAFETENSORS, SAFETENSORS_INDEX, "model-*-of-*.safetensors", PYTORCH_BIN, PYTORCH_BIN_INDEX):
+        for path in directory.glob(pattern):
+            path.unlink()
+
+
+# A safetensors header holds, per tensor, its name, dtype, shape and offsets as JSON: this bounds it generously.
+_HEADER_BYTES_PER_TENSOR = 256
+_HEADER_BYTES = 1024
+
+
+def plan_shards(tensors: dict[str, Tensor], max_shard_bytes: int) -> list[list[str]]:
+    """Tensor names per shard, in order, each shard's file at most ``max_shard_bytes`` (header included)."""
+    shards: list[list[str]] = [[]]
+    used = _HEADER_BYTES
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size() + _HEADER_BYTES_PER_TENSOR + len(name)
+        if size + _HEADER_BYTES > max_shard_bytes:
+            raise CheckpointError(
+                f"tensor {name} {tuple(tensor.shape)} takes {size / 2**20:.2f} MiB as {tensor.dtype}, more than a "
+                f"shard of {max_shard_bytes / 2**20:.2f} MiB can hold (a tensor is never split across files): "
+                "allow larger shards, or write bfloat16"
+            )
+        if shards[-1] and used + size > max_shard_bytes:
+            shards.append([])
+            used = _HEADER_BYTES
+        shards[-1].append(name)
+        used += size
+    return shards

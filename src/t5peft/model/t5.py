@@ -651,8 +651,19 @@ class T5ForConditionalGeneration(nn.Module):
             model.lm_head.weight = model.shared.weight
         return model.to(device).eval()
 
-    def save_pretrained(self, directory: str | os.PathLike, exclude: Collection[str] = ()) -> None:
-        """Write ``config.json`` + ``model.safetensors``; ``exclude`` names parameters a method added (not T5's)."""
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        exclude: Collection[str] = (),
+        *,
+        max_shard_bytes: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """Write ``config.json`` + ``model.safetensors``; ``exclude`` names parameters a method added (not T5's).
+
+        ``max_shard_bytes`` writes sharded safetensors instead, ``dtype`` converts the weights (see
+        :func:`~t5peft.model.checkpoint.write_checkpoint`).
+        """
         state = {name: p for name, p in self.named_parameters() if name not in exclude}  # tied weight listed once
         with torch.device("meta"):
             expected = {name for name, _ in type(self)(self.config).named_parameters()}
@@ -662,7 +673,7 @@ class T5ForConditionalGeneration(nn.Module):
                 f"the model carries parameters a plain T5 checkpoint cannot hold ({', '.join(extra[:5])}...); "
                 "merge or remove the PEFT method first, or save the adapter with save_adapter"
             )
-        write_checkpoint(self.config, state, directory)
+        write_checkpoint(self.config, state, directory, max_shard_bytes=max_shard_bytes, dtype=dtype)
 
 
 def load_pretrained(

@@ -1,4 +1,5 @@
-"""T5 span-corruption pretraining: the objective (:mod:`.objective`) and its data (:mod:`.data`)."""
+"""T5 span-corruption pretraining: the objective (:mod:`.objective`), its data (:mod:`.data`) and the run
+(:mod:`.loop`: :func:`pretrain`, ``t5peft pretrain``)."""
 
 from .data import (
     Overlap,
@@ -15,6 +16,17 @@ from .data import (
     train_batches,
     validation_batches,
 )
+from .loop import (
+    LrSchedule,
+    PretrainConfig,
+    PretrainError,
+    Pretraining,
+    build_data,
+    prepare_texts,
+    pretrain,
+    validation_loss,
+    weights_summary,
+)
 from .objective import (
     compute_lengths,
     corrupt,
@@ -27,12 +39,17 @@ from .objective import (
 )
 
 __all__ = [
+    "LrSchedule",
     "Overlap",
     "PretrainBatch",
+    "PretrainConfig",
     "PretrainData",
+    "PretrainError",
     "PretrainTexts",
+    "Pretraining",
     "assert_disjoint",
     "batches_per_epoch",
+    "build_data",
     "build_pretrain_data",
     "compute_lengths",
     "corrupt",
@@ -40,6 +57,8 @@ __all__ = [
     "count_overlap",
     "exclude_texts",
     "load_pretrain_texts",
+    "prepare_texts",
+    "pretrain",
     "random_spans_noise_mask",
     "record_test_overlap",
     "restore",
@@ -48,4 +67,6 @@ __all__ = [
     "span_counts",
     "train_batches",
     "validation_batches",
+    "validation_loss",
+    "weights_summary",
 ]

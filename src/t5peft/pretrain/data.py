@@ -568,9 +568,19 @@ def train_batches(
     """The training batches of ``epoch`` from batch index ``start`` on (``start > 0`` resumes a run)."""
     order = epoch_order(len(data.train), seed, epoch)
     for batch in range(start, batches_per_epoch(data, batch_size)):
-        indices = order[batch * batch_size : (batch + 1) * batch_size]
-        rngs = [example_rng(seed, _TRAIN_STREAM, epoch, int(i)) for i in indices]
-        yield corrupt_chunks(data, data.train[indices], rngs)
+        yield train_batch(data, batch_size, seed=seed, epoch=epoch, index=batch, order=order)
+
+
+def train_batch(
+    data: PretrainData, batch_size: int, *, seed: int, epoch: int, index: int, order: np.ndarray | None = None
+) -> PretrainBatch:
+    """Training batch ``index`` of ``epoch`` on its own (``order``: that epoch's :func:`epoch_order`, if known)."""
+    if not 0 <= index < batches_per_epoch(data, batch_size):
+        raise IndexError(f"batch {index} of an epoch of {batches_per_epoch(data, batch_size)} batches")
+    order = epoch_order(len(data.train), seed, epoch) if order is None else order
+    indices = order[index * batch_size : (index + 1) * batch_size]
+    rngs = [example_rng(seed, _TRAIN_STREAM, epoch, int(i)) for i in indices]
+    return corrupt_chunks(data, data.train[indices], rngs)
 
 
 def validation_batches(data: PretrainData, batch_size: int, *, seed: int = 0) -> Iterator[PretrainBatch]:

@@ -49,3 +49,40 @@ class RunFolder:
     def request(self) -> Path:
         """The settings ``compare`` asked the run to use."""
         return self.root / "request.json"
+
+
+# A checkpoint written by ``t5peft pretrain`` carries this record beside its weights; fine-tuning from it labels
+# every result with PRETRAINED_HERE (never "pretrained", which means weights from elsewhere, such as t5-small).
+PRETRAINING_RECORD = "pretraining.json"
+PRETRAINED_HERE = "pretrained-here"
+
+
+@dataclass(frozen=True)
+class PretrainFolder:
+    """``t5peft pretrain --output``: the final checkpoint (Hugging Face layout) and the run's own files."""
+
+    root: Path
+
+    @property
+    def record(self) -> Path:
+        """What the checkpoint is: architecture, data, steps, time, losses, machine (written with the weights)."""
+        return self.root / PRETRAINING_RECORD
+
+    @property
+    def run_config(self) -> Path:
+        """Every setting of the pretraining run."""
+        return self.root / "pretrain_config.json"
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON line per validation point: step, training and validation loss, lr, tokens/s."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        """The latest training state for ``--resume`` (weights, AdamW, scheduler, RNG, data position)."""
+        return self.root / "checkpoint"
+
+    def export(self, step: int) -> Path:
+        """A snapshot checkpoint written at ``step`` (``--export-steps``), in the same layout as the final one."""
+        return self.root / "exports" / f"step-{step:07d}"

@@ -48,7 +48,7 @@ from ..model.t5 import T5ForConditionalGeneration, load_pretrained
 from ..tokenizer import load_tokenizer
 from .env import environment, memory_report
 from .evaluate import EvalResult, Scorer, evaluate
-from .layout import RunFolder
+from .layout import PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder
 from .state import Position, load_checkpoint, save_checkpoint
 from .step import COMPILE_SETTINGS, TrainStep, resolve_compile
 
@@ -202,6 +202,17 @@ def build_model(cfg: TrainConfig) -> T5ForConditionalGeneration:
 
 
 TEST_HOLDOUT_FRACTION = 0.1  # of a single data file, held out as the test set when no --test-data is given
+
+
+def pretraining_record(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The record ``t5peft pretrain`` wrote beside the weights of ``cfg.model``; None for other weights."""
+    path = Path(cfg.model) / PRETRAINING_RECORD
+    if cfg.init != "pretrained" or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TrainError(f"{path}: not a readable pretraining record ({err})") from err
 
 
 def _sample(data: LabeledTexts, size: int | None, seed: int, what: str) -> LabeledTexts:
@@ -398,6 +409,7 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self._place_model()
         self._setup_optimizer()
+        self.pretraining = pretraining_record(cfg)
         self.position = Position()
         self.last_validation: tuple[int, EvalResult] | None = None  # (step, result) of the latest log point
         self.bar: tqdm | None = None  # the training progress bar, closed on Ctrl-C
@@ -447,7 +459,9 @@ class Run:
 
     @property
     def weights_label(self) -> str:
-        return "random-init" if self.cfg.init == "random" else "pretrained"
+        if self.cfg.init == "random":
+            return "random-init"
+        return PRETRAINED_HERE if self.pretraining is not None else "pretrained"
 
     def _check_output_folder(self) -> None:
         config_path = self.folder.run_config
@@ -596,6 +610,7 @@ class Run:
             "seed": self.cfg.seed,
             "weights": self.weights_label,
             "model": self.cfg.model,
+            "pretraining": self.pretraining,
             "parameters": count_parameters(self.model),
             "test": test.summary(),
             "validation": validation.summary(),
