@@ -424,6 +424,13 @@ def test_train_help_shows_every_default() -> None:
         assert shown in text
 
 
+def test_flags_say_off_by_default_in_every_command() -> None:
+    """A store_false flag (``--no-first-sentinel``) is off unless given; its help must not say "default: True"."""
+    for name, command in build_parser()._subparsers._group_actions[0].choices.items():
+        text = " ".join(command.format_help().split())
+        assert "(default: True)" not in text and "(default: False)" not in text, name
+
+
 def test_main_help_is_plain_text(capsys) -> None:
     with pytest.raises(SystemExit):
         cli_main(["--help"])

@@ -35,7 +35,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         help_text = action.help or ""
         if "default:" in help_text or action.default in (None, argparse.SUPPRESS):
             return help_text  # said in words, or nothing to say
-        if action.nargs == 0 and action.default is False:  # a flag
+        if action.nargs == 0 and isinstance(action.default, bool):  # a flag: store_true or store_false
             return f"{help_text} (default: off)"
         return super()._get_help_string(action)
 
