@@ -19,9 +19,11 @@ from t5peft.experiments.report import (
     choose_learning_rates,
     counted_memory,
     markdown_table,
+    method_styles,
     render_report,
     summarize,
 )
+from t5peft.methods import method_names
 
 pytest.importorskip("matplotlib")
 
@@ -147,6 +149,12 @@ def _eight_methods(seeds=(0, 1)):
         for seed in seeds:
             runs.append(fake_run(method, seed, 1e-3, val=0.5, test=0.5 + 0.001 * (i % 2)))
     return results_of(runs, [{"name": m, "lr": 1e-3} for m in TRAINABLE], seeds)
+
+
+def test_every_registered_method_has_its_own_colour_and_marker():
+    styles = method_styles(method_names())
+    assert len({s["color"] for s in styles.values()}) == len(styles)
+    assert len({s["marker"] for s in styles.values()}) == len(styles)
 
 
 def test_figure_every_method_visible_labels_apart_colours_kept():

@@ -324,9 +324,13 @@ def _sweep_lines(sweeps: dict[str, dict[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # Figures
 
-# tab10 without its grey, which the bar panels use for quantities that are not methods
-METHOD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
+# tab10 without its grey (the bar panels use greys for quantities that are not methods), then four dark tab20b
+# hues, so that each of the 13 registered methods has a colour and a marker of its own
+METHOD_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+    "#393b79", "#8c6d31", "#637939", "#7b4173",
+)  # fmt: skip
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8")
 METHOD_DASHES = ("-", "--", "-.", ":", (0, (6, 2)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2, 2, 2)))
 QUANTITY_GREYS = ("0.25", "0.55", "0.8")
 
