@@ -170,6 +170,7 @@ def test_hub_id_downloads_with_injected_downloader(saved):
     assert model.config.d_model == 16
     assert calls[0]["repo_id"] == "google-t5/t5-small"
     assert "model.safetensors" in calls[0]["allow_patterns"]
+    assert "pretraining.json" in calls[0]["allow_patterns"]  # a backbone pretrained here keeps its label
 
 
 def test_hub_offline_fails_fast_with_advice():

@@ -207,6 +207,11 @@ def test_seed_notebook_config_is_what_the_notebook_ran(in_repo):
             id="lr-twice",
         ),
         pytest.param(
+            {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": [1e-4, 1.000001e-4]}}},
+            r"\[methods.lora\] lr: .* lists a value twice \(run folders",
+            id="lr-same-folder-name",
+        ),
+        pytest.param(
             {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"lr": [1e-3, "fast"]}}},
             r"\[methods.lora\] lr: 'fast' is not a positive number",
             id="lr-not-a-number",

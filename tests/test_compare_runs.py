@@ -113,6 +113,29 @@ def test_changed_lr_is_an_error_naming_the_run_and_rerun_changed_reruns_it(tmp_p
     assert [r.status for r in outcome.runs] == ["finished"]
 
 
+def test_a_backbone_pretrained_again_at_the_same_path_is_a_change(tmp_path, shared_env):
+    """Same settings, same model path, but the backbone there was pretrained again: its results are not reused."""
+    backbone = tmp_path / "backbone"
+    backbone.mkdir()
+    (backbone / "config.json").write_text((TINY / "config.json").read_text())
+    (backbone / "pretraining.json").write_text(json.dumps({"weights": "pretrained-here", "training": {"steps": 40}}))
+    config = write_experiment(tmp_path, model=str(backbone))
+    config.write_text(config.read_text().replace('init = "random"', 'init = "pretrained"'))
+    (request,) = build_requests(load_experiment(config), tmp_path / "out", device="cpu", compile=None)
+    request.folder.root.mkdir(parents=True)
+    results = {
+        "config": request.config.to_dict(),
+        "pretraining": json.loads((backbone / "pretraining.json").read_text()),
+    }
+    request.folder.results.write_text(json.dumps(results))
+    assert check_existing([request]) == []
+    (backbone / "pretraining.json").write_text(json.dumps({"weights": "pretrained-here", "training": {"steps": 80}}))
+    [(changed, differences)] = check_existing([request])
+    assert changed is request and differences == [
+        f"the backbone in {backbone} was pretrained again since (its pretraining.json differs)"
+    ]
+
+
 def test_partial_runs_and_command_line_overrides_are_checked_too(tmp_path, shared_env):
     output = tmp_path / "out"
     config = write_experiment(tmp_path, methods=("lora", "ia3"), sections="[methods.lora]\nlr = 1e-3\n")

@@ -18,6 +18,7 @@ from t5peft.cli import main as cli_main
 from t5peft.model import load_pretrained
 from t5peft.model.checkpoint import SAFETENSORS_INDEX, CheckpointError, plan_shards, write_checkpoint
 from t5peft.pretrain import LrSchedule, PretrainConfig, PretrainError, pretrain
+from t5peft.pretrain.loop import prepare_texts
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "models" / "t5-tiny")
@@ -184,7 +185,8 @@ def test_fine_tuning_from_it_says_pretrained_here(
     common += ["--max-source-length", "32", "--logs-per-two-epochs", "4", "--no-progress"]
     assert cli_main(["train", "--model", str(pretrained), "--output", str(tmp_path / "ft"), *common]) == 0
     summary = capsys.readouterr().out
-    assert "(pretrained-here weights)" in summary and "backbone: pretrained here: d_model 64" in summary
+    assert "(pretrained-here weights)" in summary
+    assert "backbone: pretrained here (from random weights): d_model 64" in summary
     results = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert results["weights"] == "pretrained-here"
     assert results["pretraining"]["training"]["steps"] == 40
@@ -199,6 +201,44 @@ def test_fine_tuning_from_it_says_pretrained_here(
 def test_cli_pretrain_needs_a_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["pretrain", "--model", TINY, "--output", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip() == "t5peft pretrain: error: give a budget: max_steps and/or max_minutes"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--noise-density", "1.5"],
+        ["--mean-noise-span-length", "0.5"],
+        ["--input-length", "2"],
+        ["--splits", "train", "train"],
+        ["--validation-documents", "100000"],
+        ["--seed", "-1"],
+    ],
+    ids=lambda bad: bad[0].lstrip("-"),
+)
+def test_cli_pretrain_bad_settings_are_one_line_errors(
+    bad: list[str], small_imdb: Path, t5_small_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["pretrain", "--model", TINY, "--tokenizer", str(t5_small_dir), "--data", str(small_imdb)]
+    assert cli_main([*args, "--output", str(tmp_path / "x"), "--max-steps", "1", "--no-progress", *bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("t5peft pretrain: error: ") and "\n" not in err and "internal error" not in err, err
+
+
+def test_a_source_without_test_texts_needs_them_or_an_explicit_choice(
+    small_imdb: Path, t5_small_dir: Path, tmp_path: Path
+) -> None:
+    """A text file has no test split: the run must not record a test-overlap check that never ran."""
+    texts = pq.read_table(small_imdb / "plain_text" / "train-00000-of-00001.parquet").column("text").to_pylist()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(text.replace("\n", " ") for text in texts) + "\n")
+    cfg = tiny_pretrain_config(corpus, t5_small_dir, tmp_path / "out")
+    with pytest.raises(PretrainError, match="has no test split.*--test-data.*--keep-test-overlap"):
+        prepare_texts(cfg)
+    kept = prepare_texts(tiny_pretrain_config(corpus, t5_small_dir, tmp_path / "out", exclude_test_overlap=False))
+    assert kept.info["test_overlap"] is None and len(kept.texts) == len(texts)
+    test_file = small_imdb / "plain_text" / "test-00000-of-00001.parquet"
+    checked = prepare_texts(tiny_pretrain_config(corpus, t5_small_dir, tmp_path / "out", test_data=str(test_file)))
+    assert checked.info["test_overlap"]["test_source"]
 
 
 def test_schedule_warms_up_then_decays_to_the_floor() -> None:

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from ..errors import T5PeftError
 from ..train.layout import RunFolder
-from ..train.loop import TrainConfig
+from ..train.loop import TrainConfig, pretraining_record
 from .config import Experiment, ExperimentError, PlannedRun, format_lr, load_experiment
 from .report import FIGURE_FILE, MEMORY_FIGURE_FILE, RESULTS_FILE, TABLE_FILE, collect_results, render_report
 
@@ -169,6 +169,18 @@ def settings_differences(saved: dict[str, Any], wanted: TrainConfig, finished: b
     ]
 
 
+def backbone_difference(request: Request) -> list[str]:
+    """A finished run on a backbone pretrained here, whose folder now holds another pretraining (same path)."""
+    model = Path(request.config.model)
+    if not request.folder.results.is_file() or not model.is_dir():
+        return []
+    saved = json.loads(request.folder.results.read_text(encoding="utf-8")).get("pretraining")
+    now = pretraining_record(request.config)
+    if saved == now:
+        return []
+    return [f"the backbone in {model} was pretrained again since (its pretraining.json differs)"]
+
+
 def check_existing(requests: list[Request]) -> list[tuple[Request, list[str]]]:
     """The runs whose folders hold results or a partial run made with other settings, with what differs."""
     changed = []
@@ -181,6 +193,7 @@ def check_existing(requests: list[Request]) -> list[tuple[Request, list[str]]]:
         if saved is None:
             continue
         differences = settings_differences(saved, request.config, request.folder.results.is_file())
+        differences += backbone_difference(request)
         if differences:
             changed.append((request, differences))
     return changed

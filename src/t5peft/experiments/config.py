@@ -167,10 +167,6 @@ class Experiment:
             values["lr"] = chosen
         return TrainConfig(**values)
 
-    def plan(self) -> list[tuple[MethodPlan, int]]:
-        """(method, seed) pairs; see :meth:`runs` for the runs themselves (a sweep has several per pair)."""
-        return [(m, s) for m in self.methods for s in self.seeds]
-
     def runs(self) -> list[PlannedRun]:
         return [PlannedRun(m, lr, s) for m in self.methods for lr in m.learning_rates for s in self.seeds]
 
@@ -204,8 +200,8 @@ def _check_lr(lr: Any, where: str) -> float | list[float] | None:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ExperimentError(f"{where} lr: {value!r} is not a positive number")
-    if len(set(values)) != len(values):
-        raise ExperimentError(f"{where} lr: {lr} lists a value twice")
+    if len({format_lr(v) for v in values}) != len(values):  # each value names its own run folder
+        raise ExperimentError(f"{where} lr: {lr} lists a value twice (run folders name it with 6 digits)")
     return [float(v) for v in values] if isinstance(lr, list) else float(lr)
 
 

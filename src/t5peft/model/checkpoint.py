@@ -56,7 +56,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike, downloader: Downloader | 
     if not looks_like_hub_id(name_or_path):
         raise CheckpointError(f"{path}: no such folder, and not a Hugging Face Hub model id")
     instead = "a local folder holding config.json and model.safetensors (or pytorch_model.bin)"
-    common = ["config.json"]
+    common = ["config.json", "pretraining.json"]  # the record of `t5peft pretrain`, where the weights come from it
     folder = download_snapshot(
         str(name_or_path),
         [*common, SAFETENSORS, SAFETENSORS_INDEX, "model-*.safetensors"],

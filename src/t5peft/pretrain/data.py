@@ -102,7 +102,7 @@ def load_pretrain_texts(
     path = Path(source).expanduser()
     if path.is_file():
         if splits is not None:
-            raise ValueError(f"{path}: a single file is one set of documents; splits apply only to folders")
+            raise DataError(f"{path}: a single file is one set of documents; splits apply only to folders")
         return _load_text_file(path)
     chosen = _check_splits(splits, str(source))
     if path.is_dir():
@@ -121,7 +121,7 @@ def _check_splits(splits: Sequence[str] | None, source: str) -> tuple[str, ...]:
             f"evaluation data); use {' and/or '.join(IMDB_PRETRAIN_SPLITS)}"
         )
     if not chosen or len(set(chosen)) != len(chosen):
-        raise ValueError(f"{source}: splits must be distinct and at least one, got {list(chosen)}")
+        raise DataError(f"{source}: splits must be distinct and at least one, got {list(chosen)}")
     return chosen
 
 
@@ -414,7 +414,7 @@ class PretrainData:
 def split_documents(count: int, validation_documents: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(train, validation)`` document indices, both in a seeded random order (the packing order)."""
     if not 0 <= validation_documents < count:
-        raise ValueError(f"validation_documents must be in [0, {count}) for {count} documents")
+        raise DataError(f"validation_documents must be in [0, {count}) for {count} documents")
     order = np.random.default_rng([_check_seed(seed), _SPLIT_STREAM]).permutation(count)
     return order[validation_documents:], order[:validation_documents]
 
@@ -451,7 +451,7 @@ def build_pretrain_data(
     sentinels = sentinel_ids(tokenizer)
     num_noise, num_spans = span_counts(raw_length, noise_density, mean_noise_span_length)
     if num_spans > len(sentinels):
-        raise ValueError(f"input_length {input_length} needs {num_spans} sentinels; the tokenizer has {len(sentinels)}")
+        raise DataError(f"input_length {input_length} needs {num_spans} sentinels; the tokenizer has {len(sentinels)}")
     train_idx, validation_idx = split_documents(len(documents), validation_documents, seed)
     train, train_info = _pack_part(documents, train_idx, tokenizer, raw_length, sentinels, "train")
     validation, validation_info = _pack_part(documents, validation_idx, tokenizer, raw_length, sentinels, "validation")
@@ -500,7 +500,7 @@ def _pack_part(
     _check_no_sentinels(ids, indices, sentinels)
     chunks, dropped = pack(ids, raw_length)
     if len(chunks) == 0 and len(indices) > 0:
-        raise ValueError(f"the {len(indices)} {name} documents hold fewer than {raw_length} tokens: not one example")
+        raise DataError(f"the {len(indices)} {name} documents hold fewer than {raw_length} tokens: not one example")
     counts = {"documents": len(indices), "tokens": sum(map(len, ids)), "examples": len(chunks)}
     return chunks, {**counts, "tokens_dropped": dropped}
 
@@ -518,7 +518,7 @@ def _check_no_sentinels(ids: Sequence[np.ndarray], indices: np.ndarray, sentinel
 
 def _check_seed(seed: int) -> int:
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise DataError(f"seed must be non-negative, got {seed}")
     return seed
 
 

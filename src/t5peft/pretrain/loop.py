@@ -154,6 +154,8 @@ class PretrainConfig:
             raise PretrainError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 <= self.dropout < 1.0:
             raise PretrainError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.seed < 2**32:
+            raise PretrainError(f"seed must be in [0, 2**32), got {self.seed}")
         self.export_steps = sorted({int(step) for step in self.export_steps})
         if self.export_steps and self.export_steps[0] < 1:
             raise PretrainError(f"export_steps must be >= 1, got {self.export_steps[0]}")
@@ -235,16 +237,23 @@ class LrSchedule:
 
 
 def _test_texts(cfg: PretrainConfig) -> tuple[list[str], str] | None:
-    """The texts never to pretrain on, and where they came from; None when the source has no test split."""
+    """The texts never to pretrain on, and where they came from; None only when the user chose to keep them.
+
+    A text file, or a folder without a test split, has no test texts of its own: rather than record a check that
+    never ran, it needs ``test_data`` (the texts the backbone will be tested on) or ``exclude_test_overlap`` off.
+    """
     if cfg.test_data is not None:
         test = load_split(cfg.test_data, "test")
         return test.texts, test.origin
     path = Path(cfg.data).expanduser()
-    if path.is_file():
-        return None
     shard_dir = path / "plain_text" if (path / "plain_text").is_dir() else path
-    if path.is_dir() and not any(shard_dir.glob("test-*.parquet")):
-        return None
+    if path.is_file() or (path.is_dir() and not any(shard_dir.glob("test-*.parquet"))):
+        if not cfg.exclude_test_overlap:
+            return None
+        raise PretrainError(
+            f"{cfg.data}: has no test split, so nothing keeps your test texts out of pretraining; pass test_data "
+            "(--test-data, the texts you will test on) or set exclude_test_overlap off (--keep-test-overlap)"
+        )
     try:
         test = load_split(cfg.data, "test")
     except DataError as err:
@@ -691,8 +700,10 @@ class Pretraining:
         return {
             "weights": PRETRAINED_HERE,
             "what": (
-                "a T5 pretrained by `t5peft pretrain` (span corruption) with the architecture below: "
-                "not Google's t5-small or any published checkpoint"
+                "a T5 pretrained by `t5peft pretrain` (span corruption) from random weights, with the architecture "
+                "below: not Google's t5-small or any published checkpoint"
+                if cfg.init == "random"
+                else f"{cfg.model}, continued by `t5peft pretrain` (span corruption): no longer that checkpoint"
             ),
             "snapshot": snapshot,
             "architecture": {
@@ -786,8 +797,10 @@ def pretrain(
 def weights_summary(record: dict[str, Any]) -> str:
     """One line on what a pretrained-here checkpoint is (for summaries)."""
     training, arch = record["training"], record["architecture"]
+    start = "from random weights" if record["init"] == "random" else f"continued from {record['init'].split(':', 1)[1]}"
     return (
-        f"pretrained here: d_model {arch['d_model']}, {arch['num_layers']}+{arch['num_decoder_layers']} layers, "
+        f"pretrained here ({start}): d_model {arch['d_model']}, "
+        f"{arch['num_layers']}+{arch['num_decoder_layers']} layers, "
         f"{record['parameters']:,} parameters, {training['steps']:,} steps, {training['minutes']:.1f} min on "
         f"{record['environment']['device_name']}"
     )

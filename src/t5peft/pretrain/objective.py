@@ -23,7 +23,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import T5PeftError
 from ..tokenizer import NUM_EXTRA_IDS, T5Tokenizer
+
+
+class SpanCorruptionError(T5PeftError, ValueError):
+    """Settings the objective cannot honour (a noise density, span length or input length)."""
+
 
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0
@@ -31,9 +37,9 @@ MEAN_NOISE_SPAN_LENGTH = 3.0
 
 def _check_parameters(noise_density: float, mean_noise_span_length: float) -> None:
     if not 0.0 < noise_density < 1.0:
-        raise ValueError(f"noise_density must be in (0, 1), got {noise_density}")
+        raise SpanCorruptionError(f"noise_density must be in (0, 1), got {noise_density}")
     if mean_noise_span_length < 1.0:
-        raise ValueError(f"mean_noise_span_length must be at least 1, got {mean_noise_span_length}")
+        raise SpanCorruptionError(f"mean_noise_span_length must be at least 1, got {mean_noise_span_length}")
 
 
 def span_counts(
@@ -42,11 +48,11 @@ def span_counts(
     """``(num_noise_tokens, num_noise_spans)`` for a raw segment of ``length`` tokens (deterministic)."""
     _check_parameters(noise_density, mean_noise_span_length)
     if length < 2:
-        raise ValueError(f"a segment needs at least 2 tokens (one kept, one noise), got {length}")
+        raise SpanCorruptionError(f"a segment needs at least 2 tokens (one kept, one noise), got {length}")
     num_noise = min(max(round(length * noise_density), 1), length - 1)
     num_spans = max(round(num_noise / mean_noise_span_length), 1)
     if length - num_noise < num_spans:
-        raise ValueError(
+        raise SpanCorruptionError(
             f"{length} tokens with noise_density {noise_density} and mean_noise_span_length "
             f"{mean_noise_span_length}: {num_spans} noise spans need as many non-noise spans, but only "
             f"{length - num_noise} non-noise tokens remain"
@@ -75,13 +81,15 @@ def compute_lengths(
     ``noise_density`` is 0.5; neither is done here, because packing relies on exact lengths.
     """
     if input_length < 3:
-        raise ValueError(f"input_length must be at least 3 (a kept token, a sentinel and </s>), got {input_length}")
+        raise SpanCorruptionError(
+            f"input_length must be at least 3 (a kept token, a sentinel and </s>), got {input_length}"
+        )
     raw = input_length - 1  # never too long: a span costs at least as many tokens as its one sentinel
     while _fits(raw + 1, input_length, noise_density, mean_noise_span_length):
         raw += 1
     inputs, targets = corrupted_lengths(raw, noise_density, mean_noise_span_length)
     if inputs != input_length:
-        raise ValueError(
+        raise SpanCorruptionError(
             f"no raw length corrupts to exactly {input_length} input tokens with noise_density {noise_density} "
             f"and mean_noise_span_length {mean_noise_span_length} ({raw} raw tokens give {inputs})"
         )
@@ -128,7 +136,7 @@ def sentinel_ids(tokenizer: T5Tokenizer, count: int = NUM_EXTRA_IDS) -> np.ndarr
     ids = [tokenizer.token_to_id(f"<extra_id_{k}>") for k in range(count)]
     missing = [k for k, token_id in enumerate(ids) if token_id is None]
     if missing:
-        raise ValueError(f"{tokenizer.source}: the tokenizer has no <extra_id_{missing[0]}> sentinel token")
+        raise SpanCorruptionError(f"{tokenizer.source}: the tokenizer has no <extra_id_{missing[0]}> sentinel token")
     return np.asarray(ids, dtype=np.int64)
 
 

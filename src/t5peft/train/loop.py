@@ -206,8 +206,10 @@ TEST_HOLDOUT_FRACTION = 0.1  # of a single data file, held out as the test set w
 
 def pretraining_record(cfg: TrainConfig) -> dict[str, Any] | None:
     """The record ``t5peft pretrain`` wrote beside the weights of ``cfg.model``; None for other weights."""
-    path = Path(cfg.model) / PRETRAINING_RECORD
-    if cfg.init != "pretrained" or not path.is_file():
+    if cfg.init != "pretrained" or Path(cfg.model).is_file():
+        return None
+    path = resolve_model_dir(cfg.model) / PRETRAINING_RECORD  # a Hub id: the snapshot the weights came from
+    if not path.is_file():
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
