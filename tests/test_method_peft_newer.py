@@ -351,6 +351,29 @@ def test_ptuning_file_is_the_encoded_table_and_loads_as_a_plain_prompt(base_dir,
     assert loaded.peft.method.closed_form_trainable(loaded.config) == 6 * 64
 
 
+def test_ptuning_saved_in_training_mode_is_the_table_used_at_inference(base_dir, tmp_path):
+    """With LSTM dropout, the encoder is random in training mode: a save must write the inference table."""
+    method, options = CASES["ptuning-lstm"]
+    model = apply_method(load_pretrained(base_dir), method, **{**options, "encoder_dropout": 0.5}).train()
+    save_adapter(model, tmp_path / "a")
+    save_adapter(model, tmp_path / "b")
+    first, second = (load_file(tmp_path / n / "adapter_model.safetensors")["prompt_embeddings"] for n in "ab")
+    assert model.encoder.input_prefix.training  # the mode is given back
+    with torch.no_grad():
+        used = model.encoder.input_prefix.eval().encode()
+    assert torch.equal(first, second) and torch.equal(first, used)
+
+
+@pytest.mark.parametrize("merge", [merge_dora, merge_vera, merge_ln_tuning])
+def test_merging_a_model_without_that_method_is_an_error(base_dir, merge):
+    model = _applied(base_dir, "ptuning-lstm")
+    with pytest.raises(
+        MethodConfigError, match=r"nothing to merge: the model has no \w+ layers \(its method is 'ptuning'\)"
+    ):
+        merge(model)
+    assert model.peft is not None  # untouched
+
+
 def test_ptuning_prepends_only_the_first_tokens(base_dir):
     model = _applied(base_dir, "ptuning-lstm")
     batch = _batch()

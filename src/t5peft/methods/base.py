@@ -336,12 +336,26 @@ def merge_wrapped_linears(model: nn.Module, wrapper: type[nn.Module]) -> nn.Modu
     """Fold every ``wrapper`` layer (one with ``merge()``, ``weight``, ``in/out_features``) into its base weight,
     put plain ``nn.Linear`` layers back and detach the method: the result is a plain T5 that ``save_pretrained``
     writes as a normal checkpoint."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, wrapper):
-            module.merge()
-            plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
-            plain.weight = module.weight
-            replace_module(model, name, plain)
+    wrapped = [(name, module) for name, module in model.named_modules() if isinstance(module, wrapper)]
+    if not wrapped:
+        raise MethodConfigError(
+            f"nothing to merge: the model has no {wrapper.__name__} layers ({describe_method(model)})"
+        )
+    for name, module in wrapped:
+        module.merge()
+        plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+        plain.weight = module.weight
+        replace_module(model, name, plain)
+    return detach_method(model)
+
+
+def describe_method(model: nn.Module) -> str:
+    applied = getattr(model, "peft", None)
+    return "no method applied" if applied is None else f"its method is {applied.name!r}"
+
+
+def detach_method(model: nn.Module) -> nn.Module:
+    """After a merge: no method any more, every weight a plain trainable parameter of a plain T5."""
     model.peft = None
     for param in model.parameters():
         param.requires_grad_(True)

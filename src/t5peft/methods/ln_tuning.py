@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from .base import Method, MethodConfig, MethodConfigError, Neutral, module_list, replace_module
+from .base import (
+    Method,
+    MethodConfig,
+    MethodConfigError,
+    Neutral,
+    describe_method,
+    detach_method,
+    module_list,
+    replace_module,
+)
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
@@ -102,10 +111,9 @@ class LnTuning(Method):
 
 def merge_ln_tuning(model: nn.Module) -> nn.Module:
     """Put every trained norm copy in place of its norm and detach the method: a plain T5."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LnTuningNorm):
-            replace_module(model, name, module.ln_tuning_layers)
-    model.peft = None
-    for param in model.parameters():
-        param.requires_grad_(True)
-    return model
+    copies = [(name, module) for name, module in model.named_modules() if isinstance(module, LnTuningNorm)]
+    if not copies:
+        raise MethodConfigError(f"nothing to merge: the model has no LnTuningNorm layers ({describe_method(model)})")
+    for name, module in copies:
+        replace_module(model, name, module.ln_tuning_layers)
+    return detach_method(model)

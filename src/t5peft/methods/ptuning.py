@@ -219,8 +219,11 @@ class PTuning(Method):
     def export_state(self, model, names: list[str]) -> dict[str, Tensor]:
         """The encoded prompt table (PEFT's ``prompt_embeddings``), whichever module produces it."""
         prompt = model.encoder.input_prefix
+        was_training = prompt.training
+        prompt.eval()  # the table the model uses at inference: no LSTM dropout, so every save writes the same file
         with torch.no_grad():
             table = prompt.prompt_embeddings if isinstance(prompt, SoftPrompt) else prompt.encode()
+        prompt.train(was_training)
         return {PROMPT_MODEL_KEY: table.detach().contiguous()}
 
     def file_key(self, model_key: str) -> str:
