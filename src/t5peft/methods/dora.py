@@ -52,8 +52,7 @@ class DoraLinear(LoraLinear):
     def weight_norm(self) -> Tensor:
         """``||W + s B A||`` per output feature (row of the weight), without gradient."""
         with torch.no_grad():
-            delta = self.lora_B.weight @ self.lora_A.weight
-            return torch.linalg.norm(self.weight + self.scaling * delta, dim=1)
+            return torch.linalg.norm(self.weight + self.delta_weight(), dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.linear(x, self.weight)

@@ -227,7 +227,17 @@ def prompt_trainable(config: PromptTuningConfig, model_config: T5Config) -> int:
     return config.total_virtual_tokens * model_config.d_model
 
 
-class PromptTuning(Method):
+class PromptTableKeys:
+    """File keys of a method whose file holds one prompt table (PEFT's ``prompt_embeddings``); mixed in first."""
+
+    def file_key(self, model_key: str) -> str:
+        return PROMPT_FILE_KEY if model_key == PROMPT_MODEL_KEY else super().file_key(model_key)
+
+    def model_key(self, file_key: str) -> str:
+        return PROMPT_MODEL_KEY if file_key == PROMPT_FILE_KEY else super().model_key(file_key)
+
+
+class PromptTuning(PromptTableKeys, Method):
     name = "prompt"
     peft_type = "PROMPT_TUNING"
     config_class = PromptTuningConfig
@@ -245,12 +255,6 @@ class PromptTuning(Method):
     def param_groups(self, model, lr: float, weight_decay: float) -> list[dict]:
         params = [p for p in model.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr, "weight_decay": 0.0}]
-
-    def file_key(self, model_key: str) -> str:
-        return PROMPT_FILE_KEY if model_key == PROMPT_MODEL_KEY else super().file_key(model_key)
-
-    def model_key(self, file_key: str) -> str:
-        return PROMPT_MODEL_KEY if file_key == PROMPT_FILE_KEY else super().model_key(file_key)
 
     def file_config(self) -> dict[str, Any]:
         return prompt_file_config(self.config)

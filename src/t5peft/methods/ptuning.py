@@ -51,7 +51,7 @@ from .base import (
     check_optional_int,
     neutral_values,
 )
-from .prompt import PROMPT_FILE_KEY, PROMPT_MODEL_KEY, SoftPrompt, fill_model_fields, prepend_prompt
+from .prompt import PROMPT_MODEL_KEY, PromptTableKeys, SoftPrompt, fill_model_fields, prepend_prompt
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
@@ -187,7 +187,7 @@ def encoder_parameters(config: PTuningConfig, d: int) -> int:
     return lstm + (2 * h * 2 * h + 2 * h) + (2 * h * d + d)
 
 
-class PTuning(Method):
+class PTuning(PromptTableKeys, Method):
     name = "ptuning"
     peft_type = "P_TUNING"
     config_class = PTuningConfig
@@ -225,12 +225,6 @@ class PTuning(Method):
             table = prompt.prompt_embeddings if isinstance(prompt, SoftPrompt) else prompt.encode()
         prompt.train(was_training)
         return {PROMPT_MODEL_KEY: table.detach().contiguous()}
-
-    def file_key(self, model_key: str) -> str:
-        return PROMPT_FILE_KEY if model_key == PROMPT_MODEL_KEY else super().file_key(model_key)
-
-    def model_key(self, file_key: str) -> str:
-        return PROMPT_MODEL_KEY if file_key == PROMPT_FILE_KEY else super().model_key(file_key)
 
     def file_config(self) -> dict[str, Any]:
         values = self.config.to_dict()
