@@ -332,6 +332,28 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, leaf, new)
 
 
+class AdditiveLinear(nn.Module):
+    """A wrapped linear layer whose method adds ``delta_weight()`` to the base weight: merging folds that update into
+    ``weight`` and unmerging takes it out again (LoRA, VeRA). Subclasses set ``merged`` and define ``delta_weight``."""
+
+    merged: bool
+
+    def delta_weight(self) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.weight += self.delta_weight().to(self.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight -= self.delta_weight().to(self.weight.dtype)
+            self.merged = False
+
+
 def merge_wrapped_linears(model: nn.Module, wrapper: type[nn.Module]) -> nn.Module:
     """Fold every ``wrapper`` layer (one with ``merge()``, ``weight``, ``in/out_features``) into its base weight,
     put plain ``nn.Linear`` layers back and detach the method: the result is a plain T5 that ``save_pretrained``

@@ -15,11 +15,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (
+    AdditiveLinear,
     Method,
     MethodConfig,
     Neutral,
@@ -72,7 +72,7 @@ PEFT_LORA_NEUTRAL_FIELDS = {
 }
 
 
-class LoraLinear(nn.Module):
+class LoraLinear(AdditiveLinear):
     """A linear layer plus a low-rank update; ``merge`` folds the update into ``weight``."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, use_rslora: bool) -> None:
@@ -95,18 +95,6 @@ class LoraLinear(nn.Module):
         if self.merged:
             return out
         return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.weight += self.delta_weight().to(self.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.weight -= self.delta_weight().to(self.weight.dtype)
-            self.merged = False
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.lora_A.out_features}"

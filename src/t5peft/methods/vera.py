@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (
+    AdditiveLinear,
     Method,
     MethodConfig,
     Neutral,
@@ -89,7 +90,7 @@ class VeraProjections(nn.Module):
         self.register_buffer("vera_B", vera_b, persistent=False)
 
 
-class VeraLinear(nn.Module):
+class VeraLinear(AdditiveLinear):
     """A bias-free linear layer plus VeRA's update through the shared projections."""
 
     def __init__(self, base: nn.Linear, projections: VeraProjections, dropout: float) -> None:
@@ -128,18 +129,6 @@ class VeraLinear(nn.Module):
         hidden = F.linear(self.vera_dropout(x), a.to(x.dtype))
         update = F.linear(self.vera_lambda_d.to(hidden.dtype) * hidden, b.to(hidden.dtype))
         return out + self.vera_lambda_b.to(update.dtype) * update
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.weight += self.delta_weight().to(self.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.weight -= self.delta_weight().to(self.weight.dtype)
-            self.merged = False
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.vera_lambda_d.shape[0]}"
