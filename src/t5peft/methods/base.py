@@ -187,6 +187,8 @@ class Method:
     # adapter_config.json values by which a file of ``peft_type`` belongs to this method rather than to another
     # method of the same type (DoRA claims LORA files with use_dora=true); see registry.method_for_file
     file_claims: ClassVar[dict[str, Any]] = {}
+    # tensors whose file key is not PEFT_PREFIX + model key: model key -> file key (a prompt table, VeRA's projections)
+    special_file_keys: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -239,9 +241,12 @@ class Method:
         return {name: params[name].detach() for name in names}
 
     def file_key(self, model_key: str) -> str:
-        return PEFT_PREFIX + model_key
+        return self.special_file_keys.get(model_key) or PEFT_PREFIX + model_key
 
     def model_key(self, file_key: str) -> str:
+        for model_key, special in self.special_file_keys.items():
+            if file_key == special:
+                return model_key
         if not file_key.startswith(PEFT_PREFIX):
             raise KeyError(file_key)
         return file_key[len(PEFT_PREFIX) :]

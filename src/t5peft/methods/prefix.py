@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
 PREFIX_FILE_KEY = "prompt_embeddings"
 PREFIX_MODEL_KEY = "decoder.self_prefix.prompt_embeddings"
+PREFIX_TABLE_FILE_KEYS = {PREFIX_MODEL_KEY: PREFIX_FILE_KEY}
 PEFT_PREFIX_NEUTRAL_FIELDS = {"modules_to_save": Neutral((None, []), written=True)}
 
 
@@ -161,6 +162,7 @@ class PrefixTuning(Method):
     peft_compatible = True
     identity_at_init = False
     neutral_file_fields = PEFT_PREFIX_NEUTRAL_FIELDS
+    special_file_keys = PREFIX_TABLE_FILE_KEYS
 
     def inject(self, model) -> None:
         if model.decoder.self_prefix is not None:
@@ -185,12 +187,6 @@ class PrefixTuning(Method):
     def export_state(self, model, names: list[str]) -> dict[str, Tensor]:
         with torch.no_grad():
             return {PREFIX_MODEL_KEY: model.decoder.self_prefix.table().detach().contiguous()}
-
-    def file_key(self, model_key: str) -> str:
-        return PREFIX_FILE_KEY if model_key == PREFIX_MODEL_KEY else super().file_key(model_key)
-
-    def model_key(self, file_key: str) -> str:
-        return PREFIX_MODEL_KEY if file_key == PREFIX_FILE_KEY else super().model_key(file_key)
 
     @classmethod
     def config_from_file(cls, values: dict[str, Any], source: str) -> MethodConfig:

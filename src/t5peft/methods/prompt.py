@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 PROMPT_FILE_KEY = "prompt_embeddings"
 PROMPT_MODEL_KEY = "encoder.input_prefix.prompt_embeddings"
+PROMPT_TABLE_FILE_KEYS = {PROMPT_MODEL_KEY: PROMPT_FILE_KEY}  # the file holds the table under PEFT's name
 PROMPT_TUNING_INITS = ("SAMPLE_VOCAB", "TEXT", "RANDOM")
 SAMPLE_VOCAB_LIMIT = 32000  # sentencepiece pieces of T5's vocabulary; sentinels and padding rows follow
 
@@ -227,23 +228,14 @@ def prompt_trainable(config: PromptTuningConfig, model_config: T5Config) -> int:
     return config.total_virtual_tokens * model_config.d_model
 
 
-class PromptTableKeys:
-    """File keys of a method whose file holds one prompt table (PEFT's ``prompt_embeddings``); mixed in first."""
-
-    def file_key(self, model_key: str) -> str:
-        return PROMPT_FILE_KEY if model_key == PROMPT_MODEL_KEY else super().file_key(model_key)
-
-    def model_key(self, file_key: str) -> str:
-        return PROMPT_MODEL_KEY if file_key == PROMPT_FILE_KEY else super().model_key(file_key)
-
-
-class PromptTuning(PromptTableKeys, Method):
+class PromptTuning(Method):
     name = "prompt"
     peft_type = "PROMPT_TUNING"
     config_class = PromptTuningConfig
     default_lr = 0.3
     peft_compatible = True
     neutral_file_fields = PEFT_PROMPT_NEUTRAL_FIELDS
+    special_file_keys = PROMPT_TABLE_FILE_KEYS
     identity_at_init = False
 
     def inject(self, model) -> None:

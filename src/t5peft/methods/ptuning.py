@@ -51,7 +51,7 @@ from .base import (
     check_optional_int,
     neutral_values,
 )
-from .prompt import PROMPT_MODEL_KEY, PromptTableKeys, SoftPrompt, fill_model_fields, prepend_prompt
+from .prompt import PROMPT_MODEL_KEY, PROMPT_TABLE_FILE_KEYS, SoftPrompt, fill_model_fields, prepend_prompt
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
@@ -187,7 +187,7 @@ def encoder_parameters(config: PTuningConfig, d: int) -> int:
     return lstm + (2 * h * 2 * h + 2 * h) + (2 * h * d + d)
 
 
-class PTuning(PromptTableKeys, Method):
+class PTuning(Method):
     name = "ptuning"
     peft_type = "P_TUNING"
     config_class = PTuningConfig
@@ -196,6 +196,7 @@ class PTuning(PromptTableKeys, Method):
     peft_compatible = True
     identity_at_init = False
     neutral_file_fields = PEFT_P_TUNING_NEUTRAL_FIELDS
+    special_file_keys = PROMPT_TABLE_FILE_KEYS
 
     def inject(self, model) -> None:
         if model.encoder.input_prefix is not None:

@@ -182,6 +182,7 @@ class Vera(Method):
     peft_compatible = True
     identity_at_init = True
     neutral_file_fields = PEFT_VERA_NEUTRAL_FIELDS
+    special_file_keys = PROJECTION_FILE_KEYS
 
     def inject(self, model) -> None:
         inject_vera(model, self.config)
@@ -197,15 +198,6 @@ class Vera(Method):
             projections = _projections(model)
             state.update(vera_A=projections.vera_A.detach(), vera_B=projections.vera_B.detach())
         return state
-
-    def file_key(self, model_key: str) -> str:
-        return PROJECTION_FILE_KEYS.get(model_key) or super().file_key(model_key)
-
-    def model_key(self, file_key: str) -> str:
-        for model_key, key in PROJECTION_FILE_KEYS.items():
-            if file_key == key:
-                return model_key
-        return super().model_key(file_key)
 
     def import_state(self, model, state: dict[str, Tensor], source: str) -> None:
         projections = _projections(model)
