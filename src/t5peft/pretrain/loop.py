@@ -51,7 +51,7 @@ from ..model.t5 import T5ForConditionalGeneration, load_pretrained
 from ..tokenizer import TOKENIZER_FILES, T5Tokenizer, load_tokenizer
 from ..train.env import environment, memory_report
 from ..train.layout import PRETRAINED_HERE, PretrainFolder
-from ..train.loop import resolve_device, seed_everything, use_bf16
+from ..train.loop import resolve_device, seed_everything, settings_dataclass, use_bf16
 from ..train.state import Position, load_checkpoint, save_checkpoint
 from ..train.step import COMPILE_SETTINGS, TrainStep, autocast, resolve_compile
 from .data import (
@@ -164,11 +164,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> PretrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PretrainError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return settings_dataclass(cls, values, source, PretrainError)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
