@@ -428,13 +428,19 @@ def header(args: argparse.Namespace, probe: ProbeSettings, device: torch.device)
     }
 
 
-def cmd_study(args: argparse.Namespace) -> None:
+def open_study(args: argparse.Namespace) -> tuple[ProbeSettings, StudyFile, Path]:
+    """The probe settings, the study's JSON file (resumed if it exists) and its work folder."""
     probe = probe_settings(args)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     out_json = Path(args.out_dir) / f"{args.name}.json"
     study = StudyFile(out_json, header(args, probe, device))
     work = Path(args.work) / args.name
     work.mkdir(parents=True, exist_ok=True)
+    return probe, study, work
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    probe, study, work = open_study(args)
     cfg = PretrainConfig(
         model=args.model_config,
         tokenizer=args.tokenizer,
@@ -487,8 +493,8 @@ def cmd_study(args: argparse.Namespace) -> None:
             probe_backbone(study, key, folder, probe, args, work)
     study.data["load_average_at_end"] = _load()
     study.save()
-    plot(study.data, out_json.with_suffix(".png"))
-    _say(f"wrote {out_json}")
+    plot(study.data, study.path.with_suffix(".png"))
+    _say(f"wrote {study.path}")
 
 
 def cmd_features(args: argparse.Namespace) -> None:
@@ -508,17 +514,12 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    probe = probe_settings(args)
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    out_json = Path(args.out_dir) / f"{args.name}.json"
-    study = StudyFile(out_json, header(args, probe, device))
-    work = Path(args.work) / args.name
-    work.mkdir(parents=True, exist_ok=True)
+    probe, study, work = open_study(args)
     for backbone in args.backbone:
         probe_backbone(study, Path(backbone).name, Path(backbone), probe, args, work)
     study.data["load_average_at_end"] = _load()
     study.save()
-    plot(study.data, out_json.with_suffix(".png"))
+    plot(study.data, study.path.with_suffix(".png"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
