@@ -220,6 +220,29 @@ def test_bad_files(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Long fields: a CSV reads what the same data as JSON lines reads
+
+
+def test_a_review_longer_than_the_csv_modules_default_limit_reads(tmp_path: Path) -> None:
+    """The csv module refuses a field over 131,072 characters unless told otherwise (issue 16.8)."""
+    long_review = ("A long review, " * 14_000)[:200_000]
+    records = [("short and fine", 1), (long_review, 0), ("also fine", 1)]
+    with (tmp_path / "long.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(records)
+    lines = [json.dumps({"text": text, "label": label}) for text, label in records]
+    (tmp_path / "long.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    limit_before = csv.field_size_limit()
+
+    from_csv = load_split(tmp_path / "long.csv", "train")
+    assert list(zip(from_csv.texts, from_csv.labels, strict=True)) == records
+    assert load_split(tmp_path / "long.jsonl", "train").texts == from_csv.texts
+    assert load_pretrain_texts(tmp_path / "long.csv").texts == [text for text, _ in records]
+    assert csv.field_size_limit() == limit_before  # the limit is lifted for the read only
+
+
+# ---------------------------------------------------------------------------------------------------------
 # skip_empty: empty texts left out and counted, not refused
 
 

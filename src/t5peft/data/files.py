@@ -22,7 +22,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +33,8 @@ import pyarrow.parquet as pq
 from ..errors import T5PeftError
 
 SKIPPED_SHOWN = 10  # positions of skipped rows kept for the record; the count is always complete
+# csv.field_size_limit takes a C long, which is 32 bits on Windows
+_CSV_LIMIT_CEILING = 2**31 - 1
 
 TextRule = Callable[[str], str | None]  # the problem with a text, or None when it is fine
 Record = Mapping[str, object]
@@ -255,27 +257,45 @@ def _listed(names: Sequence[str], what: str) -> str:
 def _csv_rows(path: Path, columns: Columns) -> Rows:
     text = decode_utf8(path.read_bytes(), str(path))
     row = 0
-    # strict: an unbalanced quote is an error, not a field that swallows the lines after it
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    with _csv_field_limit(len(text)):
+        # strict: an unbalanced quote is an error, not a field that swallows the lines after it
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                expected = _listed(columns.names, "column")
+                raise DataError(f"{path}: empty file; expected a header row naming the {expected}")
+            header = [name.strip() for name in header]
+            _check_columns(header, columns, path)
+            positions = {name: header.index(name) for name in columns.names}
+            for fields in reader:
+                if not fields:  # the csv module yields [] for a blank line
+                    yield f"line {reader.line_num}", None
+                    continue
+                row += 1
+                where = f"data row {row} (1-based, header not counted; line {reader.line_num})"
+                if len(fields) != len(header):
+                    raise DataError(f"{path}: {where}: {len(fields)} fields but the header has {len(header)}")
+                yield where, {name: fields[index] for name, index in positions.items()}
+        except csv.Error as exc:
+            raise DataError(f"{path}: malformed CSV after data row {row} (1-based): {one_line(exc)}") from exc
+
+
+@contextmanager
+def _csv_field_limit(characters: int) -> Iterator[None]:
+    """Let a field be as long as the whole file, for this read only.
+
+    The csv module refuses fields over 131,072 characters by default, a guard against a runaway field holding
+    the rest of a stream. Here the whole file is already in memory and an unbalanced quote is an error (strict
+    mode), so no valid field can be longer than the file: its length is the tightest limit that refuses nothing
+    valid. (``sys.maxsize`` would overflow the C long of the limit where that is 32 bits, Windows.) The limit is
+    the csv module's, for the whole process: it is restored after the read, and t5peft reads no two files at once.
+    """
+    previous = csv.field_size_limit(min(max(characters, csv.field_size_limit()), _CSV_LIMIT_CEILING))
     try:
-        header = next(reader, None)
-        if header is None:
-            expected = _listed(columns.names, "column")
-            raise DataError(f"{path}: empty file; expected a header row naming the {expected}")
-        header = [name.strip() for name in header]
-        _check_columns(header, columns, path)
-        positions = {name: header.index(name) for name in columns.names}
-        for fields in reader:
-            if not fields:  # the csv module yields [] for a blank line
-                yield f"line {reader.line_num}", None
-                continue
-            row += 1
-            where = f"data row {row} (1-based, header not counted; line {reader.line_num})"
-            if len(fields) != len(header):
-                raise DataError(f"{path}: {where}: {len(fields)} fields but the header has {len(header)}")
-            yield where, {name: fields[index] for name, index in positions.items()}
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV after data row {row} (1-based): {one_line(exc)}") from exc
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _jsonl_rows(path: Path, columns: Columns) -> Rows:
