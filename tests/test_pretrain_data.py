@@ -143,42 +143,7 @@ def test_text_files_give_the_same_documents(tmp_path: Path, sample_texts: list[s
     assert load_pretrain_texts(tmp_path / "docs.txt").info["inputs"][0]["blank_lines_skipped"] == 2
 
 
-BAD_FILES = [
-    ("a.csv", "id,body\n1,hello\n", r"a.csv: no text column in the header; found columns: id, body"),
-    ("a.csv", "text,id\nhello,1\nworld\n", r"a.csv: data row 2 \(1-based, header not counted; line 3\): 1 fields"),
-    ("a.csv", 'text\nfine\n"unterminated\n', r"a.csv: malformed CSV after data row 1 \(1-based\): unexpected end"),
-    ("a.csv", "text,id\n ,1\n", r"a.csv: data row 1 .*text is empty or whitespace only"),
-    ("a.jsonl", '{"text": "ok"}\n{"text": \n', r"a.jsonl: line 2 \(1-based\): invalid JSON"),
-    ("a.jsonl", '{"text": "ok"}\n{"body": "x"}\n', r"a.jsonl: line 2 \(1-based\): no text key \(found keys: body\)"),
-    ("a.jsonl", '{"text": 5}\n', r"a.jsonl: line 1 \(1-based\): text must be a string, got int"),
-    ("a.jsonl", "[1, 2]\n", r"a.jsonl: line 1 \(1-based\): expected a JSON object, got list"),
-    ("a.txt", b"fine\nbad \xff byte\n", r"a.txt: line 2 \(1-based\): bytes that are not valid UTF-8"),
-    ("a.txt", "fine\nsee <extra_id_7> here\n", r"a.txt: line 2 \(1-based\): text contains the sentinel token"),
-    ("a.txt", "\n\n", r"a.txt: no documents"),
-    ("a.xml", "<doc/>", r"a.xml: unsupported file type"),
-    ("a.parquet", b"not parquet", r"a.parquet: not a readable parquet file"),
-]
-
-
-@pytest.mark.parametrize(("name", "content", "message"), BAD_FILES)
-def test_bad_input_is_a_one_line_error(tmp_path: Path, name: str, content: str | bytes, message: str) -> None:
-    path = tmp_path / name
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8")
-    with pytest.raises(DataError, match=message) as caught:
-        load_pretrain_texts(path)
-    assert "\n" not in str(caught.value)
-
-
-def test_bad_parquet_rows_name_row_and_column(tmp_path: Path) -> None:
-    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "a.parquet")
-    with pytest.raises(DataError, match=r"a.parquet: no text column; found columns: body"):
-        load_pretrain_texts(tmp_path / "a.parquet")
-    pq.write_table(pa.table({"text": ["fine", None]}), tmp_path / "b.parquet")
-    with pytest.raises(DataError, match=r"b.parquet: row 2 \(1-based\): text is missing"):
-        load_pretrain_texts(tmp_path / "b.parquet")
+# Bad files: the one table of tests/test_data_files.py runs each case against load_pretrain_texts too.
 
 
 # ---------------------------------------------------------------------------------------------------------

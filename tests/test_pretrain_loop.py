@@ -18,7 +18,7 @@ from t5peft.cli import main as cli_main
 from t5peft.model import load_pretrained
 from t5peft.model.checkpoint import SAFETENSORS_INDEX, CheckpointError, plan_shards, write_checkpoint
 from t5peft.pretrain import LrSchedule, PretrainConfig, PretrainError, pretrain
-from t5peft.pretrain.loop import prepare_texts
+from t5peft.pretrain.data import prepare_texts
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "models" / "t5-tiny")

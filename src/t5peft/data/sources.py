@@ -8,7 +8,8 @@ Supported sources (detected from ``source``):
 * the original ``aclImdb`` folder (``aclImdb/{split}/{pos,neg}/*.txt``), or a folder holding it;
 * the original tarball ``aclImdb_v1.tar.gz`` (any ``.tar``/``.tar.gz``/``.tgz``), read without extracting;
 * one ``.csv``, ``.jsonl``/``.json`` (JSON lines) or ``.parquet`` file with ``text`` and ``label`` columns;
-  such a file *is* the requested split.
+  such a file *is* the requested split. Files are read by :mod:`.files`, the one reader of text files, which
+  pretraining (:mod:`t5peft.pretrain.data`) uses too; :class:`~.files.Columns` declares the columns.
 
 Record order: Hub shards and single files keep their row order (shards in sorted file-name order).
 ``aclImdb`` folders and tarballs yield all ``neg`` reviews (label 0), then all ``pos`` reviews (label 1);
@@ -16,41 +17,56 @@ inside each, files are sorted by the numeric review id of ``{id}_{rating}.txt`` 
 ``10_1.txt``), files not named that way come after, sorted by name.
 
 Every problem in the data raises :class:`DataError`; no record is ever dropped silently. Row and line
-numbers in messages are 1-based.
+numbers in messages are 1-based. ``skip_empty=True`` leaves out rows whose text is empty or whitespace only
+instead of refusing them, and counts them in :attr:`LabeledTexts.skipped_empty`.
+
+The Hub layout rule (:func:`hub_layout_dir`, :func:`hub_split_shards`), the Hub download
+(:func:`download_hub_dataset`) and what counts as a Hub id (:func:`source_kind`) are written here once, for
+fine-tuning and pretraining alike.
 """
 
 from __future__ import annotations
 
 import bz2
-import csv
 import gzip
-import hashlib
 import io
-import json
 import lzma
 import os
 import random
 import re
 import tarfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Literal, cast
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from ..errors import T5PeftError
 from ..hub import HubUnavailableError, download_snapshot, looks_like_hub_id
+from .files import (
+    LABELLED,
+    TEXT_ONLY,
+    Columns,
+    DataError,
+    FileRows,
+    SkippedRows,
+    check_text,
+    decode_utf8,
+    read_file,
+    read_files,
+    readable_suffixes,
+    sha256_chunks,
+    sha256_file,
+    unsupported_file_type,
+)
 
 SPLITS = ("train", "test")
 HUB_ALLOW_PATTERNS = ["plain_text/*.parquet"]
+HUB_CONFIG_DIR = "plain_text"  # the Hub layout of stanfordnlp/imdb: <dir>/plain_text/{split}-*.parquet
 
-_LABEL_WORDS = {"negative": 0, "positive": 1, "0": 0, "1": 1}
 _CLASS_DIRS = {"neg": 0, "pos": 1}
-_FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# a name ending so is a missing file, never a Hub id
+_FILE_SUFFIXES = tuple(dict.fromkeys((*readable_suffixes(TEXT_ONLY), *_TAR_SUFFIXES)))
 _COMPRESSED_OPENERS: tuple[tuple[bytes, Callable[..., Any]], ...] = (
     (b"\x1f\x8b", gzip.open),
     (b"BZh", bz2.open),
@@ -62,18 +78,39 @@ _LOCAL_ALTERNATIVES = (
     "an aclImdb folder or aclImdb_v1.tar.gz, or a .csv/.jsonl/.parquet file with text and label columns"
 )
 
+SourceKind = Literal["file", "folder", "hub"]
 
-class DataError(T5PeftError, ValueError):
-    """A data source is missing, malformed or holds an invalid record."""
+__all__ = [
+    "SPLITS",
+    "Columns",
+    "DataError",
+    "LabeledTexts",
+    "SkippedRows",
+    "dataset_checksums",
+    "download_hub_dataset",
+    "has_local_split",
+    "hub_layout_dir",
+    "hub_split_shards",
+    "is_single_split_file",
+    "load_split",
+    "shared_rows",
+    "source_kind",
+    "split_validation",
+]
 
 
 @dataclass
 class LabeledTexts:
-    """Reviews with their sentiment labels (0 = negative, 1 = positive)."""
+    """Reviews with their sentiment labels (0 = negative, 1 = positive).
+
+    ``skipped_empty``: the rows of the source left out as empty (``skip_empty``); subsets keep it, since it
+    describes the read they come from.
+    """
 
     texts: list[str]
     labels: list[int]
     origin: str
+    skipped_empty: SkippedRows = field(default_factory=SkippedRows)
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
@@ -87,6 +124,7 @@ class LabeledTexts:
             texts=[self.texts[i] for i in indices],
             labels=[self.labels[i] for i in indices],
             origin=f"{self.origin} [subset of {len(indices)}/{len(self)} rows]",
+            skipped_empty=self.skipped_empty,
         )
 
 
@@ -99,16 +137,36 @@ def load_split(
     split: str,
     *,
     downloader: Callable[..., str] | None = None,
+    columns: Columns = LABELLED,
+    skip_empty: bool = False,
 ) -> LabeledTexts:
-    """Read the ``split`` ("train" or "test") of ``source``; see the module docstring for the sources."""
+    """Read the ``split`` ("train" or "test") of ``source``; see the module docstring for the sources.
+
+    ``columns`` names the text and label columns of files and Hub shards (aclImdb folders and tarballs have
+    their own layout); ``skip_empty`` leaves out empty texts instead of refusing them, counted in the result.
+    """
     _check_split(split)
+    if columns.label is None:
+        raise ValueError("load_split reads labelled texts; give Columns a label column")
+    kind = source_kind(source)
+    path = Path(source).expanduser()
+    if kind == "file":
+        return _load_file(path, split, columns, skip_empty)
+    if kind == "folder":
+        return _load_dir(path, split, columns, skip_empty)
+    return _load_hub_id(str(source), split, downloader, columns, skip_empty)
+
+
+def source_kind(source: str | os.PathLike[str]) -> SourceKind:
+    """Whether ``source`` is a local file, a local folder or a Hub dataset id; :class:`DataError` when none."""
     path = Path(source).expanduser()
     if path.is_file():
-        return _load_file(path, split)
+        return "file"
     if path.is_dir():
-        return _load_dir(path, split)
-    if _looks_like_hub_id(str(source)):
-        return _load_hub_id(str(source), split, downloader)
+        return "folder"
+    # datasets always have an owner; "data/reviews.csv" that does not exist is a missing file, not a Hub id
+    if looks_like_hub_id(str(source), owner_required=True, file_suffixes=_FILE_SUFFIXES):
+        return "hub"
     raise DataError(
         f"{source}: no such file or folder (and it does not look like a Hub dataset id such as 'stanfordnlp/imdb')"
     )
@@ -160,14 +218,23 @@ def dataset_checksums(source: str | os.PathLike[str]) -> dict[str, str]:
     SHA-256 of its manifest (one ``"{pos|neg}/{name} {sha256}"`` line per review file, sorted).
     A Hub id that is not a local path gives ``{}``.
     """
+    kind = source_kind(source)
     path = Path(source).expanduser()
-    if path.is_file():
-        return {path.name: _sha256_file(path)}
-    if path.is_dir():
+    if kind == "file":
+        return {path.name: sha256_file(path)}
+    if kind == "folder":
         return _dir_checksums(path)
-    if _looks_like_hub_id(str(source)):
-        return {}
-    raise DataError(f"{source}: no such file or folder")
+    return {}
+
+
+def has_local_split(path: Path, split: str) -> bool:
+    """True when the local folder ``path`` holds ``split`` in a layout :func:`load_split` reads."""
+    if not path.is_dir():
+        return False
+    if hub_layout_dir(path) is not None:
+        return bool(hub_split_shards(path, split, missing_ok=True))
+    acl_root = _acl_root(path)
+    return acl_root is not None and (acl_root / split).is_dir()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,31 +246,21 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
 
 
-def _looks_like_hub_id(source: str) -> bool:
-    # datasets always have an owner; "data/reviews.csv" that does not exist is a missing file, not a Hub id
-    return looks_like_hub_id(source, owner_required=True, file_suffixes=_FILE_SUFFIXES + _TAR_SUFFIXES)
-
-
-def _load_file(path: Path, split: str) -> LabeledTexts:
+def _load_file(path: Path, split: str, columns: Columns, skip_empty: bool) -> LabeledTexts:
     name = path.name.lower()
     if name.endswith(_TAR_SUFFIXES):
-        return _load_tar(path, split)
-    if name.endswith(".csv"):
-        return _load_csv(path)
-    if name.endswith((".jsonl", ".json")):
-        return _load_jsonl(path)
-    if name.endswith(".parquet"):
-        return _load_parquet_files([path], str(path))
-    raise DataError(f"{path}: unsupported file type; expected .csv, .jsonl, .json, .parquet, .tar, .tar.gz or .tgz")
+        return _load_tar(path, split, skip_empty)
+    if not name.endswith(readable_suffixes(columns)):
+        raise unsupported_file_type(path, [*readable_suffixes(columns), *_TAR_SUFFIXES])
+    return _labelled(read_file(path, columns, skip_empty=skip_empty), str(path))
 
 
-def _load_dir(path: Path, split: str) -> LabeledTexts:
-    hub_dir = _hub_layout_dir(path)
-    if hub_dir is not None:
-        return _load_hub_dir(hub_dir, split)
+def _load_dir(path: Path, split: str, columns: Columns, skip_empty: bool) -> LabeledTexts:
+    if hub_layout_dir(path) is not None:
+        return _load_hub_dir(path, split, columns, skip_empty)
     acl_root = _acl_root(path)
     if acl_root is not None:
-        return _load_acl_dir(acl_root, split)
+        return _load_acl_dir(acl_root, split, skip_empty)
     raise DataError(
         f"{path}: not a recognised data folder; looked for plain_text/{split}-*.parquet, "
         f"{split}-*.parquet, aclImdb/{split}/pos|neg and {split}/pos|neg"
@@ -214,9 +271,9 @@ def _load_dir(path: Path, split: str) -> LabeledTexts:
 # Hub layout and Hub id
 
 
-def _hub_layout_dir(path: Path) -> Path | None:
+def hub_layout_dir(path: Path) -> Path | None:
     """The folder holding the parquet shards, or None when ``path`` is not in the Hub layout."""
-    nested = path / "plain_text"
+    nested = path / HUB_CONFIG_DIR
     if nested.is_dir():
         return nested
     if any(path.glob("*.parquet")):
@@ -224,143 +281,51 @@ def _hub_layout_dir(path: Path) -> Path | None:
     return None
 
 
-def _load_hub_dir(shard_dir: Path, split: str) -> LabeledTexts:
+def hub_split_shards(path: Path, split: str, *, missing_ok: bool = False) -> list[Path]:
+    """The parquet shards of ``split`` in the Hub-layout folder ``path``, in file-name order.
+
+    ``split`` may be any split name (pretraining reads ``unsupervised``); none found is a :class:`DataError`
+    unless ``missing_ok``.
+    """
+    shard_dir = hub_layout_dir(path) or path
     pattern = f"{split}-*.parquet"
     shards = sorted(shard_dir.glob(pattern))
-    if not shards:
+    if not shards and not missing_ok:
         raise DataError(f"{shard_dir}: no {pattern} files for split {split!r}")
-    origin = str(shards[0]) if len(shards) == 1 else f"{shard_dir / pattern} ({len(shards)} shards)"
-    return _load_parquet_files(shards, origin)
+    return shards
 
 
-def _load_hub_id(repo_id: str, split: str, downloader: Callable[..., str] | None) -> LabeledTexts:
+def download_hub_dataset(
+    repo_id: str, allow_patterns: Sequence[str], *, what_instead: str, downloader: Callable[..., str] | None
+) -> Path:
+    """The local snapshot of the files of dataset ``repo_id`` matching ``allow_patterns`` (downloaded if needed)."""
     try:
-        local = download_snapshot(
-            repo_id,
-            HUB_ALLOW_PATTERNS,
-            repo_type="dataset",
-            what_instead=_LOCAL_ALTERNATIVES,
-            downloader=downloader,
+        return download_snapshot(
+            repo_id, allow_patterns, repo_type="dataset", what_instead=what_instead, downloader=downloader
         )
     except HubUnavailableError as exc:
         raise DataError(f"{repo_id}: not a local path, and {exc}") from exc
-    data = _load_hub_dir(_hub_layout_dir(local) or local / "plain_text", split)
+
+
+def _load_hub_dir(path: Path, split: str, columns: Columns, skip_empty: bool) -> LabeledTexts:
+    shards = hub_split_shards(path, split)
+    pattern = shards[0].parent / f"{split}-*.parquet"
+    origin = str(shards[0]) if len(shards) == 1 else f"{pattern} ({len(shards)} shards)"
+    return _labelled(read_files(shards, columns, source=origin, skip_empty=skip_empty), origin)
+
+
+def _load_hub_id(
+    repo_id: str, split: str, downloader: Callable[..., str] | None, columns: Columns, skip_empty: bool
+) -> LabeledTexts:
+    local = download_hub_dataset(repo_id, HUB_ALLOW_PATTERNS, what_instead=_LOCAL_ALTERNATIVES, downloader=downloader)
+    data = _load_hub_dir(local, split, columns, skip_empty)
     data.origin = f"hf://datasets/{repo_id} ({data.origin})"
     return data
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Parquet
-
-
-def _load_parquet_files(paths: Sequence[Path], origin: str) -> LabeledTexts:
-    texts: list[str] = []
-    labels: list[int] = []
-    for path in paths:
-        shard_texts, raw_labels = _read_parquet_columns(path)
-        for row, (text, raw_label) in enumerate(zip(shard_texts, raw_labels, strict=True), start=1):
-            where = f"row {row} (1-based)"
-            texts.append(_check_text(text, path, where))
-            labels.append(_parse_label(raw_label, path, where))
-    return _non_empty(LabeledTexts(texts, labels, origin), paths[0] if len(paths) == 1 else origin)
-
-
-def _read_parquet_columns(path: Path) -> tuple[list[Any], list[Any]]:
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
-    _check_columns(names, path)
-    try:
-        table = pq.read_table(path, columns=["text", "label"])
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
-    return table.column("text").to_pylist(), table.column("label").to_pylist()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# CSV and JSON lines
-
-
-def _load_csv(path: Path) -> LabeledTexts:
-    reader = csv.reader(io.StringIO(_decode_file(path), newline=""))
-    header = next(reader, None)
-    if header is None:
-        raise DataError(f"{path}: empty file, expected a header row with text and label columns")
-    header = [name.strip() for name in header]
-    _check_columns(header, path)
-    text_col, label_col = header.index("text"), header.index("label")
-    texts: list[str] = []
-    labels: list[int] = []
-    for row, fields in _csv_rows(reader, path):
-        where = f"data row {row} (1-based, header not counted; line {reader.line_num})"
-        if len(fields) != len(header):
-            raise DataError(f"{path}: {where}: {len(fields)} fields but the header has {len(header)}")
-        texts.append(_check_text(fields[text_col], path, where))
-        labels.append(_parse_label(fields[label_col], path, where))
-    return _non_empty(LabeledTexts(texts, labels, str(path)), path)
-
-
-def _csv_rows(reader: Iterator[list[str]], path: Path) -> Iterator[tuple[int, list[str]]]:
-    row = 0
-    try:
-        for fields in reader:
-            if fields:  # the csv module yields [] for blank lines, which hold no record
-                row += 1
-                yield row, fields
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV after data row {row} (1-based): {exc}") from exc
-
-
-def _load_jsonl(path: Path) -> LabeledTexts:
-    texts: list[str] = []
-    labels: list[int] = []
-    for lineno, record in _jsonl_records(path):
-        where = f"line {lineno} (1-based)"
-        missing = [key for key in ("text", "label") if key not in record]
-        if missing:
-            raise DataError(f"{path}: {where}: missing {' and '.join(missing)} (found keys: {sorted(record)})")
-        texts.append(_check_text(record["text"], path, where))
-        labels.append(_parse_label(record["label"], path, where))
-    return _non_empty(LabeledTexts(texts, labels, str(path)), path)
-
-
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open("rb") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            line = _decode_bytes(raw, f"{path}: line {lineno} (1-based)")
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path}: line {lineno} (1-based): invalid JSON ({exc.msg} at column {exc.colno}); "
-                    "expected one JSON object per line"
-                ) from exc
-            if not isinstance(record, dict):
-                raise DataError(f"{path}: line {lineno} (1-based): expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
-
-
-def _decode_file(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"{path}: line {line} (1-based): bytes that are not valid UTF-8 at byte offset {exc.start}"
-        ) from exc
-
-
-def _decode_bytes(data: bytes, what: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{what}: bytes that are not valid UTF-8 at byte offset {exc.start}") from exc
+def _labelled(rows: FileRows, origin: str) -> LabeledTexts:
+    assert rows.labels is not None  # read with a label column
+    return LabeledTexts(rows.texts, rows.labels, origin, skipped_empty=rows.skipped)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -376,39 +341,60 @@ def _acl_root(path: Path) -> Path | None:
     return None
 
 
-def _load_acl_dir(root: Path, split: str) -> LabeledTexts:
+def _load_acl_dir(root: Path, split: str, skip_empty: bool) -> LabeledTexts:
     missing = [f"{split}/{name}" for name in _CLASS_DIRS if not (root / split / name).is_dir()]
     if missing:
         raise DataError(f"{root}: missing folder(s) {', '.join(missing)} (expected aclImdb/{split}/pos|neg)")
-    texts: list[str] = []
-    labels: list[int] = []
+    reviews = _ReviewFiles(skip_empty)
     for class_name, label in _CLASS_DIRS.items():
         folder = root / split / class_name
         files = sorted((f for f in folder.iterdir() if f.suffix == ".txt"), key=lambda f: _review_key(f.name))
         if not files:
             raise DataError(f"{folder}: no *.txt review files")
         for file in files:
-            texts.append(_check_text(_decode_bytes(file.read_bytes(), str(file)), file, None))
-            labels.append(label)
-    return LabeledTexts(texts, labels, f"{root / split}/{{neg,pos}}")
+            reviews.append(reviews.check(file.read_bytes(), str(file)), label)
+    return reviews.labelled(f"{root / split}/{{neg,pos}}")
 
 
-def _load_tar(path: Path, split: str) -> LabeledTexts:
+def _load_tar(path: Path, split: str, skip_empty: bool) -> LabeledTexts:
     member_re = re.compile(rf"^(?:.*/)?aclImdb/{split}/(pos|neg)/([^/]+\.txt)$")
-    found: dict[str, list[tuple[tuple[int, int, str], str]]] = {"neg": [], "pos": []}
+    found: dict[str, list[tuple[tuple[int, int, str], str | None]]] = {"neg": [], "pos": []}
+    reviews = _ReviewFiles(skip_empty)
     for name, data in _tar_files(path, member_re):
         match = member_re.match(name)
         assert match is not None  # _tar_files only yields matching members
-        text = _check_text(_decode_bytes(data, f"{path}: member {name}"), path, f"member {name}")
-        found[match.group(1)].append((_review_key(match.group(2)), text))
-    texts: list[str] = []
-    labels: list[int] = []
+        found[match.group(1)].append((_review_key(match.group(2)), reviews.check(data, f"{path}: member {name}")))
     for class_name, label in _CLASS_DIRS.items():
         if not found[class_name]:
             raise DataError(f"{path}: no aclImdb/{split}/{class_name}/*.txt members in the archive")
-        texts.extend(text for _, text in sorted(found[class_name], key=lambda item: item[0]))
-        labels.extend([label] * len(found[class_name]))
-    return LabeledTexts(texts, labels, f"{path}:aclImdb/{split}/{{neg,pos}}")
+        for _, text in sorted(found[class_name], key=lambda item: item[0]):
+            reviews.append(text, label)
+    return reviews.labelled(f"{path}:aclImdb/{split}/{{neg,pos}}")
+
+
+class _ReviewFiles:
+    """Reviews of one file each (aclImdb), checked as the file reader checks a row."""
+
+    def __init__(self, skip_empty: bool) -> None:
+        self.skip_empty = skip_empty
+        self.texts: list[str] = []
+        self.labels: list[int] = []
+        self.skipped: list[str] = []
+
+    def check(self, data: bytes, source: str) -> str | None:
+        """The review in ``data``; None (and noted) when it is empty and ``skip_empty``."""
+        text = check_text(decode_utf8(data, source), source, skip_empty=self.skip_empty)
+        if text is None:
+            self.skipped.append(source)
+        return text
+
+    def append(self, text: str | None, label: int) -> None:
+        if text is not None:
+            self.texts.append(text)
+            self.labels.append(label)
+
+    def labelled(self, origin: str) -> LabeledTexts:
+        return LabeledTexts(self.texts, self.labels, origin, skipped_empty=SkippedRows.of(self.skipped))
 
 
 def _tar_files(path: Path, member_re: re.Pattern[str]) -> Iterator[tuple[str, bytes]]:
@@ -453,49 +439,6 @@ def _review_key(name: str) -> tuple[int, int, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Record validation
-
-
-def _check_columns(found: Sequence[str], path: Path) -> None:
-    missing = [name for name in ("text", "label") if name not in found]
-    if missing:
-        raise DataError(
-            f"{path}: missing {' and '.join(missing)} column(s); found columns: {', '.join(found) or 'none'}"
-        )
-
-
-def _check_text(value: object, path: Path, where: str | None) -> str:
-    prefix = f"{path}: {where}" if where else str(path)
-    if value is None:
-        raise DataError(f"{prefix}: text is missing")
-    if not isinstance(value, str):
-        raise DataError(f"{prefix}: text must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(f"{prefix}: text is empty or whitespace only")
-    return value
-
-
-def _parse_label(value: object, path: Path, where: str) -> int:
-    label: int | None = None
-    # bool is an int subclass; JSON true/false is not a valid label.
-    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
-        label = value
-    elif isinstance(value, str):
-        label = _LABEL_WORDS.get(value.strip().lower())
-    if label is None:
-        raise DataError(
-            f"{path}: {where}: label {value!r} is not one of 0, 1, 'negative', 'positive' (0 = negative, 1 = positive)"
-        )
-    return label
-
-
-def _non_empty(data: LabeledTexts, source: object) -> LabeledTexts:
-    if not data.texts:
-        raise DataError(f"{source}: no rows (empty split)")
-    return data
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Validation split helpers
 
 
@@ -527,10 +470,9 @@ def _stratified_counts(class_sizes: Sequence[int], size: int) -> list[int]:
 
 
 def _dir_checksums(path: Path) -> dict[str, str]:
-    hub_dir = _hub_layout_dir(path)
-    if hub_dir is not None:
-        shards = sorted(f for split in SPLITS for f in hub_dir.glob(f"{split}-*.parquet"))
-        return {shard.name: _sha256_file(shard) for shard in shards}
+    if hub_layout_dir(path) is not None:
+        shards = sorted(f for split in SPLITS for f in hub_split_shards(path, split, missing_ok=True))
+        return {shard.name: sha256_file(shard) for shard in shards}
     acl_root = _acl_root(path)
     if acl_root is not None:
         return {
@@ -543,22 +485,10 @@ def _dir_checksums(path: Path) -> dict[str, str]:
 
 def _acl_manifest_digest(split_dir: Path) -> str:
     lines = sorted(
-        f"{folder.name}/{file.name} {_sha256_file(file)}\n"
+        f"{folder.name}/{file.name} {sha256_file(file)}\n"
         for folder in (split_dir / name for name in _CLASS_DIRS)
         if folder.is_dir()
         for file in folder.iterdir()
         if file.suffix == ".txt"
     )
-    return _sha256_chunks(line.encode("utf-8") for line in lines)
-
-
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as handle:
-        return _sha256_chunks(iter(lambda: handle.read(1 << 20), b""))
-
-
-def _sha256_chunks(chunks: Iterable[bytes]) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_chunks(line.encode("utf-8") for line in lines)

@@ -5,12 +5,16 @@ Sources (:func:`load_pretrain_texts`):
 * an IMDb folder in the Hub layout of ``stanfordnlp/imdb`` (``plain_text/{split}-*.parquet``) or that Hub id:
   the ``unsupervised`` and ``train`` texts by default. The ``test`` split is refused: it is the benchmark's
   held-out evaluation data and is never pretraining data.
-* one file, one document per row: ``.txt`` (one per line; blank lines are skipped and counted), ``.jsonl`` /
-  ``.json`` (JSON lines), ``.parquet`` or ``.csv``, each with a ``text`` column. A file whose name starts with
-  ``test`` (such as the Hub shard ``test-00000-of-00001.parquet``) is refused as a test split.
+* one file, one document per row: ``.txt`` (one per line), ``.jsonl`` / ``.json`` (JSON lines), ``.parquet`` or
+  ``.csv``, each with a ``text`` column; blank lines hold no document and are counted. A file whose name starts
+  with ``test`` (such as the Hub shard ``test-00000-of-00001.parquet``) is refused as a test split.
 
-Bad input is a one-line :class:`~t5peft.data.sources.DataError` naming the file, the row or line and the
-problem. Nothing is dropped silently: counts of what was read, skipped or excluded go into ``info``.
+Files are read by the data package's one reader (:mod:`t5peft.data.files`, the Hub layout and download of
+:mod:`t5peft.data.sources`), the one fine-tuning uses; pretraining adds only its own rules: which splits
+(``unsupervised`` + ``train``, never ``test``), that a text may not hold a sentinel token, and, for a run
+(:func:`prepare_texts`), recording the overlap with the test texts and dropping exact test copies. Bad input is a
+one-line :class:`~t5peft.data.files.DataError` naming the file, the row or line and the problem. Nothing is dropped
+silently: counts of what was read, skipped or excluded go into ``info``.
 
 Packing (:func:`build_pretrain_data`): documents are split into training and validation documents (by
 document, seeded), tokenized with ``</s>`` after each (so ``</s>`` separates documents), concatenated and
@@ -26,24 +30,27 @@ a batch is therefore a function of ``(seed, epoch, batch index)`` only, which ma
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from ..data.sources import DataError
-from ..hub import HubUnavailableError, download_snapshot, looks_like_hub_id
+from ..data.files import TEXT_ONLY, DataError, FileRows, read_files, sha256_file
+from ..data.sources import (
+    HUB_CONFIG_DIR,
+    download_hub_dataset,
+    has_local_split,
+    hub_split_shards,
+    load_split,
+    source_kind,
+)
+from ..errors import T5PeftError
 from ..tokenizer import T5Tokenizer
 from .objective import (
     MEAN_NOISE_SPAN_LENGTH,
@@ -56,7 +63,6 @@ from .objective import (
 
 IMDB_PRETRAIN_SPLITS = ("unsupervised", "train")
 REFUSED_SPLITS = ("test",)
-TEXT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 
 _SENTINEL_TEXT = re.compile(r"<extra_id_\d+>")
 _TEST_FILE_NAME = re.compile(r"^test(?:[-_.]|$)", re.IGNORECASE)
@@ -65,7 +71,27 @@ _TOKENIZE_BATCH = 1000
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Text sources
+# Text sources: the data package's reader, and pretraining's own rules
+
+
+class PretrainError(T5PeftError, ValueError):
+    """A pretraining setting, or a combination of settings, that cannot work."""
+
+
+class PretrainDataSettings(Protocol):
+    """The settings the pretraining texts and their packing depend on (:class:`~.loop.PretrainConfig` has them)."""
+
+    data: str
+    splits: list[str] | None
+    test_data: str | None
+    exclude_test_overlap: bool
+    input_length: int
+    noise_density: float
+    mean_noise_span_length: float
+    validation_documents: int
+    seed: int
+
+    def data_settings(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -99,17 +125,16 @@ def load_pretrain_texts(
     ``splits`` applies to Hub-layout folders and Hub ids (default ``("unsupervised", "train")``); asking for
     ``"test"`` raises. ``downloader`` replaces ``huggingface_hub.snapshot_download`` (tests).
     """
+    kind = source_kind(source)
     path = Path(source).expanduser()
-    if path.is_file():
+    if kind == "file":
         if splits is not None:
             raise DataError(f"{path}: a single file is one set of documents; splits apply only to folders")
         return _load_text_file(path)
     chosen = _check_splits(splits, str(source))
-    if path.is_dir():
+    if kind == "folder":
         return _load_split_dir(path, chosen, str(path))
-    if looks_like_hub_id(str(source), owner_required=True, file_suffixes=TEXT_FILE_SUFFIXES):
-        return _load_hub_id(str(source), chosen, downloader)
-    raise DataError(f"{source}: no such file or folder (and it does not look like a Hub dataset id)")
+    return _load_hub_id(str(source), chosen, downloader)
 
 
 def _check_splits(splits: Sequence[str] | None, source: str) -> tuple[str, ...]:
@@ -126,33 +151,22 @@ def _check_splits(splits: Sequence[str] | None, source: str) -> tuple[str, ...]:
 
 
 def _load_split_dir(path: Path, splits: Sequence[str], origin: str) -> PretrainTexts:
-    shard_dir = path / "plain_text" if (path / "plain_text").is_dir() else path
     texts: list[str] = []
     inputs: list[dict[str, Any]] = []
     for split in splits:
-        shards = sorted(shard_dir.glob(f"{split}-*.parquet"))
-        if not shards:
-            raise DataError(f"{shard_dir}: no {split}-*.parquet files for split {split!r}")
-        split_texts = [text for shard in shards for text in _read_parquet(shard)]
+        shards = hub_split_shards(path, split)
+        split_texts = _read_texts(shards, source=str(shards[0].parent / f"{split}-*.parquet")).texts
         texts.extend(split_texts)
-        files = {shard.name: _sha256_file(shard) for shard in shards}
+        files = {shard.name: sha256_file(shard) for shard in shards}
         inputs.append({"name": split, "split": split, "files": files, "documents": len(split_texts)})
     return PretrainTexts(texts, _texts_info(origin, inputs, splits))
 
 
 def _load_hub_id(repo_id: str, splits: Sequence[str], downloader: Callable[..., str] | None) -> PretrainTexts:
     # Only the requested splits' shards are downloaded: the test shard is not even fetched.
-    patterns = [f"plain_text/{split}-*.parquet" for split in splits]
-    try:
-        local = download_snapshot(
-            repo_id,
-            patterns,
-            repo_type="dataset",
-            what_instead="a local folder in the Hub layout (plain_text/{split}-*.parquet) or a text file",
-            downloader=downloader,
-        )
-    except HubUnavailableError as exc:
-        raise DataError(f"{repo_id}: not a local path, and {exc}") from exc
+    patterns = [f"{HUB_CONFIG_DIR}/{split}-*.parquet" for split in splits]
+    what_instead = f"a local folder in the Hub layout ({HUB_CONFIG_DIR}/{{split}}-*.parquet) or a text file"
+    local = download_hub_dataset(repo_id, patterns, what_instead=what_instead, downloader=downloader)
     return _load_split_dir(local, splits, f"hf://datasets/{repo_id}")
 
 
@@ -162,24 +176,21 @@ def _load_text_file(path: Path) -> PretrainTexts:
             f"{path}: the file name says it is a test split, and test texts are never used for pretraining "
             "(rename the file if it is not test data)"
         )
-    name = path.name.lower()
-    blank = 0
-    if name.endswith(".txt"):
-        texts, blank = _read_txt(path)
-    elif name.endswith((".jsonl", ".json")):
-        texts, blank = _read_jsonl(path)
-    elif name.endswith(".parquet"):
-        texts = _read_parquet(path)
-    elif name.endswith(".csv"):
-        texts = _read_csv(path)
-    else:
-        raise DataError(f"{path}: unsupported file type; expected one of {', '.join(TEXT_FILE_SUFFIXES)}")
-    if not texts:
-        raise DataError(f"{path}: no documents")
-    part = {"name": path.name, "split": None, "files": {path.name: _sha256_file(path)}, "documents": len(texts)}
-    if blank:
-        part["blank_lines_skipped"] = blank
-    return PretrainTexts(texts, _texts_info(str(path), [part], []))
+    rows = _read_texts([path], source=str(path))
+    part = {"name": path.name, "split": None, "files": {path.name: sha256_file(path)}, "documents": len(rows.texts)}
+    if rows.blank_lines:
+        part["blank_lines_skipped"] = rows.blank_lines
+    return PretrainTexts(rows.texts, _texts_info(str(path), [part], []))
+
+
+def _read_texts(paths: Sequence[Path], *, source: str) -> FileRows:
+    return read_files(paths, TEXT_ONLY, source=source, text_rules=[_no_sentinel])
+
+
+def _no_sentinel(text: str) -> str | None:
+    # the tokenizer maps it to a sentinel id, which span corruption reserves for its span markers
+    sentinel = _SENTINEL_TEXT.search(text)
+    return f"text contains the sentinel token {sentinel.group()}" if sentinel else None
 
 
 def _texts_info(origin: str, inputs: list[dict[str, Any]], splits: Sequence[str]) -> dict[str, Any]:
@@ -190,118 +201,6 @@ def _texts_info(origin: str, inputs: list[dict[str, Any]], splits: Sequence[str]
         "documents": sum(part["documents"] for part in inputs),
         "test_split_used": False,  # every path above refuses a test split before reading anything
     }
-
-
-# ---------------------------------------------------------------------------------------------------------
-# File readers
-
-
-def _read_parquet(path: Path) -> list[str]:
-    try:
-        names = pq.read_schema(path).names
-        if "text" not in names:
-            raise DataError(f"{path}: no text column; found columns: {', '.join(names) or 'none'}")
-        values = pq.read_table(path, columns=["text"]).column("text").to_pylist()
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: not a readable parquet file ({_one_line(exc)})") from exc
-    return [_check_text(value, path, f"row {row} (1-based)") for row, value in enumerate(values, start=1)]
-
-
-def _read_txt(path: Path) -> tuple[list[str], int]:
-    texts: list[str] = []
-    blank = 0
-    for lineno, line in _numbered_lines(path):
-        if not line.strip():
-            blank += 1
-            continue
-        texts.append(_check_text(line, path, f"line {lineno} (1-based)"))
-    return texts, blank
-
-
-def _numbered_lines(path: Path) -> list[tuple[int, str]]:
-    """``(1-based number, line)`` split on newlines only (not on the other separators ``str.splitlines`` knows)."""
-    lines = _decode_utf8(path).split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last line does not start another one
-    return [(lineno, line.removesuffix("\r")) for lineno, line in enumerate(lines, start=1)]
-
-
-def _read_jsonl(path: Path) -> tuple[list[str], int]:
-    texts: list[str] = []
-    blank = 0
-    for lineno, line in _numbered_lines(path):
-        if not line.strip():
-            blank += 1
-            continue
-        where = f"line {lineno} (1-based)"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: {where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: {where}: expected a JSON object, got {type(record).__name__}")
-        if "text" not in record:
-            raise DataError(f"{path}: {where}: no text key (found keys: {', '.join(sorted(record)) or 'none'})")
-        texts.append(_check_text(record["text"], path, where))
-    return texts, blank
-
-
-def _read_csv(path: Path) -> list[str]:
-    # strict: an unbalanced quote is an error instead of a field that swallows the rest of the file
-    reader = csv.reader(io.StringIO(_decode_utf8(path), newline=""), strict=True)
-    row = 0
-    try:
-        header = [name.strip() for name in next(reader, [])]
-        if "text" not in header:
-            raise DataError(f"{path}: no text column in the header; found columns: {', '.join(header) or 'none'}")
-        column = header.index("text")
-        texts: list[str] = []
-        for fields in reader:
-            if not fields:  # blank line: no record
-                continue
-            row += 1
-            where = f"data row {row} (1-based, header not counted; line {reader.line_num})"
-            if len(fields) != len(header):
-                raise DataError(f"{path}: {where}: {len(fields)} fields but the header has {len(header)}")
-            texts.append(_check_text(fields[column], path, where))
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV after data row {row} (1-based): {_one_line(exc)}") from exc
-    return texts
-
-
-def _decode_utf8(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}: line {line} (1-based): bytes that are not valid UTF-8 at offset {exc.start}") from exc
-
-
-def _check_text(value: object, path: Path, where: str) -> str:
-    if value is None:
-        raise DataError(f"{path}: {where}: text is missing")
-    if not isinstance(value, str):
-        raise DataError(f"{path}: {where}: text must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(f"{path}: {where}: text is empty or whitespace only")
-    sentinel = _SENTINEL_TEXT.search(value)
-    if sentinel:
-        # the tokenizer maps it to a sentinel id, which span corruption reserves for its span markers
-        raise DataError(f"{path}: {where}: text contains the sentinel token {sentinel.group()}")
-    return value
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -520,6 +419,81 @@ def _check_seed(seed: int) -> int:
     if seed < 0:
         raise DataError(f"seed must be non-negative, got {seed}")
     return seed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The data of a run: its texts, minus exact test copies, packed
+
+
+def prepare_texts(cfg: PretrainDataSettings) -> PretrainTexts:
+    """Read the pretraining texts, record their overlap with the test texts, and drop exact test copies.
+
+    The decision (recorded in ``info["exclusions"]``): exact copies of test texts are dropped from every input
+    except an IMDb ``train`` split. IMDb's ``unsupervised`` split holds 270 documents (266 distinct texts) that
+    are test reviews; pretraining on them would let the backbone see test reviews that fine-tuning never sees.
+    The 123 test texts that also occur in ``train`` are kept: they are the benchmark's own labelled training
+    data, which fine-tuning sees anyway. ``exclude_test_overlap=False`` keeps everything (still counted).
+    """
+    texts = load_pretrain_texts(cfg.data, cfg.splits)
+    test = _test_texts(cfg)
+    if test is None:
+        texts.info["test_overlap"] = None
+        return texts
+    test_texts, origin = test
+    record_test_overlap(texts, test_texts)
+    texts.info["test_overlap"]["test_source"] = origin
+    parts = [part["name"] for part in texts.info["inputs"] if part.get("split") != "train"]
+    if cfg.exclude_test_overlap and parts:
+        texts = exclude_texts(
+            texts,
+            test_texts,
+            reason="exact copies of test texts (the IMDb train split's copies are kept: fine-tuning trains on them)",
+            parts=parts,
+        )
+    return texts
+
+
+def _test_texts(cfg: PretrainDataSettings) -> tuple[list[str], str] | None:
+    """The texts never to pretrain on, and where they came from; None only when the user chose to keep them.
+
+    A text file, or a folder without a test split, has no test texts of its own: rather than record a check that
+    never ran, it needs ``test_data`` (the texts the backbone will be tested on) or ``exclude_test_overlap`` off.
+    """
+    if cfg.test_data is not None:
+        test = load_split(cfg.test_data, "test")
+        return test.texts, test.origin
+    path = Path(cfg.data).expanduser()
+    if path.is_file() or (path.is_dir() and not has_local_split(path, "test")):
+        if not cfg.exclude_test_overlap:
+            return None
+        raise PretrainError(
+            f"{cfg.data}: has no test split, so nothing keeps your test texts out of pretraining; pass test_data "
+            "(--test-data, the texts you will test on) or set exclude_test_overlap off (--keep-test-overlap)"
+        )
+    try:
+        test = load_split(cfg.data, "test")
+    except DataError as err:
+        raise PretrainError(
+            f"{cfg.data}: could not read its test split to keep test texts out of pretraining ({err}); "
+            "pass test_data (--test-data) or set exclude_test_overlap off (--keep-test-overlap)"
+        ) from err
+    return test.texts, test.origin
+
+
+def build_data(cfg: PretrainDataSettings, tokenizer: T5Tokenizer) -> PretrainData:
+    """The packed pretraining data of ``cfg`` (tokenising all of IMDb takes minutes on a small CPU)."""
+    texts = prepare_texts(cfg)
+    data = build_pretrain_data(
+        texts,
+        tokenizer,
+        input_length=cfg.input_length,
+        noise_density=cfg.noise_density,
+        mean_noise_span_length=cfg.mean_noise_span_length,
+        validation_documents=cfg.validation_documents,
+        seed=cfg.seed,
+    )
+    data.info["built_for"] = cfg.data_settings()
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -42,9 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.sources import DataError, load_split
 from ..data.text2text import Batch
-from ..errors import T5PeftError
 from ..model.checkpoint import CheckpointError, plan_shards, resolve_model_dir
 from ..model.config import T5Config
 from ..model.t5 import T5ForConditionalGeneration, load_pretrained
@@ -57,13 +55,11 @@ from ..train.step import COMPILE_SETTINGS, TrainStep, autocast, resolve_compile
 from .data import (
     PretrainBatch,
     PretrainData,
-    PretrainTexts,
+    PretrainError,
     batches_per_epoch,
-    build_pretrain_data,
+    build_data,
     epoch_order,
-    exclude_texts,
-    load_pretrain_texts,
-    record_test_overlap,
+    prepare_texts,
     train_batch,
     validation_batches,
 )
@@ -75,10 +71,6 @@ SCHEDULES = ("cosine", "inverse-sqrt", "constant")
 EXPORT_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 CUDA_SYNC_EVERY = 25  # steps between host-device synchronisations, so the host clock tracks the device's work
 PREFETCH_BATCHES = 4  # per data worker
-
-
-class PretrainError(T5PeftError, ValueError):
-    pass
 
 
 @dataclass
@@ -226,82 +218,6 @@ class LrSchedule:
             return warmup * math.sqrt(max(1, self.warmup_steps) / max(step + 1, self.warmup_steps, 1))
         cosine = 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
         return warmup * (self.min_ratio + (1.0 - self.min_ratio) * cosine)
-
-
-# --------------------------------------------------------------------------------------------------
-# Texts and data
-
-
-def _test_texts(cfg: PretrainConfig) -> tuple[list[str], str] | None:
-    """The texts never to pretrain on, and where they came from; None only when the user chose to keep them.
-
-    A text file, or a folder without a test split, has no test texts of its own: rather than record a check that
-    never ran, it needs ``test_data`` (the texts the backbone will be tested on) or ``exclude_test_overlap`` off.
-    """
-    if cfg.test_data is not None:
-        test = load_split(cfg.test_data, "test")
-        return test.texts, test.origin
-    path = Path(cfg.data).expanduser()
-    shard_dir = path / "plain_text" if (path / "plain_text").is_dir() else path
-    if path.is_file() or (path.is_dir() and not any(shard_dir.glob("test-*.parquet"))):
-        if not cfg.exclude_test_overlap:
-            return None
-        raise PretrainError(
-            f"{cfg.data}: has no test split, so nothing keeps your test texts out of pretraining; pass test_data "
-            "(--test-data, the texts you will test on) or set exclude_test_overlap off (--keep-test-overlap)"
-        )
-    try:
-        test = load_split(cfg.data, "test")
-    except DataError as err:
-        raise PretrainError(
-            f"{cfg.data}: could not read its test split to keep test texts out of pretraining ({err}); "
-            "pass test_data (--test-data) or set exclude_test_overlap off (--keep-test-overlap)"
-        ) from err
-    return test.texts, test.origin
-
-
-def prepare_texts(cfg: PretrainConfig) -> PretrainTexts:
-    """Read the pretraining texts, record their overlap with the test texts, and drop exact test copies.
-
-    The decision (recorded in ``info["exclusions"]``): exact copies of test texts are dropped from every input
-    except an IMDb ``train`` split. IMDb's ``unsupervised`` split holds 270 documents (266 distinct texts) that
-    are test reviews; pretraining on them would let the backbone see test reviews that fine-tuning never sees.
-    The 123 test texts that also occur in ``train`` are kept: they are the benchmark's own labelled training
-    data, which fine-tuning sees anyway. ``exclude_test_overlap=False`` keeps everything (still counted).
-    """
-    texts = load_pretrain_texts(cfg.data, cfg.splits)
-    test = _test_texts(cfg)
-    if test is None:
-        texts.info["test_overlap"] = None
-        return texts
-    test_texts, origin = test
-    record_test_overlap(texts, test_texts)
-    texts.info["test_overlap"]["test_source"] = origin
-    parts = [part["name"] for part in texts.info["inputs"] if part.get("split") != "train"]
-    if cfg.exclude_test_overlap and parts:
-        texts = exclude_texts(
-            texts,
-            test_texts,
-            reason="exact copies of test texts (the IMDb train split's copies are kept: fine-tuning trains on them)",
-            parts=parts,
-        )
-    return texts
-
-
-def build_data(cfg: PretrainConfig, tokenizer: T5Tokenizer) -> PretrainData:
-    """The packed pretraining data of ``cfg`` (tokenising all of IMDb takes minutes on a small CPU)."""
-    texts = prepare_texts(cfg)
-    data = build_pretrain_data(
-        texts,
-        tokenizer,
-        input_length=cfg.input_length,
-        noise_density=cfg.noise_density,
-        mean_noise_span_length=cfg.mean_noise_span_length,
-        validation_documents=cfg.validation_documents,
-        seed=cfg.seed,
-    )
-    data.info["built_for"] = cfg.data_settings()
-    return data
 
 
 # --------------------------------------------------------------------------------------------------
