@@ -34,7 +34,7 @@ def _on_ci() -> bool:
 
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory) -> Path:
-    """A tiny random T5 checkpoint (``helpers.TINY``, t5peft's initialisation, seed 0), written once per session."""
+    """A tiny random T5 checkpoint (``helpers.TINY_T5``, t5peft's initialisation, seed 0), written once per session."""
     from helpers import save_tiny_base
 
     return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))

@@ -1,6 +1,6 @@
-"""Scaffolding shared by the tests (t5peft only; the transformers/PEFT side is in ``oracles.py``): tiny random
-models and their checkpoints, random batches, eval logits, random values for trained tensors, errors, and a few
-training steps through the one training step."""
+"""Scaffolding shared by the tests (t5peft only; the transformers/PEFT side is in ``oracles.py``, the method cases in
+``method_cases.py``): tiny random models and their checkpoints, random batches, eval logits, random values for trained
+tensors, errors, and a few training steps through the one training step."""
 
 from __future__ import annotations
 
@@ -14,13 +14,18 @@ from t5peft import T5Config, T5ForConditionalGeneration
 from t5peft.data.text2text import Batch
 from t5peft.train.step import TrainStep
 
-# A tiny T5 whose encoder and decoder differ in depth (a formula that mixes them up is caught) and whose small
-# vocabulary keeps the embedding and LM head cheap.
-TINY = dict(vocab_size=1000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=3, num_heads=4)
+REPO = Path(__file__).resolve().parent.parent
+# TINY is the tiny architecture shipped in configs/models/t5-tiny, which the training, CLI and pretraining tests run
+# (with random weights); tests that name it take it from here
+TINY = REPO / "configs" / "models" / "t5-tiny"
+# TINY_T5, the random T5 of the method tests: encoder and decoder differ in depth (a formula that mixes them up is
+# caught) and a small vocabulary keeps the embedding and LM head cheap
+TINY_T5 = dict(vocab_size=1000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=3, num_heads=4)
 
 
 def tiny_config(**overrides) -> T5Config:
-    return T5Config(**{**TINY, **overrides})
+    """The config of :data:`TINY_T5`, with ``overrides``."""
+    return T5Config(**{**TINY_T5, **overrides})
 
 
 def save_tiny_base(directory: Path, seed: int = 0, **overrides) -> Path:
@@ -48,8 +53,8 @@ def random_batch(seed: int = 0, vocab: int = 32000) -> dict[str, torch.Tensor]:
 
 
 def tiny_batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    """:func:`random_batch` with ids inside the vocabulary of :data:`TINY`."""
-    return random_batch(seed, TINY["vocab_size"])
+    """:func:`random_batch` with ids inside the vocabulary of :data:`TINY_T5`."""
+    return random_batch(seed, TINY_T5["vocab_size"])
 
 
 def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

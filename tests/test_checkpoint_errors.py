@@ -14,13 +14,13 @@ from safetensors.torch import load_file, save_file
 from t5peft import CheckpointError, ConfigError, T5Config, T5ForConditionalGeneration, load_pretrained
 from t5peft.hub import HubUnavailableError, looks_like_hub_id
 
-TINY = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
+CONFIG = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
 
 
 @pytest.fixture
 def saved(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    T5ForConditionalGeneration(T5Config(**TINY)).save_pretrained(tmp_path / "ok")
+    T5ForConditionalGeneration(T5Config(**CONFIG)).save_pretrained(tmp_path / "ok")
     return tmp_path / "ok"
 
 
@@ -33,7 +33,7 @@ def _edit_weights(directory: Path, edit) -> None:
 
 def test_round_trip(saved):
     model = load_pretrained(saved)
-    assert model.num_parameters() == T5ForConditionalGeneration(T5Config(**TINY)).num_parameters()
+    assert model.num_parameters() == T5ForConditionalGeneration(T5Config(**CONFIG)).num_parameters()
 
 
 def test_missing_tensor_is_named(saved):
@@ -154,7 +154,7 @@ def test_missing_files(tmp_path):
         load_pretrained(tmp_path / "nope" / "x")
     with pytest.raises(CheckpointError, match="config.json not found"):
         load_pretrained(tmp_path)
-    T5Config(**TINY).save(tmp_path)
+    T5Config(**CONFIG).save(tmp_path)
     with pytest.raises(CheckpointError, match="no weights found"):
         load_pretrained(tmp_path)
 

@@ -4,7 +4,6 @@ config fields. What every method must do is checked for both by ``test_method_co
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,31 +12,20 @@ from torch import nn
 
 from helpers import logits, perturb, relative_error
 from helpers import tiny_batch as _batch
+from method_cases import applied
 from oracles import peft_model
 from t5peft import apply_method, load_adapter, load_pretrained, save_adapter
-from t5peft.methods import MethodConfigError
+from t5peft.methods import MethodConfigError, merge_method
 from t5peft.methods.adapter import BottleneckAdapter
-from t5peft.methods.ia3 import IA3Linear, merge_ia3
+from t5peft.methods.declarations.ia3 import IA3Config
+from t5peft.methods.ia3 import IA3Linear
 
 TOLERANCE = 1e-5
 
-# name -> (method, options)
-CASES = {
-    "adapter-pfeiffer": ("adapter", {}),
-    "adapter-houlsby": ("adapter", dict(placement="houlsby", non_linearity="gelu", reduction_factor=8)),
-    "ia3": ("ia3", {}),
-    "ia3-custom": ("ia3", dict(target_modules=["q", "o", "wi", "wo"], feedforward_modules=["wi", "wo"])),
-}
-
-
-def _applied(base: Path, case: str):
-    method, options = CASES[case]
-    return apply_method(load_pretrained(base), method, **options)
-
 
 def test_loaded_config_equals_saved_config(tiny_base_dir, tmp_path):
-    for case in CASES:
-        model = _applied(tiny_base_dir, case)
+    for case in ("adapter-pfeiffer", "adapter-houlsby", "ia3", "ia3-custom"):
+        model = applied(tiny_base_dir, case)
         save_adapter(model, tmp_path / case)
         loaded = load_adapter(load_pretrained(tiny_base_dir), tmp_path / case)
         assert loaded.peft.method.config == model.peft.method.config, case
@@ -54,7 +42,7 @@ def test_adapter_with_init_scale_is_not_identity(tiny_base_dir):
 
 
 # --------------------------------------------------------------------------------------------------
-# Bottleneck adapters: placement, module formula, options, file layout
+# Bottleneck adapters: placement, the module by hand, initialisation, dropout, options, file layout
 
 
 def _adapter_paths(model) -> list[str]:
@@ -62,12 +50,12 @@ def _adapter_paths(model) -> list[str]:
 
 
 def test_adapter_placement(tiny_base_dir):
-    pfeiffer = _adapter_paths(_applied(tiny_base_dir, "adapter-pfeiffer"))
+    pfeiffer = _adapter_paths(applied(tiny_base_dir, "adapter-pfeiffer"))
     assert pfeiffer == sorted(
         [f"encoder.block.{i}.layer.1.adapter" for i in range(2)]
         + [f"decoder.block.{i}.layer.2.adapter" for i in range(3)]
     )
-    houlsby = _adapter_paths(_applied(tiny_base_dir, "adapter-houlsby"))
+    houlsby = _adapter_paths(applied(tiny_base_dir, "adapter-houlsby"))
     assert houlsby == sorted(
         [f"encoder.block.{i}.layer.{j}.adapter" for i in range(2) for j in (0, 1)]
         + [f"decoder.block.{i}.layer.{j}.adapter" for i in range(3) for j in (0, 1, 2)]
@@ -91,7 +79,7 @@ def test_adapter_module_by_hand(name, act):
 
 
 def test_adapter_zero_init_and_shapes(tiny_base_dir):
-    model = _applied(tiny_base_dir, "adapter-houlsby")
+    model = applied(tiny_base_dir, "adapter-houlsby")
     params = dict(model.named_parameters())
     assert params["encoder.block.0.layer.1.adapter.down.weight"].shape == (8, 64)  # 64 // 8
     assert params["encoder.block.0.layer.1.adapter.up.weight"].shape == (64, 8)
@@ -136,7 +124,7 @@ def test_adapter_rejects_bad_options(tiny_base_dir, options):
 
 
 def test_adapter_file_layout(tiny_base_dir, tmp_path):
-    model = _applied(tiny_base_dir, "adapter-pfeiffer")
+    model = applied(tiny_base_dir, "adapter-pfeiffer")
     save_adapter(model, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["peft_type"] == "T5PEFT_BOTTLENECK"
@@ -148,7 +136,7 @@ def test_adapter_file_layout(tiny_base_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# (IA)^3: the scaling by hand, validation, merge
+# (IA)^3: the scaling by hand, targets and keys, feedforward defaults, merging
 
 
 def test_ia3_linear_by_hand():
@@ -165,7 +153,7 @@ def test_ia3_linear_by_hand():
 
 
 def test_ia3_targets_and_keys(tiny_base_dir):
-    model = _applied(tiny_base_dir, "ia3")
+    model = applied(tiny_base_dir, "ia3")
     layers = {name: m for name, m in model.named_modules() if isinstance(m, IA3Linear)}
     assert len(layers) == 2 * 3 + 3 * 5  # encoder k, v, wo; decoder self k, v, cross k, v, wo
     for name, layer in layers.items():
@@ -178,8 +166,6 @@ def test_ia3_targets_and_keys(tiny_base_dir):
 
 
 def test_ia3_feedforward_defaults_follow_targets():
-    from t5peft.methods.ia3 import IA3Config
-
     assert IA3Config().feedforward_modules == ["wo"]
     assert IA3Config(target_modules=["q", "v"]).feedforward_modules == []
     with pytest.raises(MethodConfigError, match="subset"):
@@ -189,11 +175,11 @@ def test_ia3_feedforward_defaults_follow_targets():
 
 
 def test_ia3_merge_matches_unmerged(tiny_base_dir, tmp_path):
-    model = _applied(tiny_base_dir, "ia3-custom")
+    model = applied(tiny_base_dir, "ia3-custom")
     perturb(model)
     batch = _batch()
     expected = logits(model, batch)
-    merged = merge_ia3(model)
+    merged = merge_method(model)
     assert not any(isinstance(m, IA3Linear) for m in merged.modules())
     assert relative_error(logits(merged, batch), expected) < TOLERANCE
     merged.save_pretrained(tmp_path)  # a plain checkpoint again
@@ -201,7 +187,7 @@ def test_ia3_merge_matches_unmerged(tiny_base_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# (IA)^3: PEFT's config fields
+# (IA)^3: PEFT's config fields read at their neutral values, others refused
 
 
 def test_ia3_peft_config_fields_neutral_and_refused(tiny_base_dir, tmp_path):

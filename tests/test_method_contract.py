@@ -1,23 +1,26 @@
-"""The method contract: what every registered method must do, checked on each case of the table below.
+"""The method contract: what every registered method must do, checked on each case of ``method_cases.CONTRACTS``.
 
 For every case (a method and its options) on a tiny random T5: gradients reach exactly the parameters the method
 trains; after training steps the frozen base is bit-identical and every trained tensor moved; the trainable count
 equals the method's closed form (``Method.closed_form_trainable``) on the tiny T5, on a gated untied T5 v1.1 and on
 t5-small (where it must also equal the number the method's docstring and the README state); ``save_trained`` ->
 ``load_trained`` gives identical logits; an untrained method leaves the logits exactly unchanged where it claims
-to (``Method.identity_at_init``) and moves them where it does not; and for a method with a Hugging Face PEFT format
-(``Method.peft_compatible``) PEFT loads what t5peft saves and t5peft loads what PEFT saves, to the same logits
-(relative error <= 1e-5, float32) and the same trainable count, while a method without one writes nothing PEFT
-takes for its own.
+to (``Method.identity_at_init``) and moves them where it does not; for a method with a Hugging Face PEFT format
+(its declaration's ``file_format.peft_compatible``) PEFT loads what t5peft saves and t5peft loads what PEFT saves, to
+the same logits (relative error <= 1e-5, float32) and the same trainable count, while a method without one writes
+nothing PEFT takes for its own; a method that can be merged (``Method.cannot_merge`` is None) merges into a plain T5
+with the same logits, and one that cannot refuses in one line; and a method's declaration needs no torch.
 
-A new method is covered by one entry in ``CONTRACTS`` (``test_every_registered_method_has_a_contract`` fails until
-it has one).
+A new method is covered by one entry in ``method_cases.CONTRACTS`` (``test_every_registered_method_has_a_contract``
+fails until it has one).
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,152 +29,24 @@ import torch
 
 from helpers import logits, perturb, relative_error, save_tiny_base, t5_small_meta, tiny_config, train_steps
 from helpers import tiny_batch as _batch
+from method_cases import CASES, CONTRACTS, T5_SMALL_PARAMETERS, applied, peft_config
 from t5peft import T5Config, T5ForConditionalGeneration, apply_method, count_parameters, load_pretrained
-from t5peft.methods import load_trained, method_names, save_trained
-from t5peft.methods.registry import METHODS, get_method_class
+from t5peft.methods import MethodConfigError, load_trained, merge_method, method_names, save_trained
+from t5peft.methods.base import Method
+from t5peft.methods.registry import METHODS, get_declaration, get_method_class
 
 TOLERANCE = 1e-5
-T5_SMALL_PARAMETERS = 60_506_624
-SEQ2SEQ = "SEQ_2_SEQ_LM"
-
-PeftConfigBuilder = Callable[[Any, dict[str, Any]], Any]  # (the peft module, a case's options) -> a PEFT config
-
-
-@dataclass(frozen=True)
-class Contract:
-    """One method's entry: its cases, its t5-small counts, and (with a PEFT format) how PEFT spells a case."""
-
-    # case id -> options on the tiny T5 (each case runs every check)
-    cases: dict[str, dict[str, Any]]
-    # (options, trainable parameters on t5-small): the numbers stated in the method's docstring; defaults first
-    t5_small: tuple[tuple[dict[str, Any], int], ...]
-    # the PEFT config equal to a case's options; given exactly when the method is ``peft_compatible``
-    peft_config: PeftConfigBuilder | None = None
-    # overrides of helpers.TINY for the tiny T5 this method's cases run on (its counts too), where the method
-    # cannot run on the default one
-    base: dict[str, Any] = field(default_factory=dict)
-    # True for a case whose file holds an evaluated reparameterisation (P-tuning's encoder output, a projected
-    # prefix): loaded, it trains that table, not PEFT's training-time parameters
-    folds_on_save: Callable[[dict[str, Any]], bool] = lambda options: False
-
-
-def _peft_as_is(config_name: str, **defaults: Any) -> PeftConfigBuilder:
-    """A builder passing a case's options to PEFT's ``config_name`` unchanged (over ``defaults``, where t5peft's
-    defaults differ from PEFT's)."""
-    return lambda peft, options: getattr(peft, config_name)(task_type=SEQ2SEQ, **{**defaults, **options})
-
-
-CONTRACTS: dict[str, Contract] = {
-    "full": Contract(cases={"full": {}}, t5_small=(({}, T5_SMALL_PARAMETERS),)),
-    "lora": Contract(
-        cases={"lora": dict(r=4, lora_alpha=8, target_modules=["q", "v", "wo"])},
-        t5_small=(({}, 294_912),),
-        peft_config=_peft_as_is("LoraConfig"),
-    ),
-    "adalora": Contract(
-        # a schedule that prunes from the third step on; PEFT needs total_step
-        cases={
-            "adalora": dict(
-                init_r=4, target_r=2, tinit=1, total_step=50, target_modules=["k", "o", "q", "v", "wi", "wo"]
-            )
-        },
-        t5_small=(({}, 1_623_168),),
-        peft_config=_peft_as_is("AdaLoraConfig"),
-    ),
-    "adapter": Contract(
-        cases={
-            "adapter-pfeiffer": {},
-            "adapter-houlsby": dict(placement="houlsby", non_linearity="gelu", reduction_factor=8),
-        },
-        t5_small=(({}, 399_744), (dict(placement="houlsby"), 999_360)),
-    ),
-    "prompt": Contract(
-        cases={
-            "prompt": dict(num_virtual_tokens=5),
-            "prompt-2-submodules": dict(num_virtual_tokens=4, num_transformer_submodules=2),
-        },
-        t5_small=(({}, 10_240), (dict(num_virtual_tokens=100, num_transformer_submodules=2), 102_400)),
-        peft_config=_peft_as_is("PromptTuningConfig", num_transformer_submodules=1),  # PEFT's seq2seq default is 2
-    ),
-    "ptuning2": Contract(
-        cases={
-            "ptuning2": dict(num_virtual_tokens=3),
-            "ptuning2-projected": dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=24),
-            "ptuning2-encoder-only": dict(num_virtual_tokens=2, decoder_self=False, decoder_cross=False),
-        },
-        t5_small=(
-            ({}, 368_640),
-            (dict(num_virtual_tokens=16, decoder_cross=False), 196_608),
-            (dict(prefix_projection=True), 10_274_304),
-            (dict(prefix_projection=True, encoder_hidden_size=64, encoder_self=False), 884_864),
-        ),
-    ),
-    "lora+prompt": Contract(cases={"lora+prompt": dict(num_virtual_tokens=3, r=4)}, t5_small=(({}, 305_152),)),
-    "ia3": Contract(
-        cases={
-            "ia3": {},
-            "ia3-custom": dict(target_modules=["q", "o", "wi", "wo"], feedforward_modules=["wi", "wo"]),
-            # PEFT tests feedforward names as suffixes of the module path: "o" also makes every wo feedforward
-            "ia3-suffix": dict(target_modules=["o", "wo"], feedforward_modules=["o"]),
-        },
-        t5_small=(({}, 43_008),),
-        peft_config=_peft_as_is("IA3Config"),
-    ),
-    "dora": Contract(
-        cases={"dora": dict(r=4, lora_alpha=8, target_modules=["q", "v", "wo"])},
-        t5_small=(({}, 313_344),),
-        peft_config=_peft_as_is("LoraConfig", use_dora=True),
-    ),
-    "vera": Contract(
-        cases={
-            "vera": dict(r=8, target_modules=["q", "v", "wo"]),  # projections sliced for q/v and for wo
-            "vera-no-projection": dict(
-                r=6, target_modules=["k", "wi"], save_projection=False, projection_prng_key=7
-            ),  # the file without them: drawn again from the key, as PEFT draws them
-        },
-        t5_small=(({}, 27_648),),
-        peft_config=_peft_as_is("VeraConfig"),
-    ),
-    "ptuning": Contract(
-        cases={
-            "ptuning": dict(num_virtual_tokens=5, encoder_hidden_size=24),
-            "ptuning-lstm": dict(
-                num_virtual_tokens=3,
-                encoder_reparameterization_type="LSTM",
-                encoder_hidden_size=12,
-                num_transformer_submodules=2,  # the LSTM runs over the unused second half too
-            ),
-        },
-        t5_small=(({}, 798_208), (dict(encoder_reparameterization_type="LSTM", encoder_hidden_size=128), 1_260_288)),
-        peft_config=_peft_as_is("PromptEncoderConfig", num_transformer_submodules=1),  # PEFT's seq2seq default is 2
-        folds_on_save=lambda options: True,
-    ),
-    "prefix": Contract(
-        cases={
-            "prefix": dict(num_virtual_tokens=4),
-            "prefix-projected": dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=24),
-        },
-        t5_small=(({}, 122_880), (dict(prefix_projection=True), 3_424_768)),
-        peft_config=_peft_as_is("PrefixTuningConfig"),
-        # PEFT's layout: no deeper decoder than encoder, num_heads * d_kv = d_model (d_kv for the gated count too)
-        base=dict(num_layers=3, d_kv=16),
-        folds_on_save=lambda options: bool(options.get("prefix_projection")),
-    ),
-    "ln_tuning": Contract(
-        cases={"ln_tuning": {}, "ln_tuning-final": dict(target_modules=["final_layer_norm"])},
-        t5_small=(({}, 16_384), (dict(target_modules=["final_layer_norm"]), 1_024)),
-        peft_config=_peft_as_is("LNTuningConfig"),
-    ),
-}
+# merged logits against the adapted model's: measured up to 2.2e-6 (5 seeds x the 11 mergeable cases, float32: W + dW
+# rounded once instead of two products summed), so 1e-5 leaves a margin of 4.5
+MERGE_TOLERANCE = 1e-5
 
 
 def _cases(peft: bool | None = None) -> list:
-    """Every (method, options) case, as pytest params named by case id; ``peft`` filters on a PEFT format."""
+    """Every case as pytest params ``(method, case)`` named by case id; ``peft`` filters on a PEFT format."""
     return [
-        pytest.param(method, options, id=case)
-        for method, contract in CONTRACTS.items()
-        if peft is None or get_method_class(method).peft_compatible == peft
-        for case, options in contract.cases.items()
+        pytest.param(method, case, id=case)
+        for case, (method, _) in CASES.items()
+        if peft is None or get_declaration(method).file_format.peft_compatible == peft
     ]
 
 
@@ -192,28 +67,55 @@ def method_base_dir(tiny_base_dir, tmp_path_factory) -> Callable[[str], Path]:
     return base_dir
 
 
-def _applied(base_dir, method: str, options: dict[str, Any]) -> T5ForConditionalGeneration:
-    return apply_method(load_pretrained(base_dir), method, **options)
-
-
 def test_every_registered_method_has_a_contract():
-    assert list(CONTRACTS) == [cls.name for cls in METHODS] == method_names()
-    for cls in METHODS:
-        contract = CONTRACTS[cls.name]
-        assert contract.cases, cls.name
-        assert contract.t5_small and contract.t5_small[0][0] == {}, f"{cls.name}: t5-small count at the defaults first"
-        assert (contract.peft_config is not None) == cls.peft_compatible, f"{cls.name}: PEFT config builder"
-        assert isinstance(cls.identity_at_init, bool), f"{cls.name} must declare identity_at_init"
+    assert list(CONTRACTS) == [declaration.name for declaration in METHODS] == method_names()
+    for declaration in METHODS:
+        name, contract = declaration.name, CONTRACTS[declaration.name]
+        assert contract.cases, name
+        assert contract.t5_small and contract.t5_small[0][0] == {}, f"{name}: t5-small count at the defaults first"
+        peft_compatible = declaration.file_format.peft_compatible
+        assert (contract.peft_config is not None) == peft_compatible, f"{name}: PEFT config builder"
+
+
+@pytest.mark.parametrize("declaration", METHODS, ids=lambda declaration: declaration.name)
+def test_every_method_implements_its_declaration_and_declares_its_facts(declaration):
+    cls = declaration.method_class()
+    assert issubclass(cls, Method) and cls.declaration is declaration and cls.name == declaration.name
+    assert isinstance(cls.identity_at_init, bool), f"{cls.__name__} must declare identity_at_init"
+    # merge is implemented exactly where the method does not declare why it cannot be merged
+    assert cls.cannot_merge is None or (isinstance(cls.cannot_merge, str) and cls.cannot_merge)
+    assert (cls.merge is not Method.merge) == (cls.cannot_merge is None), cls.__name__
+
+
+def test_declarations_need_no_torch():
+    """Listing the methods, their options and formats, checking options and telling a file's method (what
+    ``t5peft methods``, ``--help`` and experiment files need) import no torch, in a fresh interpreter."""
+    script = """
+import contextlib, io, sys
+from t5peft.cli import cmd_methods
+from t5peft.methods import METHODS, get_declaration, method_names
+from t5peft.methods.registry import method_for_file
+for declaration in METHODS:
+    declaration.config_class.from_options({}, declaration.name)
+    declaration.file_format.file_fields(declaration.config_class().to_dict())
+assert method_for_file({"peft_type": "LORA", "use_dora": True}, "x") is get_declaration("dora")
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    cmd_methods(None)
+assert out.getvalue().count("\\n") == len(method_names()), out.getvalue()
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 # --------------------------------------------------------------------------------------------------
 # Gradients and training
 
 
-@pytest.mark.parametrize(("method", "options"), _cases())
-def test_gradients_reach_exactly_the_trained_parameters(method_base_dir, method, options):
+@pytest.mark.parametrize(("method", "case"), _cases())
+def test_gradients_reach_exactly_the_trained_parameters(method_base_dir, method, case):
     base_dir = method_base_dir(method)
-    model = _applied(base_dir, method, options).train()
+    model = applied(base_dir, case).train()
     perturb(model)  # LoRA's B = 0 would leave A without gradient
     loss = model(**_batch()).loss
     extra = model.peft.method.extra_loss(model)
@@ -227,10 +129,10 @@ def test_gradients_reach_exactly_the_trained_parameters(method_base_dir, method,
             assert not param.requires_grad and param.grad is None, name
 
 
-@pytest.mark.parametrize(("method", "options"), _cases())
-def test_training_moves_the_trained_tensors_and_leaves_the_base_bit_identical(method_base_dir, method, options):
+@pytest.mark.parametrize(("method", "case"), _cases())
+def test_training_moves_the_trained_tensors_and_leaves_the_base_bit_identical(method_base_dir, method, case):
     base_dir = method_base_dir(method)
-    model = _applied(base_dir, method, options)
+    model = applied(base_dir, case)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     train_steps(model, _batch, 3)
@@ -259,9 +161,9 @@ def _count_and_closed_form(config: T5Config, method: str, options: dict[str, Any
     return count_parameters(model), fresh.closed_form_trainable(config)
 
 
-@pytest.mark.parametrize(("method", "options"), _cases())
-def test_trainable_count_is_the_closed_form(method, options):
-    counts, closed_form = _count_and_closed_form(tiny_config(**CONTRACTS[method].base), method, options)
+@pytest.mark.parametrize(("method", "case"), _cases())
+def test_trainable_count_is_the_closed_form(method, case):
+    counts, closed_form = _count_and_closed_form(tiny_config(**CONTRACTS[method].base), method, CASES[case][1])
     assert counts["trainable"] == closed_form > 0
 
 
@@ -292,10 +194,10 @@ def test_t5_small_count_is_the_stated_number(t5_small_dir, method, options, expe
 # Files and the untrained method
 
 
-@pytest.mark.parametrize(("method", "options"), _cases())
-def test_save_load_gives_identical_logits(method_base_dir, tmp_path, method, options):
+@pytest.mark.parametrize(("method", "case"), _cases())
+def test_save_load_gives_identical_logits(method_base_dir, tmp_path, method, case):
     base_dir = method_base_dir(method)
-    model = _applied(base_dir, method, options)
+    model = applied(base_dir, case)
     perturb(model)
     batch = _batch()
     expected = logits(model, batch)
@@ -306,12 +208,12 @@ def test_save_load_gives_identical_logits(method_base_dir, tmp_path, method, opt
     assert count_parameters(loaded)["trainable"] > 0
 
 
-@pytest.mark.parametrize(("method", "options"), _cases())
-def test_untrained_method_changes_the_logits_only_where_it_claims_to(method_base_dir, method, options):
+@pytest.mark.parametrize(("method", "case"), _cases())
+def test_untrained_method_changes_the_logits_only_where_it_claims_to(method_base_dir, method, case):
     base_dir = method_base_dir(method)
     batch = _batch()
     base = logits(load_pretrained(base_dir), batch)
-    untrained = logits(_applied(base_dir, method, options), batch)
+    untrained = logits(applied(base_dir, case), batch)
     if get_method_class(method).identity_at_init:
         assert torch.equal(untrained, base)
     else:  # e.g. prompts add encoder positions, deep prompts attention keys: the logits always move
@@ -322,12 +224,12 @@ def test_untrained_method_changes_the_logits_only_where_it_claims_to(method_base
 # Hugging Face PEFT: both ways for a PEFT format, refusal otherwise
 
 
-@pytest.mark.parametrize(("method", "options"), _cases(peft=True))
-def test_peft_loads_what_t5peft_saves(method_base_dir, tmp_path, method, options):
+@pytest.mark.parametrize(("method", "case"), _cases(peft=True))
+def test_peft_loads_what_t5peft_saves(method_base_dir, tmp_path, method, case):
     base_dir = method_base_dir(method)
     from oracles import peft_load
 
-    model = _applied(base_dir, method, options)
+    model = applied(base_dir, case)
     perturb(model)
     save_trained(model, tmp_path)
     batch = _batch()
@@ -336,21 +238,21 @@ def test_peft_loads_what_t5peft_saves(method_base_dir, tmp_path, method, options
     assert relative_error(logits(peft_load(base_dir, tmp_path), batch), expected) <= TOLERANCE
 
 
-@pytest.mark.parametrize(("method", "options"), _cases(peft=True))
-def test_t5peft_loads_what_peft_saves(method_base_dir, tmp_path, method, options):
+@pytest.mark.parametrize(("method", "case"), _cases(peft=True))
+def test_t5peft_loads_what_peft_saves(method_base_dir, tmp_path, method, case):
     base_dir = method_base_dir(method)
     from oracles import peft_model
 
     peft = pytest.importorskip("peft")
-    reference = peft_model(base_dir, CONTRACTS[method].peft_config(peft, options))
+    reference = peft_model(base_dir, peft_config(peft, case))
     theirs = reference.get_nb_trainable_parameters()[0]
-    assert count_parameters(_applied(base_dir, method, options))["trainable"] == theirs
+    assert count_parameters(applied(base_dir, case))["trainable"] == theirs
     perturb(reference)
     reference.save_pretrained(tmp_path)
     batch = _batch()
     expected = logits(reference, batch)
     loaded = load_trained(tmp_path, base_dir)
-    if CONTRACTS[method].folds_on_save(options):  # the evaluated table: PEFT's loaded adapter holds that too
+    if CONTRACTS[method].folds_on_save(CASES[case][1]):  # the evaluated table: PEFT's loaded adapter holds that too
         assert count_parameters(loaded)["trainable"] == loaded.peft.method.closed_form_trainable(loaded.config)
     else:
         assert count_parameters(loaded)["trainable"] == theirs
@@ -358,11 +260,87 @@ def test_t5peft_loads_what_peft_saves(method_base_dir, tmp_path, method, options
     assert relative_error(logits(loaded, batch), expected) <= TOLERANCE
 
 
-@pytest.mark.parametrize(("method", "options"), _cases(peft=False))
-def test_peft_refuses_what_has_no_peft_format(method_base_dir, tmp_path, method, options):
+@pytest.mark.parametrize(("method", "case"), _cases(peft=False))
+def test_peft_refuses_what_has_no_peft_format(method_base_dir, tmp_path, method, case):
+    """PEFT refuses the folder for what it is: an adapter of a type it does not know (a KeyError naming the type), or,
+    for a method that saves the whole model, no adapter_config.json at all. The base is loaded first, so a base
+    that does not load fails the test instead of passing for a refusal."""
     base_dir = method_base_dir(method)
-    from oracles import peft_load
+    from oracles import hf_from
 
-    save_trained(_applied(base_dir, method, options), tmp_path)
-    with pytest.raises(Exception):  # noqa: B017  (PEFT's own error, whatever its class)
-        peft_load(base_dir, tmp_path)
+    peft = pytest.importorskip("peft")
+    model = applied(base_dir, case)
+    save_trained(model, tmp_path)
+    base = hf_from(base_dir)
+    if model.peft.trains_base:  # a whole checkpoint, where PEFT looks for an adapter
+        assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "adapter_config.json").exists()
+        refusal, reason = ValueError, "Can't find 'adapter_config.json'"
+    else:
+        refusal, reason = KeyError, f"'{get_declaration(method).file_format.peft_type}'"
+    with pytest.raises(refusal, match=re.escape(reason)):
+        peft.PeftModel.from_pretrained(base, str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Merging
+
+
+@pytest.mark.parametrize(("method", "case"), _cases())
+def test_merging_keeps_the_logits_or_is_refused_in_one_line(method_base_dir, tmp_path, method, case):
+    """A method that can be merged gives a plain T5 (no method, only T5's parameters, all trainable) whose logits
+    are the adapted model's within MERGE_TOLERANCE and which saves and loads as a plain checkpoint; one that cannot
+    raises one line naming the method and why, and leaves the model as it was."""
+    base_dir = method_base_dir(method)
+    model = applied(base_dir, case)
+    perturb(model)
+    batch = _batch()
+    expected = logits(model, batch)
+    if get_method_class(method).cannot_merge is not None:
+        with pytest.raises(
+            MethodConfigError, match=f"^method '{re.escape(method)}' cannot be merged into the base"
+        ) as err:
+            merge_method(model)
+        assert "\n" not in str(err.value)
+        assert model.peft is not None and torch.equal(logits(model, batch), expected)
+        return
+    merged = merge_method(model)
+    assert merged is model and merged.peft is None
+    plain = {name for name, _ in T5ForConditionalGeneration(merged.config).named_parameters()}
+    assert {name for name, _ in merged.named_parameters()} == plain
+    assert all(p.requires_grad for p in merged.parameters())
+    assert relative_error(logits(merged, batch), expected) <= MERGE_TOLERANCE
+    merged.save_pretrained(tmp_path)
+    assert torch.equal(logits(load_pretrained(tmp_path), batch), logits(merged, batch))
+
+
+# --------------------------------------------------------------------------------------------------
+# Target modules on a gated T5 (v1.1, flan-t5): "wi" stands for wi_0 and wi_1
+
+# methods that wrap linear layers, and the parameters each adds per wrapped layer [in, out] at the options below
+LINEAR_WRAPPERS: dict[str, tuple[dict[str, Any], Callable[[int, int], int]]] = {
+    "lora": (dict(r=4), lambda i, o: 4 * (i + o)),
+    "dora": (dict(r=4), lambda i, o: 4 * (i + o) + o),
+    "adalora": (dict(init_r=4, target_r=2), lambda i, o: 4 * (i + o + 1)),
+    "vera": (dict(r=8), lambda i, o: o + 8),
+    "ia3": (dict(feedforward_modules="wi"), lambda i, o: i),  # a feedforward target scales its input
+    "lora+prompt": (dict(r=4, num_virtual_tokens=3), lambda i, o: 4 * (i + o)),
+}
+
+
+@pytest.mark.parametrize("method", list(LINEAR_WRAPPERS))
+def test_wi_targets_both_input_projections_of_a_gated_t5(method):
+    """``target_modules=wi`` (as ``-o target_modules=wi`` gives it) adapts wi_0 and wi_1 of every FFN, the config
+    records those two names (PEFT's), and the count is the closed form and the hand count."""
+    config = tiny_config(feed_forward_proj="gated-gelu", d_ff=96)
+    options, per_layer = LINEAR_WRAPPERS[method]
+    with torch.device("meta"):
+        model = apply_method(T5ForConditionalGeneration(config), method, target_modules="wi", **options)
+    ffns = config.num_layers + config.num_decoder_layers
+    trained = [name for name in model.peft.trainable if ".DenseReluDense." in name]
+    layers = {re.match(r"(.*\.DenseReluDense\.\w+?)\.", name).group(1) for name in trained}
+    assert sorted(layer.rsplit(".", 1)[1] for layer in layers) == sorted(["wi_0", "wi_1"] * ffns)
+    assert model.peft.method.config.target_modules == ["wi_0", "wi_1"]
+    prompt = 3 * config.d_model if method == "lora+prompt" else 0
+    by_hand = 2 * ffns * per_layer(config.d_model, config.d_ff) + prompt
+    counts, closed_form = _count_and_closed_form(config, method, dict(options, target_modules="wi"))
+    assert counts["trainable"] == closed_form == by_hand

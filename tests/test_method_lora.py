@@ -13,19 +13,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import logits, perturb, relative_error
+from helpers import logits, perturb, relative_error, save_tiny_base
 from helpers import tiny_batch as _batch
-from oracles import hf_from
+from method_cases import applied
+from oracles import hf_from, peft_load
 from t5peft import apply_method, count_parameters, load_adapter, load_pretrained, save_adapter
-from t5peft.methods import MethodConfigError
-from t5peft.methods.lora import LoraLinear, merge_lora
+from t5peft.methods import MethodConfigError, merge_method
+from t5peft.methods.lora import LoraLinear
 
 TOLERANCE = 1e-5
-OPTIONS = dict(r=4, lora_alpha=8, target_modules=["q", "v", "wo"])
 
 
 def test_save_load_round_trip_keeps_options_and_file_type(tiny_base_dir, tmp_path):
-    model = apply_method(load_pretrained(tiny_base_dir), "lora", **OPTIONS, use_rslora=True)
+    model = applied(tiny_base_dir, "lora", use_rslora=True)
     trainable = model.peft.trainable
     assert trainable and all(n.endswith((".lora_A.weight", ".lora_B.weight")) for n in trainable)
     perturb(model)
@@ -38,7 +38,7 @@ def test_save_load_round_trip_keeps_options_and_file_type(tiny_base_dir, tmp_pat
 
 
 def test_merge_and_unmerge_reproduce_unmerged_logits(tiny_base_dir, tmp_path):
-    model = apply_method(load_pretrained(tiny_base_dir), "lora", **OPTIONS)
+    model = applied(tiny_base_dir, "lora")
     perturb(model, seed=3)
     unmerged = logits(model, _batch())
     layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
@@ -49,7 +49,7 @@ def test_merge_and_unmerge_reproduce_unmerged_logits(tiny_base_dir, tmp_path):
         layer.unmerge()
     assert relative_error(logits(model, _batch()), unmerged) <= TOLERANCE
     # merged into a plain T5: saves as a normal checkpoint that both t5peft and transformers read
-    plain = merge_lora(model)
+    plain = merge_method(model)
     assert plain.peft is None and not any(isinstance(m, LoraLinear) for m in plain.modules())
     plain.save_pretrained(tmp_path / "merged")
     again = load_pretrained(tmp_path / "merged")
@@ -58,7 +58,7 @@ def test_merge_and_unmerge_reproduce_unmerged_logits(tiny_base_dir, tmp_path):
 
 
 def test_a_model_with_lora_is_not_saved_as_a_plain_checkpoint(tiny_base_dir, tmp_path):
-    model = apply_method(load_pretrained(tiny_base_dir), "lora", **OPTIONS)
+    model = applied(tiny_base_dir, "lora")
     with pytest.raises(Exception, match="merge or remove the PEFT method first"):
         model.save_pretrained(tmp_path / "x")
 
@@ -69,6 +69,22 @@ def test_full_fine_tuning_trains_everything(tiny_base_dir):
     assert counts["trainable"] == counts["base"] == model.num_parameters()
     with pytest.raises(MethodConfigError, match="use save_pretrained"):
         save_adapter(model, "unused")
+
+
+def test_wi_on_a_gated_t5_adapts_wi_0_and_wi_1_and_peft_loads_the_file(tmp_path):
+    """``-o target_modules=wi`` on a T5 v1.1 / flan-t5 architecture: both gated input projections get LoRA, the file
+    names them (PEFT matches names exactly, so ``wi`` alone would match nothing there) and PEFT loads it to the same
+    logits (the count: the contract suite)."""
+    base = save_tiny_base(tmp_path / "gated", feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    model = apply_method(load_pretrained(base), "lora", r=4, target_modules="wi")
+    adapted = sorted({name.rsplit(".", 3)[1] for name in model.peft.trainable})
+    assert adapted == ["wi_0", "wi_1"] and len(model.peft.trainable) == 2 * 2 * (2 + 3)
+    perturb(model)
+    save_adapter(model, tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"] == ["wi_0", "wi_1"]
+    expected = logits(model, _batch())
+    assert relative_error(logits(peft_load(base, tmp_path / "adapter"), _batch()), expected) <= TOLERANCE
+    assert torch.equal(logits(load_adapter(load_pretrained(base), tmp_path / "adapter"), _batch()), expected)
 
 
 def test_registry_and_option_errors(tiny_base_dir):
@@ -87,7 +103,7 @@ def test_registry_and_option_errors(tiny_base_dir):
 
 
 def _saved_adapter(tiny_base_dir: Path, directory: Path) -> Path:
-    model = apply_method(load_pretrained(tiny_base_dir), "lora", **OPTIONS)
+    model = applied(tiny_base_dir, "lora")
     perturb(model)
     return save_adapter(model, directory)
 

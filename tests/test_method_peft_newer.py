@@ -5,7 +5,9 @@ identity at init, PEFT interop both ways) is checked for these five by ``test_me
 step by ``test_compiled_step.py``. Here: DoRA's file resolution, gradients against PEFT's (the detached norm),
 dropout formula and merging; VeRA's projections (shared buffers, drawn as PEFT draws them, saved or not) and
 merging; P-tuning's LSTM and its folded file; the prefix layout, positions and cached generation on encoder/decoder
-depths other than the contract's; LayerNorm tuning's copies and merging.
+depths other than the contract's; LayerNorm tuning's copies and merging. The cases are ``method_cases.CASES``, on a
+transformers-initialised base of ``helpers.TINY_T5``'s sizes with a deeper encoder than decoder (PEFT's prefix layout
+needs decoder <= encoder).
 """
 
 from __future__ import annotations
@@ -18,88 +20,34 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import random_batch, relative_error
+from helpers import TINY_T5, random_batch, relative_error
+from method_cases import applied, peft_config
 from oracles import hf_model, transformers
 from t5peft import (
-    T5Config,
-    T5ForConditionalGeneration,
     apply_method,
     count_parameters,
     load_adapter,
     load_pretrained,
     save_adapter,
 )
-from t5peft.methods import MethodConfigError, get_method_class
-from t5peft.methods.dora import DoraLinear, merge_dora
+from t5peft.methods import MethodConfigError, get_declaration, merge_method
+from t5peft.methods.dora import DoraLinear
 from t5peft.methods.files import read_adapter_config
-from t5peft.methods.ln_tuning import LnTuningNorm, merge_ln_tuning
+from t5peft.methods.ln_tuning import LnTuningNorm
 from t5peft.methods.prompt import SoftPrompt
 from t5peft.methods.ptuning import BiLSTM, PromptEncoder
 from t5peft.methods.registry import method_for_file
-from t5peft.methods.vera import VeraLinear, VeraProjections, merge_vera
+from t5peft.methods.vera import VeraLinear, VeraProjections
 from t5peft.train.step import make_loss_fn
 
 peft = pytest.importorskip("peft")
 
 TOLERANCE = 1e-5
-VOCAB = 1000
 ENCODER_LAYERS, DECODER_LAYERS = 3, 2  # unequal depths; PEFT's prefix layout needs decoder <= encoder
 
 
-def _peft_config(case: str):
-    """PEFT's config for each case (same options as ours)."""
-    task = dict(task_type="SEQ_2_SEQ_LM")
-    return {
-        "dora": lambda: peft.LoraConfig(**task, r=4, lora_alpha=8, target_modules=["q", "v", "wo"], use_dora=True),
-        "vera": lambda: peft.VeraConfig(**task, r=8, target_modules=["q", "v", "wo"]),
-        "vera-no-projection": lambda: peft.VeraConfig(
-            **task, r=6, target_modules=["k", "wi"], save_projection=False, projection_prng_key=7
-        ),
-        "ptuning": lambda: peft.PromptEncoderConfig(
-            **task, num_virtual_tokens=5, encoder_hidden_size=24, num_transformer_submodules=1
-        ),
-        "ptuning-lstm": lambda: peft.PromptEncoderConfig(
-            **task,
-            num_virtual_tokens=3,
-            encoder_reparameterization_type="LSTM",
-            encoder_hidden_size=12,
-            encoder_num_layers=2,
-            num_transformer_submodules=2,
-        ),
-        "prefix": lambda: peft.PrefixTuningConfig(**task, num_virtual_tokens=4),
-        "prefix-projected": lambda: peft.PrefixTuningConfig(
-            **task, num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=24
-        ),
-        "ln_tuning": lambda: peft.LNTuningConfig(**task),
-    }[case]()
-
-
-# name -> (method, options)
-CASES = {
-    "dora": ("dora", dict(r=4, lora_alpha=8, target_modules=["q", "v", "wo"], lora_dropout=0.0)),
-    "vera": ("vera", dict(r=8, target_modules=["q", "v", "wo"])),
-    "vera-no-projection": (
-        "vera",
-        dict(r=6, target_modules=["k", "wi"], save_projection=False, projection_prng_key=7),
-    ),
-    "ptuning": ("ptuning", dict(num_virtual_tokens=5, encoder_hidden_size=24)),
-    "ptuning-lstm": (
-        "ptuning",
-        dict(
-            num_virtual_tokens=3,
-            encoder_reparameterization_type="LSTM",
-            encoder_hidden_size=12,
-            num_transformer_submodules=2,
-        ),
-    ),
-    "prefix": ("prefix", dict(num_virtual_tokens=4)),
-    "prefix-projected": ("prefix", dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=24)),
-    "ln_tuning": ("ln_tuning", {}),
-}
-
-
 def _reference_base(**overrides):
-    values = dict(seed=6, vocab_size=VOCAB, num_layers=ENCODER_LAYERS, num_decoder_layers=DECODER_LAYERS)
+    values = dict(TINY_T5, seed=6, num_layers=ENCODER_LAYERS, num_decoder_layers=DECODER_LAYERS)
     return hf_model(**(values | overrides))
 
 
@@ -111,7 +59,7 @@ def base_dir(tmp_path_factory) -> Path:
 
 
 def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    return random_batch(seed, VOCAB)
+    return random_batch(seed, TINY_T5["vocab_size"])
 
 
 def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -130,28 +78,20 @@ def _randomise(model: nn.Module, seed: int = 1) -> None:
                 param.copy_(param.abs() + noise.abs() if "magnitude" in name or "ln_tuning" in name else noise)
 
 
-def _applied(base_dir: Path, case: str):
-    method, options = CASES[case]
-    return apply_method(load_pretrained(base_dir), method, **options)
-
-
 def _peft_model(base_dir: Path, case: str):
-    return peft.get_peft_model(transformers.T5ForConditionalGeneration.from_pretrained(base_dir), _peft_config(case))
-
-
-def _t5_small_meta(t5_small_dir: Path) -> T5ForConditionalGeneration:
-    with torch.device("meta"):
-        return T5ForConditionalGeneration(T5Config.from_json_file(t5_small_dir / "config.json"))
+    return peft.get_peft_model(
+        transformers.T5ForConditionalGeneration.from_pretrained(base_dir), peft_config(peft, case)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
-# Generic: the whole forward of the non-default variants as one graph (test_compiled_step.py: the defaults)
+# Compiling the non-default variants' whole forward as one graph (test_compiled_step.py: the defaults); rates
 
 
 @pytest.mark.parametrize("case", ["ptuning-lstm", "prefix-projected"])  # the defaults: test_compiled_step.py
 def test_forward_and_loss_compile_in_one_graph(base_dir, case):
     torch._dynamo.reset()  # a fresh cache: other models' compilations of the loss function count as recompiles
-    model = _applied(base_dir, case).train()
+    model = applied(base_dir, case).train()
     loss_fn = torch.compile(make_loss_fn(model, torch.device("cpu"), False), fullgraph=True, backend="eager")
     batch = _batch()
     _, loss = loss_fn(batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -161,18 +101,18 @@ def test_forward_and_loss_compile_in_one_graph(base_dir, case):
 
 
 def test_default_learning_rates():
-    rates = {name: get_method_class(name).default_lr for name in ("dora", "vera", "ptuning", "prefix", "ln_tuning")}
+    rates = {name: get_declaration(name).default_lr for name in ("dora", "vera", "ptuning", "prefix", "ln_tuning")}
     assert rates == {"dora": 1e-3, "vera": 4e-3, "ptuning": 1e-3, "prefix": 1e-2, "ln_tuning": 1e-3}
 
 
 # --------------------------------------------------------------------------------------------------
-# DoRA
+# DoRA: which method a LORA folder is, file keys, merging, gradients and dropout as PEFT computes them
 
 
 def test_lora_folder_resolution_by_use_dora(base_dir, tmp_path):
     """A LORA folder with use_dora: true is DoRA's, without it LoRA's; the same tensors missing the magnitude
     are refused, never read as plain LoRA."""
-    dora = _applied(base_dir, "dora")
+    dora = applied(base_dir, "dora")
     save_adapter(dora, tmp_path / "dora")
     values = read_adapter_config(tmp_path / "dora")
     assert values["peft_type"] == "LORA" and values["use_dora"] is True
@@ -189,7 +129,7 @@ def test_lora_folder_resolution_by_use_dora(base_dir, tmp_path):
 
 
 def test_dora_file_keys(base_dir, tmp_path):
-    save_adapter(_applied(base_dir, "dora"), tmp_path)
+    save_adapter(applied(base_dir, "dora"), tmp_path)
     tensors = load_file(tmp_path / "adapter_model.safetensors")
     key = "base_model.model.decoder.block.1.layer.2.DenseReluDense.wo.lora_magnitude_vector"
     assert tensors[key].shape == (64,)
@@ -197,7 +137,7 @@ def test_dora_file_keys(base_dir, tmp_path):
 
 
 def test_dora_merge_unmerge_and_plain_checkpoint(base_dir, tmp_path):
-    model = _applied(base_dir, "dora")
+    model = applied(base_dir, "dora")
     _randomise(model, seed=4)
     unmerged = _logits(model, _batch())
     layers = [m for m in model.modules() if isinstance(m, DoraLinear)]
@@ -209,7 +149,7 @@ def test_dora_merge_unmerge_and_plain_checkpoint(base_dir, tmp_path):
         layer.unmerge()
     assert relative_error(_logits(model, _batch()), unmerged) <= TOLERANCE
     assert all(torch.allclose(layer.weight, w, atol=1e-6) for layer, w in zip(layers, weights, strict=True))
-    plain = merge_dora(model)
+    plain = merge_method(model)
     assert plain.peft is None and not any(isinstance(m, DoraLinear) for m in plain.modules())
     plain.save_pretrained(tmp_path / "merged")
     reference = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
@@ -219,7 +159,7 @@ def test_dora_merge_unmerge_and_plain_checkpoint(base_dir, tmp_path):
 
 def test_dora_gradients_equal_peft_with_the_norm_detached(base_dir):
     """Same weights, same batch: every DoRA gradient equals PEFT's (whose column norm carries no gradient)."""
-    ours = _applied(base_dir, "dora")
+    ours = applied(base_dir, "dora")
     _randomise(ours, seed=5)
     reference = _peft_model(base_dir, "dora")
     theirs = dict(reference.named_parameters())
@@ -260,11 +200,11 @@ def test_dora_training_output_with_dropout_is_peft_formula():
 
 
 # --------------------------------------------------------------------------------------------------
-# VeRA
+# VeRA: shared projections drawn as PEFT draws them, saved or drawn again, merging, PEFT's init
 
 
 def test_vera_projections_are_shared_buffers_drawn_as_peft_draws_them(base_dir):
-    model = _applied(base_dir, "vera-no-projection")
+    model = applied(base_dir, "vera-no-projection")
     holders = {id(m.projections) for m in model.modules() if isinstance(m, VeraLinear)}
     assert len(holders) == 1
     projections = next(m for m in model.modules() if isinstance(m, VeraProjections))
@@ -276,8 +216,8 @@ def test_vera_projections_are_shared_buffers_drawn_as_peft_draws_them(base_dir):
 
 
 def test_vera_files_with_and_without_projections(base_dir, tmp_path):
-    save_adapter(_applied(base_dir, "vera"), tmp_path / "with")
-    save_adapter(_applied(base_dir, "vera-no-projection"), tmp_path / "without")
+    save_adapter(applied(base_dir, "vera"), tmp_path / "with")
+    save_adapter(applied(base_dir, "vera-no-projection"), tmp_path / "without")
     with_keys = set(load_file(tmp_path / "with" / "adapter_model.safetensors"))
     without_keys = set(load_file(tmp_path / "without" / "adapter_model.safetensors"))
     assert {"base_model.vera_A", "base_model.vera_B"} <= with_keys
@@ -287,7 +227,7 @@ def test_vera_files_with_and_without_projections(base_dir, tmp_path):
 
 def test_vera_saved_projections_are_used_when_loading(base_dir, tmp_path):
     """With save_projection the file's projections are authoritative (not redrawn from the key)."""
-    model = _applied(base_dir, "vera")
+    model = applied(base_dir, "vera")
     _randomise(model)
     projections = next(m for m in model.modules() if isinstance(m, VeraProjections))
     with torch.no_grad():
@@ -298,7 +238,7 @@ def test_vera_saved_projections_are_used_when_loading(base_dir, tmp_path):
 
 
 def test_vera_merge_unmerge(base_dir, tmp_path):
-    model = _applied(base_dir, "vera")
+    model = applied(base_dir, "vera")
     _randomise(model)
     unmerged = _logits(model, _batch())
     layers = [m for m in model.modules() if isinstance(m, VeraLinear)]
@@ -308,7 +248,7 @@ def test_vera_merge_unmerge(base_dir, tmp_path):
     for layer in layers:
         layer.unmerge()
     assert relative_error(_logits(model, _batch()), unmerged) <= TOLERANCE
-    plain = merge_vera(model)
+    plain = merge_method(model)
     assert not any(isinstance(m, (VeraLinear, VeraProjections)) for m in plain.modules())
     plain.save_pretrained(tmp_path / "merged")
     assert relative_error(_logits(load_pretrained(tmp_path / "merged"), _batch()), unmerged) <= TOLERANCE
@@ -322,7 +262,7 @@ def test_vera_init_weights_false_is_peft_choice(base_dir):
 
 
 # --------------------------------------------------------------------------------------------------
-# P-tuning
+# P-tuning: the LSTM as torch's, the file as the encoded table (the one used at inference)
 
 
 def test_bilstm_equals_torch_lstm():
@@ -336,7 +276,7 @@ def test_bilstm_equals_torch_lstm():
 
 
 def test_ptuning_file_is_the_encoded_table_and_loads_as_a_plain_prompt(base_dir, tmp_path):
-    model = _applied(base_dir, "ptuning-lstm")
+    model = applied(base_dir, "ptuning-lstm")
     assert isinstance(model.encoder.input_prefix, PromptEncoder)
     save_adapter(model, tmp_path)
     tensors = load_file(tmp_path / "adapter_model.safetensors")
@@ -353,8 +293,7 @@ def test_ptuning_file_is_the_encoded_table_and_loads_as_a_plain_prompt(base_dir,
 
 def test_ptuning_saved_in_training_mode_is_the_table_used_at_inference(base_dir, tmp_path):
     """With LSTM dropout, the encoder is random in training mode: a save must write the inference table."""
-    method, options = CASES["ptuning-lstm"]
-    model = apply_method(load_pretrained(base_dir), method, **{**options, "encoder_dropout": 0.5}).train()
+    model = applied(base_dir, "ptuning-lstm", encoder_dropout=0.5).train()
     save_adapter(model, tmp_path / "a")
     save_adapter(model, tmp_path / "b")
     first, second = (load_file(tmp_path / n / "adapter_model.safetensors")["prompt_embeddings"] for n in "ab")
@@ -364,25 +303,15 @@ def test_ptuning_saved_in_training_mode_is_the_table_used_at_inference(base_dir,
     assert torch.equal(first, second) and torch.equal(first, used)
 
 
-@pytest.mark.parametrize("merge", [merge_dora, merge_vera, merge_ln_tuning])
-def test_merging_a_model_without_that_method_is_an_error(base_dir, merge):
-    model = _applied(base_dir, "ptuning-lstm")
-    with pytest.raises(
-        MethodConfigError, match=r"nothing to merge: the model has no \w+ layers \(its method is 'ptuning'\)"
-    ):
-        merge(model)
-    assert model.peft is not None  # untouched
-
-
 def test_ptuning_prepends_only_the_first_tokens(base_dir):
-    model = _applied(base_dir, "ptuning-lstm")
+    model = applied(base_dir, "ptuning-lstm")
     batch = _batch()
     states, mask = model.encode(batch["input_ids"], batch["attention_mask"])
     assert states.shape[1] == batch["input_ids"].shape[1] + 3 and mask.shape[1] == states.shape[1]
 
 
 # --------------------------------------------------------------------------------------------------
-# PEFT's prefix tuning
+# Prefix tuning: PEFT's layout and positions, cached generation, refused shapes, the folded projection
 
 
 @pytest.mark.parametrize(
@@ -409,7 +338,7 @@ def test_prefix_layout_matches_peft(tmp_path, encoder, decoder, pairs, unused):
 
 
 def test_prefix_reaches_only_decoder_self_attention_with_position_bias(base_dir):
-    model = _applied(base_dir, "prefix")
+    model = applied(base_dir, "prefix")
     assert model.encoder.self_prefix is None and model.decoder.cross_prefix is None
     assert model.encoder.input_prefix is None and model.decoder.self_prefix.occupies_positions
     prefixes = model.decoder.self_prefix()
@@ -423,7 +352,7 @@ def test_prefix_reaches_only_decoder_self_attention_with_position_bias(base_dir)
 
 @pytest.mark.parametrize("case", ["prefix", "prefix-projected"])
 def test_prefix_cached_generation_equals_uncached_greedy(base_dir, case):
-    model = _applied(base_dir, case).eval()
+    model = applied(base_dir, case).eval()
     _randomise(model)
     batch = _batch()
     generated = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=6)
@@ -453,7 +382,7 @@ def test_prefix_refuses_what_peft_cannot_run(tmp_path):
 
 
 def test_prefix_projection_is_folded_when_saved(base_dir, tmp_path):
-    model = _applied(base_dir, "prefix-projected")
+    model = applied(base_dir, "prefix-projected")
     _randomise(model)
     expected = _logits(model, _batch())
     save_adapter(model, tmp_path)
@@ -466,18 +395,18 @@ def test_prefix_projection_is_folded_when_saved(base_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# LayerNorm tuning
+# LayerNorm tuning: trained copies merged into a plain T5, norm targets only
 
 
 def test_ln_tuning_trains_copies_and_merges_into_a_plain_t5(base_dir, tmp_path):
-    model = _applied(base_dir, "ln_tuning")
+    model = applied(base_dir, "ln_tuning")
     wrapped = [n for n, m in model.named_modules() if isinstance(m, LnTuningNorm)]
     assert len(wrapped) == 2 * ENCODER_LAYERS + 3 * DECODER_LAYERS + 2
     assert all(n.endswith(".ln_tuning_layers.weight") for n in model.peft.trainable)
     assert not model.peft.trains_base  # an adapter, not a whole model
     _randomise(model)
     expected = _logits(model, _batch())
-    plain = merge_ln_tuning(model)
+    plain = merge_method(model)
     assert not any(isinstance(m, LnTuningNorm) for m in plain.modules())
     plain.save_pretrained(tmp_path / "merged")
     reference = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()

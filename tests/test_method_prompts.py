@@ -7,44 +7,35 @@ PEFT interop for prompt tuning and PEFT's refusal of the others) is checked by `
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import TINY, logits, perturb, relative_error, train_steps
+from helpers import TINY, TINY_T5, logits, perturb, relative_error, train_steps
 from helpers import tiny_batch as _batch
+from method_cases import applied
 from oracles import hf_model, peft_model
 from t5peft import T5Config, T5ForConditionalGeneration, apply_method, load_adapter, load_pretrained, save_adapter
+from t5peft.cli import main as cli_main
 from t5peft.methods import MethodConfigError
-from t5peft.methods.prompt import PROMPT_MODEL_KEY, SAMPLE_VOCAB_LIMIT
-from t5peft.methods.ptuning2 import SITES, DeepPrefix, ProjectedDeepPrefix
+from t5peft.methods.declarations.prompt import PROMPT_MODEL_KEY
+from t5peft.methods.declarations.ptuning2 import SITES
+from t5peft.methods.prompt import SAMPLE_VOCAB_LIMIT
+from t5peft.methods.ptuning2 import DeepPrefix, ProjectedDeepPrefix
 
 TOLERANCE = 1e-5
-VOCAB = TINY["vocab_size"]  # a small vocabulary keeps the tests fast; the real tokenizer's ids need the full one
-
-# name -> (method, options)
-CASES = {
-    "prompt": ("prompt", dict(num_virtual_tokens=5)),
-    "ptuning2": ("ptuning2", dict(num_virtual_tokens=3)),
-    "ptuning2-projected": ("ptuning2", dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=24)),
-    "lora+prompt": ("lora+prompt", dict(num_virtual_tokens=3, r=4)),
-}
-
-
-def _applied(base: Path, case: str):
-    method, options = CASES[case]
-    return apply_method(load_pretrained(base), method, **options)
+VOCAB = TINY_T5["vocab_size"]  # a small vocabulary keeps the tests fast; the real tokenizer's ids need the full one
 
 
 # --------------------------------------------------------------------------------------------------
-# Files
+# Files: folded prefixes, the hybrid's two sets, the model's dimensions
 
 
 def test_projected_prefixes_are_folded_when_saved(tiny_base_dir, tmp_path):
-    model = _applied(tiny_base_dir, "ptuning2-projected")
+    model = applied(tiny_base_dir, "ptuning2-projected")
     assert all(isinstance(m, ProjectedDeepPrefix) for m in _prefix_modules(model))
     train_steps(model, _batch, 3)
     expected = logits(model, _batch())
@@ -65,7 +56,7 @@ def test_projected_prefixes_are_folded_when_saved(tiny_base_dir, tmp_path):
 
 
 def test_hybrid_file_holds_both_sets(tiny_base_dir, tmp_path):
-    model = _applied(tiny_base_dir, "lora+prompt")
+    model = applied(tiny_base_dir, "lora+prompt")
     save_adapter(model, tmp_path)
     keys = set(load_file(tmp_path / "adapter_model.safetensors"))
     assert "prompt_embeddings" in keys
@@ -79,7 +70,7 @@ def test_hybrid_file_holds_both_sets(tiny_base_dir, tmp_path):
 
 
 def test_untrained_hybrid_equals_its_prompt_alone(tiny_base_dir):
-    hybrid = _applied(tiny_base_dir, "lora+prompt")
+    hybrid = applied(tiny_base_dir, "lora+prompt")
     prompt_only = apply_method(load_pretrained(tiny_base_dir), "prompt", num_virtual_tokens=3)
     with torch.no_grad():
         prompt_only.encoder.input_prefix.prompt_embeddings.copy_(hybrid.encoder.input_prefix.prompt_embeddings)
@@ -100,11 +91,11 @@ def test_prompt_file_records_the_model_dimensions(tiny_base_dir, tmp_path, submo
 
 
 # --------------------------------------------------------------------------------------------------
-# Prompt tuning specifics
+# Prompt tuning: masks, initialisations, options, loading without the tokenizer, files of another model
 
 
 def test_prompt_without_mask_equals_mask_of_ones(tiny_base_dir):
-    model = _applied(tiny_base_dir, "prompt")
+    model = applied(tiny_base_dir, "prompt")
     batch = _batch()
     ids = batch["input_ids"]
     with_mask = logits(model, dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=batch["labels"]))
@@ -116,7 +107,7 @@ def test_prompt_without_mask_equals_mask_of_ones(tiny_base_dir):
 
 def test_prompt_extends_the_mask_and_ignores_padding(tiny_base_dir):
     """Padding stays masked behind the prompt: changing padded tokens does not change the logits."""
-    model = _applied(tiny_base_dir, "prompt")
+    model = applied(tiny_base_dir, "prompt")
     batch = _batch()
     _, mask = model.encode(batch["input_ids"], batch["attention_mask"])
     assert torch.equal(mask, torch.cat([torch.ones(3, 5, dtype=mask.dtype), batch["attention_mask"]], dim=1))
@@ -211,8 +202,34 @@ def test_prompt_config_errors(tiny_base_dir, options, message):
         apply_method(load_pretrained(tiny_base_dir), "prompt", **options)
 
 
+@pytest.mark.parametrize(
+    ("method", "loader_flag"), [("prompt", "skip_init"), ("lora+prompt", "skip_init"), ("ptuning", "load_table")]
+)
+def test_loading_flags_are_not_options(tiny_base_dir, tmp_path, capsys, method, loader_flag):
+    """How a file is loaded (an uninitialised prompt, P-tuning's table) is the loader's business: a user option of
+    that name is unknown, from the Python API and from ``train -o`` (exit 2, one line): nothing trains a zero prompt."""
+    with pytest.raises(MethodConfigError, match=f"method '{re.escape(method)}' has no option '{loader_flag}'"):
+        apply_method(load_pretrained(tiny_base_dir), method, **{loader_flag: True})
+    code = cli_main(
+        [
+            "train",
+            "--model",
+            str(TINY),
+            "--output",
+            str(tmp_path / "run"),
+            "--method",
+            method,
+            "-o",
+            f"{loader_flag}=true",
+        ]
+    )
+    error = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert error.count("\n") == 1 and f"has no option '{loader_flag}'" in error, error
+
+
 def test_prompt_file_for_another_model_is_refused(tiny_base_dir, tmp_path):
-    save_adapter(_applied(tiny_base_dir, "prompt"), tmp_path)
+    save_adapter(applied(tiny_base_dir, "prompt"), tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     (tmp_path / "adapter_config.json").write_text(json.dumps(config | {"num_layers": 6}))
     with pytest.raises(MethodConfigError, match="num_layers=6"):
@@ -220,7 +237,7 @@ def test_prompt_file_for_another_model_is_refused(tiny_base_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Deep prompt specifics
+# Deep prompts: sites, shapes, options, cached generation, PEFT's prefixes without position bias
 
 
 def _prefix_modules(model) -> list[nn.Module]:
@@ -241,7 +258,7 @@ def test_switching_a_site_off_removes_exactly_its_parameters(tiny_base_dir, site
 
 
 def test_deep_prompt_output_shapes(tiny_base_dir):
-    model = _applied(tiny_base_dir, "ptuning2-projected")
+    model = applied(tiny_base_dir, "ptuning2-projected")
     assert model.encoder.self_prefix().shape == (2, 2, 4, 3, 16)
     assert model.decoder.self_prefix().shape == (3, 2, 4, 3, 16)
     assert model.decoder.cross_prefix().shape == (3, 2, 4, 3, 16)
@@ -258,7 +275,7 @@ def test_deep_prompt_config_errors(tiny_base_dir):
 
 @pytest.mark.parametrize("case", ["ptuning2", "ptuning2-projected", "lora+prompt", "prompt"])
 def test_cached_generation_equals_uncached_greedy(tiny_base_dir, case):
-    model = _applied(tiny_base_dir, case).eval()
+    model = applied(tiny_base_dir, case).eval()
     perturb(model)
     batch = _batch()
     generated = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=6)
@@ -309,11 +326,11 @@ def test_decoder_self_prefixes_equal_peft_prefix_tuning_without_position_bias(ti
 
 
 # --------------------------------------------------------------------------------------------------
-# Hybrid specifics
+# LoRA + prompt: an optimizer group each, at its own rate; options
 
 
 def test_hybrid_param_groups(tiny_base_dir):
-    model = _applied(tiny_base_dir, "lora+prompt")
+    model = applied(tiny_base_dir, "lora+prompt")
     groups = model.peft.method.param_groups(model, 2e-3, 0.05)
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(2e-3, 0.05), (0.3, 0.0)]
     names = {id(p): n for n, p in model.named_parameters()}
@@ -328,7 +345,7 @@ def test_hybrid_param_groups(tiny_base_dir):
 
 def test_hybrid_trains_each_group_at_its_rate(tiny_base_dir):
     """One AdamW step moves each parameter by about its group's learning rate (Adam's normalised step)."""
-    model = _applied(tiny_base_dir, "lora+prompt").train()
+    model = applied(tiny_base_dir, "lora+prompt").train()
     perturb(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(model.peft.method.param_groups(model, 1e-3, 0.0))

@@ -300,16 +300,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .methods import get_method_class, method_names
+    from .methods.registry import METHODS  # the declarations: no torch import
 
-    for name in method_names():
-        cls = get_method_class(name)
+    for declaration in METHODS:
         options = ", ".join(
             f"{f.name}={f.default if f.default is not dataclasses.MISSING else f.default_factory()}"
-            for f in dataclasses.fields(cls.config_class)
+            for f in dataclasses.fields(declaration.config_class)
         )
-        claims = "".join(f" {k}={v}" for k, v in cls.file_claims.items())
-        print(f"{name:12s} lr {cls.default_lr:g}  peft_type {cls.peft_type}{claims}  options: {options or '-'}")
+        file_format = declaration.file_format
+        claims = "".join(f" {k}={v}" for k, v in file_format.claims.items())
+        print(
+            f"{declaration.name:12s} lr {declaration.default_lr:g}  peft_type {file_format.peft_type}{claims}  "
+            f"options: {options or '-'}"
+        )
     return 0
 
 

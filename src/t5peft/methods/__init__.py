@@ -1,23 +1,61 @@
-"""Fine-tuning methods: one module per method, one registration list, and generic apply / count / save / load."""
+"""Fine-tuning methods: a declaration and an implementation per method, one registration list, and generic apply /
+merge / count / save / load.
 
-from .apply import AppliedMethod, apply_method, count_parameters
-from .base import Method, MethodConfig, MethodConfigError
-from .files import load_adapter, load_trained, save_adapter, save_base, save_trained
-from .registry import METHODS, get_method_class, method_names
+The declarations and the registry need no torch and are imported eagerly; the rest loads on first use (PEP 562), so
+``import t5peft.methods.registry`` (``t5peft methods``, ``--help``) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .declaration import AdapterFormat, MethodConfig, MethodConfigError, MethodDeclaration
+from .registry import METHODS, get_declaration, get_method_class, method_names
+
+if TYPE_CHECKING:
+    from .apply import AppliedMethod, apply_method, count_parameters, merge_method
+    from .base import Method
+    from .files import load_adapter, load_trained, save_adapter, save_base, save_trained
+
+_LAZY = {
+    "AppliedMethod": "apply",
+    "apply_method": "apply",
+    "count_parameters": "apply",
+    "merge_method": "apply",
+    "Method": "base",
+    "load_adapter": "files",
+    "load_trained": "files",
+    "save_adapter": "files",
+    "save_base": "files",
+    "save_trained": "files",
+}
 
 __all__ = [
     "METHODS",
+    "AdapterFormat",
     "AppliedMethod",
     "Method",
     "MethodConfig",
     "MethodConfigError",
+    "MethodDeclaration",
     "apply_method",
     "count_parameters",
+    "get_declaration",
     "get_method_class",
     "load_adapter",
     "load_trained",
+    "merge_method",
     "method_names",
     "save_adapter",
     "save_base",
     "save_trained",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value

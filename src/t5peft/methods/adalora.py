@@ -31,19 +31,21 @@ before any training records the shortest schedule PEFT accepts, ``tinit + tfinal
 
 Defaults: init_r 12, target_r 8, lora_alpha 8 (PEFT's), lora_dropout 0.05 (as our LoRA), tinit 0, tfinal 0,
 deltaT 1, β1 = β2 = 0.85 (PEFT's and the paper's), orth_reg_weight 0.1 (the paper's value; PEFT's default is
-0.5), target_modules q, k, v, o, wi, wo (on gated T5 v1.1 models ``wi`` stands for ``wi_0`` and ``wi_1``; the
-saved config names the layers actually adapted).
+0.5), target_modules q, k, v, o, wi, wo (on gated T5 v1.1 models ``wi`` stands for ``wi_0`` and
+``wi_1``, as for every method that wraps linear layers; the saved config names the layers actually adapted).
 
 Trainable parameters: ``init_r * (in + out + 1)`` per target layer. t5-small (d_model 512, d_ff 2048, 6 + 6
 layers), default targets: 60 attention projections (encoder q,k,v,o; decoder self and cross q,k,v,o) at
 12 * 1025 = 12,300 and 24 FFN projections (wi, wo) at 12 * 2561 = 30,732, i.e. 1,623,168 parameters (2.683% of
 60,506,624), initial budget 1,152 triplets, final budget 8 * 96 = 768.
+
+:meth:`AdaLora.merge` folds every update, as the layers compute it, into the base weights and returns a plain T5.
+Options and file format: :mod:`.declarations.adalora`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,23 +53,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (
+    AdditiveLinear,
     Method,
-    MethodConfig,
     MethodConfigError,
-    Neutral,
-    check_fraction,
-    check_int,
-    check_non_negative,
-    check_positive,
     find_linear_targets,
-    is_int,
     linear_targets,
-    module_list,
-    neutral_values,
+    merge_wrapped_linears,
     replace_module,
-    require,
+    resolve_targets,
 )
-from .lora import PEFT_LORA_NEUTRAL_FIELDS
+from .declarations.adalora import DECLARATION, PATTERN_SUFFIX, AdaLoraConfig
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
@@ -76,17 +71,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARTS = ("lora_A", "lora_E", "lora_B")
-PATTERN_SUFFIX = ".lora_E"
-# PEFT's LoraConfig fields that AdaLoRA either ignores or we accept only at their neutral values
-PEFT_ADALORA_NEUTRAL_FIELDS = {
-    **{k: v for k, v in PEFT_LORA_NEUTRAL_FIELDS.items() if k != "rank_pattern"},  # rank_pattern is an option
-    # initialisation only; a loaded adapter's weights come from the file
-    "init_lora_weights": Neutral((True, False), written=True),
-    "use_rslora": Neutral((False, True)),  # PEFT's AdaLoRA scaling ignores it
-}
 
 
-class AdaLoraLinear(nn.Module):
+class AdaLoraLinear(AdditiveLinear):
     """A linear layer plus an SVD-form update ``B diag(E) A`` whose triplets can be masked out."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float) -> None:
@@ -101,6 +88,7 @@ class AdaLoraLinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.ranknum = float(r)  # the initial rank, kept after pruning (PEFT's scaling)
         self.scale = alpha / (self.ranknum + 1e-5)
+        self.merged = False
         nn.init.normal_(self.lora_A, mean=0.0, std=0.02)
         nn.init.normal_(self.lora_B, mean=0.0, std=0.02)
 
@@ -108,7 +96,12 @@ class AdaLoraLinear(nn.Module):
     def r(self) -> int:
         return self.lora_E.shape[0]
 
+    def delta_weight(self) -> Tensor:
+        return (self.lora_B @ (self.lora_A * self.lora_E)) * self.scale
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.merged:
+            return F.linear(x, self.weight)
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_A * self.lora_E), self.lora_B)
         return torch.add(F.linear(x, self.weight), update, alpha=self.scale)
 
@@ -119,64 +112,6 @@ class AdaLoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, init_r={self.r}"
-
-
-@dataclass
-class AdaLoraConfig(MethodConfig):
-    init_r: int = 12
-    target_r: int = 8
-    lora_alpha: float = 8
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["k", "o", "q", "v", "wi", "wo"])
-    tinit: int = 0
-    tfinal: int = 0
-    deltaT: int = 1
-    beta1: float = 0.85
-    beta2: float = 0.85
-    orth_reg_weight: float = 0.1
-    total_step: int | None = None
-    rank_pattern: dict[str, list[bool]] | None = None
-
-    def validate(self) -> None:
-        check_int("init_r", self.init_r)
-        check_int("target_r", self.target_r, 1, self.init_r if is_int(self.init_r) else None)
-        check_positive("lora_alpha", self.lora_alpha)
-        check_fraction("lora_dropout", self.lora_dropout)
-        check_int("tinit", self.tinit, 0)
-        check_int("tfinal", self.tfinal, 0)
-        check_int("deltaT", self.deltaT)
-        check_fraction("beta1", self.beta1, open_low=True)
-        check_fraction("beta2", self.beta2, open_low=True)
-        check_non_negative("orth_reg_weight", self.orth_reg_weight)
-        if self.total_step is not None:
-            self.check_schedule(self.total_step)
-        self.target_modules = module_list("target_modules", self.target_modules)
-        if self.rank_pattern is not None:
-            self.rank_pattern = _normalise_pattern(self.rank_pattern, self.init_r)
-
-    def check_schedule(self, total_step: int) -> None:
-        check_int("total_step", total_step)
-        require(
-            self.tinit < total_step - self.tfinal,
-            f"tinit={self.tinit} and tfinal={self.tfinal} leave no rank-reduction phase in total_step={total_step} "
-            "steps (need tinit < total_step - tfinal)",
-        )
-
-
-def _normalise_pattern(pattern: Any, init_r: int) -> dict[str, list[bool]]:
-    """Check a rank_pattern; PEFT may key it with the adapter name (``...lora_E.default``), which is dropped."""
-    require(isinstance(pattern, dict), f"rank_pattern must be a mapping, got {type(pattern).__name__}")
-    result = {}
-    for key, value in pattern.items():
-        require(isinstance(key, str), f"rank_pattern keys must be strings, got {key!r}")
-        name = key.removesuffix(".default")
-        require(name.endswith(PATTERN_SUFFIX), f"rank_pattern key {key!r} does not name a lora_E tensor")
-        require(
-            isinstance(value, list) and len(value) == init_r and all(isinstance(v, bool) for v in value),
-            f"rank_pattern[{key!r}] must be a list of {init_r} booleans (init_r)",
-        )
-        result[name] = value
-    return result
 
 
 def budget_schedule(
@@ -332,24 +267,13 @@ class RankAllocator:
             self.sensitivity = self.uncertainty = None
 
 
-def resolve_targets(config: T5Config, targets: list[str]) -> list[str]:
-    """On gated-FFN models (T5 v1.1) ``wi`` means both input projections ``wi_0`` and ``wi_1``."""
-    if "wi" in targets and config.is_gated_act:
-        return sorted((set(targets) - {"wi"}) | {"wi_0", "wi_1"})
-    return targets
-
-
 class AdaLora(Method):
-    name = "adalora"
-    peft_type = "ADALORA"
-    config_class = AdaLoraConfig
-    default_lr = 1e-3
-    peft_compatible = True
-    neutral_file_fields = PEFT_ADALORA_NEUTRAL_FIELDS
+    declaration = DECLARATION
     identity_at_init = True
+    cannot_merge = None
 
-    def __init__(self, config: AdaLoraConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: AdaLoraConfig, *, from_file: bool = False) -> None:
+        super().__init__(config, from_file=from_file)
         self.config: AdaLoraConfig = config
         self.layers: dict[str, AdaLoraLinear] = {}
         self.allocator: RankAllocator | None = None
@@ -358,7 +282,7 @@ class AdaLora(Method):
     # --- structure ---------------------------------------------------------------------------------
     def inject(self, model: T5ForConditionalGeneration) -> None:
         c = self.config
-        c.target_modules = resolve_targets(model.config, c.target_modules)
+        c.target_modules = resolve_targets(model.config, c.target_modules)  # recorded as adapted
         pattern = dict(c.rank_pattern or {})
         for name in find_linear_targets(model, c.target_modules):
             layer = AdaLoraLinear(model.get_submodule(name), c.init_r, c.lora_alpha, c.lora_dropout)
@@ -375,8 +299,8 @@ class AdaLora(Method):
         self._orth_groups = list(shapes.values())
 
     def closed_form_trainable(self, config: T5Config) -> int:
-        targets = linear_targets(config, resolve_targets(config, self.config.target_modules))
-        return sum(n * self.config.init_r * (i + o + 1) for n, i, o in targets)
+        targets = linear_targets(config, self.config.target_modules)
+        return sum(n * self.config.init_r * (i + o + 1) for n, i, o in targets.values())
 
     # --- training ----------------------------------------------------------------------------------
     def on_train_begin(self, model: T5ForConditionalGeneration, total_steps: int) -> None:
@@ -462,14 +386,14 @@ class AdaLora(Method):
             return None
         return {name + PATTERN_SUFFIX: layer.rank_mask.tolist() for name, layer in self.layers.items()}
 
-    def file_config(self) -> dict[str, Any]:
+    def saved_options(self) -> dict[str, Any]:
         c = self.config
         values = c.to_dict()
         values["total_step"] = c.total_step if c.total_step is not None else c.tinit + c.tfinal + 1
         values["rank_pattern"] = self.rank_pattern()
-        return {**values, **neutral_values(self.neutral_file_fields)}
+        return values
 
-    @classmethod
-    def config_from_file(cls, values: dict[str, Any], source: str) -> MethodConfig:
-        # PEFT writes LoraConfig's ``r`` too; AdaLoRA ignores it (init_r is the rank)
-        return super().config_from_file({k: v for k, v in values.items() if k != "r"}, source)
+    # --- merging -----------------------------------------------------------------------------------
+    def merge(self, model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
+        """Fold every layer's update ``B (E ⊙ A) * scale``, as its forward computes it, into its base weight."""
+        return merge_wrapped_linears(model, AdaLoraLinear)

@@ -22,19 +22,21 @@ Parameter count: one adapter has ``2 * d_model * b + b + d_model`` parameters, a
 
 File format: no Hugging Face PEFT equivalent; the same two-file layout with ``peft_type`` ``T5PEFT_BOTTLENECK``,
 keys ``base_model.model.<sub-layer path>.adapter.{down,up}.{weight,bias}``, e.g.
-``base_model.model.encoder.block.0.layer.1.adapter.down.weight`` ``[b, d_model]``.
+``base_model.model.encoder.block.0.layer.1.adapter.down.weight`` ``[b, d_model]``. Options and file format:
+:mod:`.declarations.adapter`. An adapter is a non-linear module between the layers: it cannot be merged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from ..model.t5 import T5LayerCrossAttention, T5LayerFF, T5LayerSelfAttention
-from .base import Method, MethodConfig, MethodConfigError, check_choice, check_fraction, check_int, check_non_negative
+from .base import Method, MethodConfigError
+from .declarations import adapter as declared
+from .declarations.adapter import DECLARATION, AdapterConfig
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
@@ -45,6 +47,8 @@ PLACEMENTS = {
     "houlsby": (T5LayerSelfAttention, T5LayerCrossAttention, T5LayerFF),
 }
 NON_LINEARITIES = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+if tuple(PLACEMENTS) != declared.PLACEMENTS or tuple(NON_LINEARITIES) != declared.NON_LINEARITIES:
+    raise RuntimeError("adapter: the declared choices and the implemented ones differ")  # a programming error
 
 
 class BottleneckAdapter(nn.Module):
@@ -80,22 +84,6 @@ class BottleneckAdapter(nn.Module):
         return hidden_states + self.up(self.dropout(self.act(self.down(hidden_states))))
 
 
-@dataclass
-class AdapterConfig(MethodConfig):
-    placement: str = "pfeiffer"
-    reduction_factor: int = 16
-    non_linearity: str = "relu"
-    adapter_dropout: float = 0.0
-    init_scale: float = 0.0
-
-    def validate(self) -> None:
-        check_choice("placement", self.placement, PLACEMENTS)
-        check_int("reduction_factor", self.reduction_factor)
-        check_choice("non_linearity", self.non_linearity, NON_LINEARITIES)
-        check_fraction("adapter_dropout", self.adapter_dropout)
-        check_non_negative("init_scale", self.init_scale)
-
-
 def adapter_sites(model: nn.Module, placement: str) -> list[nn.Module]:
     """The sub-layers that receive an adapter, in module order."""
     kinds = PLACEMENTS[placement]
@@ -123,11 +111,9 @@ def inject_adapters(model: T5ForConditionalGeneration, config: AdapterConfig) ->
 
 
 class BottleneckAdapters(Method):
-    name = "adapter"
-    peft_type = "T5PEFT_BOTTLENECK"
-    config_class = AdapterConfig
-    default_lr = 1e-3
+    declaration = DECLARATION
     identity_at_init = True  # with the default init_scale 0: the up-projection starts at zero
+    cannot_merge = "a bottleneck adapter is a non-linear module between the layers, not a change of their weights"
 
     def inject(self, model) -> None:
         inject_adapters(model, self.config)

@@ -1,4 +1,4 @@
-"""Applying a method to a model, freezing everything else, and counting parameters."""
+"""Applying a method to a model, freezing everything else, merging it back, and counting parameters."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .base import Method, MethodConfigError
-from .registry import get_method_class
+from .registry import get_declaration
 
 if TYPE_CHECKING:
     from ..model.t5 import T5ForConditionalGeneration
@@ -35,17 +35,32 @@ class AppliedMethod:
 
 
 def apply_method(model: T5ForConditionalGeneration, name: str, **options: Any) -> T5ForConditionalGeneration:
-    """Insert method ``name`` into ``model`` (in place, also returned) and freeze everything else."""
-    if getattr(model, "peft", None) is not None:
+    """Insert method ``name`` with a user's ``options`` into ``model`` (in place, also returned) and freeze
+    everything else."""
+    declaration = get_declaration(name)
+    config = declaration.config_class.from_options(options, name)
+    return attach_method(model, declaration.method_class()(config))
+
+
+def attach_method(model: T5ForConditionalGeneration, method: Method) -> T5ForConditionalGeneration:
+    """Insert ``method`` (a built :class:`Method`) into ``model`` and freeze everything it does not train."""
+    if model.peft is not None:
         raise MethodConfigError(f"the model already has method {model.peft.name!r} applied")
-    cls = get_method_class(name)
-    method = cls(cls.config_class.from_options(options, name))
     before = {n for n, _ in model.named_parameters()}
     method.inject(model)
     added = [n for n, _ in model.named_parameters() if n not in before]
     model.peft = AppliedMethod(method, added, method.trainable_names(model, added))
     set_trainable(model)
     return model
+
+
+def merge_method(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
+    """Fold the applied method into the base weights (in place, also returned): a plain T5 with the same function,
+    which ``save_pretrained`` writes as a normal checkpoint. A method that cannot be merged (a prompt, an adapter
+    module) is refused with its reason."""
+    if model.peft is None:
+        raise MethodConfigError("the model has no method applied: there is nothing to merge")
+    return model.peft.method.merge(model)
 
 
 def set_trainable(model: T5ForConditionalGeneration) -> None:
@@ -56,8 +71,7 @@ def set_trainable(model: T5ForConditionalGeneration) -> None:
 
 def count_parameters(model: T5ForConditionalGeneration) -> dict[str, Any]:
     """Trainable parameters, the base model's size, and the share (trainable / base)."""
-    peft = getattr(model, "peft", None)
-    added = set(peft.added) if peft is not None else set()
+    added = set(model.peft.added) if model.peft is not None else set()
     base = sum(p.numel() for n, p in model.named_parameters() if n not in added)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {

@@ -16,29 +16,27 @@ v of all 18 attentions, inner = d_model = 512, r = 8): ``36 * (8 * 1024 + 512)``
 
 File format: Hugging Face PEFT's ``LORA`` with ``use_dora: true``; per target the LoRA keys plus
 ``base_model.model.<module path>.lora_magnitude_vector`` ``[out]``. A LORA folder with ``use_dora: true`` is
-read as DoRA (``file_claims``), never as plain LoRA.
+read as DoRA (its format's ``claims``), never as plain LoRA.
 
 :meth:`DoraLinear.merge` folds the update into the weight, ``W <- (m / n) (W + s B A)`` with ``n`` from the
-unmerged weight (kept for :meth:`DoraLinear.unmerge`, which inverts it); :func:`merge_dora` returns a plain T5.
+unmerged weight (kept for :meth:`DoraLinear.unmerge`, which inverts it); :meth:`Dora.merge` returns a plain T5.
+Options and file format: :mod:`.declarations.dora`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, Neutral, linear_targets, merge_wrapped_linears
-from .lora import PEFT_LORA_NEUTRAL_FIELDS, LoraConfig, LoraLinear, inject_lora
+from .base import Method, linear_targets, merge_wrapped_linears
+from .declarations.dora import DECLARATION
+from .lora import LoraLinear, inject_lora
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
-
-PEFT_DORA_NEUTRAL_FIELDS = {**PEFT_LORA_NEUTRAL_FIELDS, "use_dora": Neutral((True,), written=True)}
-DORA_FILE_CLAIMS = {"use_dora": True}  # a LORA file with use_dora: true is DoRA's
 
 
 class DoraLinear(LoraLinear):
@@ -85,20 +83,10 @@ class DoraLinear(LoraLinear):
             self.merged = False
 
 
-@dataclass
-class DoraConfig(LoraConfig):
-    """LoRA's options (PEFT's ``LoraConfig`` names); ``use_dora`` is implied by the method."""
-
-
 class Dora(Method):
-    name = "dora"
-    peft_type = "LORA"
-    config_class = DoraConfig
-    default_lr = 1e-3  # DoRA reuses LoRA's hyperparameters (Liu et al. 2024); LoRA on t5-small: 1e-3
-    peft_compatible = True
+    declaration = DECLARATION
     identity_at_init = True
-    neutral_file_fields = PEFT_DORA_NEUTRAL_FIELDS
-    file_claims = DORA_FILE_CLAIMS
+    cannot_merge = None
 
     def inject(self, model) -> None:
         inject_lora(model, self.config, DoraLinear)
@@ -107,9 +95,8 @@ class Dora(Method):
         """``sum over targets of r * (in + out) + out``."""
         r = self.config.r
         targets = linear_targets(config, self.config.target_modules)
-        return sum(n * (r * (fan_in + fan_out) + fan_out) for n, fan_in, fan_out in targets)
+        return sum(n * (r * (fan_in + fan_out) + fan_out) for n, fan_in, fan_out in targets.values())
 
-
-def merge_dora(model: nn.Module) -> nn.Module:
-    """Fold every DoRA update into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
-    return merge_wrapped_linears(model, DoraLinear)
+    def merge(self, model):
+        """Fold every DoRA update into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
+        return merge_wrapped_linears(model, DoraLinear)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from .._version import __version__
 from ..model.checkpoint import SAFETENSORS
 from ..model.t5 import load_pretrained
-from .apply import apply_method
+from .apply import attach_method
 from .base import Method, MethodConfigError
 from .registry import method_for_file
 
@@ -32,10 +32,9 @@ MODEL_CONFIG = "config.json"
 
 
 def _applied(model: T5ForConditionalGeneration):
-    applied = getattr(model, "peft", None)
-    if applied is None:
+    if model.peft is None:
         raise MethodConfigError("the model has no method applied; use save_pretrained for a plain model")
-    return applied
+    return model.peft
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,11 +88,12 @@ def save_adapter(model: T5ForConditionalGeneration, directory: str | os.PathLike
         )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    file_format = method.declaration.file_format
     state = method.export_state(model, applied.trainable)
-    tensors = {method.file_key(k): v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    tensors = {file_format.file_key(k): v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     config = {
-        **method.file_config(),
-        "peft_type": method.peft_type,
+        **file_format.file_fields(method.saved_options()),
+        "peft_type": file_format.peft_type,
         "task_type": "SEQ_2_SEQ_LM",
         "base_model_name_or_path": model.config.name_or_path or None,
         "inference_mode": True,
@@ -123,9 +123,9 @@ def load_adapter(model: T5ForConditionalGeneration, directory: str | os.PathLike
     directory = Path(directory)
     values = read_adapter_config(directory)
     source = str(directory / ADAPTER_CONFIG)
-    cls = method_for_file(values, source)
-    config = cls.config_from_file(values, source)
-    apply_method(model, cls.name, **config.to_dict())
+    declaration = method_for_file(values, source)
+    config = declaration.config_from_file(values, source)
+    attach_method(model, declaration.method_class()(config, from_file=True))
     weights = directory / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise MethodConfigError(f"{directory}: {ADAPTER_WEIGHTS} not found")
@@ -135,10 +135,11 @@ def load_adapter(model: T5ForConditionalGeneration, directory: str | os.PathLike
         raise MethodConfigError(f"{weights}: not a readable safetensors file ({err})") from None
     method = model.peft.method
     expected = method.export_state(model, model.peft.trainable)
+    file_format = method.declaration.file_format
     state = {}
     for file_key, tensor in tensors.items():
         try:
-            state[method.model_key(file_key)] = tensor
+            state[file_format.model_key(file_key)] = tensor
         except KeyError:
             raise MethodConfigError(f"{weights}: unexpected tensor {file_key}") from None
     _check_adapter_state(expected, state, str(weights), method)
@@ -147,20 +148,19 @@ def load_adapter(model: T5ForConditionalGeneration, directory: str | os.PathLike
 
 
 def _check_adapter_state(expected: dict, state: dict, source: str, method: Method) -> None:
+    file_key = method.declaration.file_format.file_key
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     problems = []
     if missing:
-        problems.append("missing tensors: " + ", ".join(method.file_key(k) for k in missing))
+        problems.append("missing tensors: " + ", ".join(file_key(k) for k in missing))
     if unexpected:
-        problems.append("unexpected tensors: " + ", ".join(method.file_key(k) for k in unexpected))
+        problems.append("unexpected tensors: " + ", ".join(file_key(k) for k in unexpected))
     for key in sorted(set(expected) & set(state)):
         if tuple(expected[key].shape) != tuple(state[key].shape):
-            problems.append(
-                f"{method.file_key(key)}: file {tuple(state[key].shape)}, model {tuple(expected[key].shape)}"
-            )
+            problems.append(f"{file_key(key)}: file {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
     if problems:
         raise MethodConfigError(f"{source}: " + " | ".join(problems))
     for key, tensor in state.items():
         if not torch.is_floating_point(tensor):
-            raise MethodConfigError(f"{source}: {method.file_key(key)} is not a floating-point tensor")
+            raise MethodConfigError(f"{source}: {file_key(key)} is not a floating-point tensor")

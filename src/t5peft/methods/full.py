@@ -2,7 +2,7 @@
 
 It adds nothing and trains base weights, so what it saves is the whole model (``methods.files.save_trained``
 decides that from what an applied method added and trains, not from its name). It adds nothing, so an untrained
-one is the base model.
+one is the base model, and merging it is the identity: its weights are the base weights (the method is detached).
 
 Trainable parameters: the whole T5. With ``inner = num_heads * d_kv``, an attention has ``4 * d_model * inner``
 weights (q, k, v, o), an FFN ``2 * d_model * d_ff`` (``3 *`` gated), an RMS norm ``d_model``; an encoder layer is one
@@ -13,18 +13,13 @@ stack and one final norm per stack. t5-small: 16,449,536 + 6 * 3,146,752 + 6 * 4
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .base import Method, MethodConfig
+from .base import Method, detach_method
+from .declarations.full import DECLARATION
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
-
-
-@dataclass
-class FullConfig(MethodConfig):
-    pass
 
 
 def t5_parameters(config: T5Config) -> int:
@@ -40,11 +35,9 @@ def t5_parameters(config: T5Config) -> int:
 
 
 class FullFineTuning(Method):
-    name = "full"
-    peft_type = "T5PEFT_FULL"
-    config_class = FullConfig
-    default_lr = 3e-4
+    declaration = DECLARATION
     identity_at_init = True
+    cannot_merge = None
 
     def inject(self, model) -> None:
         pass
@@ -54,3 +47,7 @@ class FullFineTuning(Method):
 
     def closed_form_trainable(self, config: T5Config) -> int:
         return t5_parameters(config)
+
+    def merge(self, model):
+        """Nothing to fold: the trained weights are the model's own (a plain T5 once the method is detached)."""
+        return detach_method(model)

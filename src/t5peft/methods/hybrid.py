@@ -19,44 +19,33 @@ File: ``peft_type`` ``T5PEFT_LORA_PROMPT`` (no Hugging Face PEFT equivalent; PEF
 ``adapter_model.safetensors`` holding both sets: the LoRA tensors under PEFT's LoRA keys
 (``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight``) and the prompt as ``prompt_embeddings``
 (PEFT's prompt-tuning key), so either set can be cut out into a PEFT ``LORA`` or ``PROMPT_TUNING`` folder.
+Options and file format: :mod:`.declarations.hybrid`. Its prompt cannot be merged, so neither can the hybrid.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .base import check_positive
-from .lora import LoraConfig, inject_lora, lora_trainable
-from .prompt import PROMPT_MODEL_KEY, PromptTuning, PromptTuningConfig, inject_prompt, prompt_trainable
+from .base import Method
+from .declarations.hybrid import DECLARATION
+from .declarations.prompt import PROMPT_MODEL_KEY
+from .lora import inject_lora, lora_trainable
+from .prompt import PROMPT_CANNOT_MERGE, inject_prompt, prompt_trainable
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
 
 
-@dataclass
-class LoraPromptConfig(LoraConfig, PromptTuningConfig):
-    prompt_lr: float = 0.3
+class LoraPrompt(Method):
+    """LoRA's layers and the prompt method's soft prompt, with an optimizer group each."""
 
-    def validate(self) -> None:
-        LoraConfig.validate(self)
-        PromptTuningConfig.validate(self)
-        check_positive("prompt_lr", self.prompt_lr)
-
-
-class LoraPrompt(PromptTuning):
-    """Shares the prompt method's file keys and loading; adds LoRA and a second optimizer group."""
-
-    name = "lora+prompt"
-    peft_type = "T5PEFT_LORA_PROMPT"
-    config_class = LoraPromptConfig
-    default_lr = 1e-3
-    peft_compatible = False
+    declaration = DECLARATION
     identity_at_init = False  # its prompt is never neutral
+    cannot_merge = f"{PROMPT_CANNOT_MERGE} (merging the LoRA part alone would not give a plain T5)"
 
     def inject(self, model) -> None:
         inject_lora(model, self.config)
-        inject_prompt(model, self.config)
+        inject_prompt(model, self.config, initialise=not self.from_file)
 
     def closed_form_trainable(self, config: T5Config) -> int:
         return lora_trainable(self.config, config) + prompt_trainable(self.config, config)

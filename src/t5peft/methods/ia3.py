@@ -20,44 +20,25 @@ layers): 6 * 3,072 + 6 * 4,096 = 43,008.
 File format: Hugging Face PEFT's ``IA3``; the base weight stays under its original key (``...k.weight``), the
 vector is ``...k.ia3_l``, in the file ``base_model.model.<module path>.ia3_l``.
 
-:func:`merge_ia3` folds the vectors into the weights (rows for ``[out, 1]``, columns for ``[1, in]``) and returns a
-plain T5. There is no unmerge: dividing by a learned scale is not exact, and a vector may contain zeros.
+:meth:`IA3.merge` folds the vectors into the weights (rows for ``[out, 1]``, columns for ``[1, in]``) and returns a
+plain T5. There is no unmerge: dividing by a learned scale is not exact, and a vector may contain zeros. On a gated T5
+``wi`` stands for ``wi_0`` and ``wi_1`` in both lists. Options and file format: :mod:`.declarations.ia3`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import (
-    Method,
-    MethodConfig,
-    Neutral,
-    check_bool,
-    find_linear_targets,
-    linear_targets,
-    merge_wrapped_linears,
-    module_list,
-    replace_module,
-    require,
-)
+from .base import Method, find_linear_targets, linear_targets, merge_wrapped_linears, replace_module, resolve_targets
+from .declarations.ia3 import DECLARATION, IA3Config
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
-
-DEFAULT_TARGETS = ["k", "v", "wo"]
-DEFAULT_FEEDFORWARD = ["wo"]
-
-# Fields of PEFT's IA3Config that t5peft reads but does not implement, with the values it accepts.
-PEFT_IA3_NEUTRAL_FIELDS = {
-    "fan_in_fan_out": Neutral((False,), written=True),
-    "modules_to_save": Neutral((None, []), written=True),
-    "exclude_modules": Neutral((None, []), written=True),
-}
+    from ..model.t5 import T5ForConditionalGeneration
 
 
 class IA3Linear(nn.Module):
@@ -100,25 +81,9 @@ class IA3Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, scales={kind}"
 
 
-@dataclass
-class IA3Config(MethodConfig):
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    # None (the default) means PEFT's choice for T5: wo, if it is a target
-    feedforward_modules: list[str] | None = None
-    init_ia3_weights: bool = True
-
-    def validate(self) -> None:
-        self.target_modules = module_list("target_modules", self.target_modules)
-        if self.feedforward_modules is None:
-            self.feedforward_modules = [f for f in DEFAULT_FEEDFORWARD if f in self.target_modules]
-        elif self.feedforward_modules != []:
-            self.feedforward_modules = module_list("feedforward_modules", self.feedforward_modules)
-        extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
-        require(not extra, f"feedforward_modules must be a subset of target_modules; not targets: {extra}")
-        check_bool("init_ia3_weights", self.init_ia3_weights)
-
-
-def inject_ia3(model: nn.Module, config: IA3Config) -> list[str]:
+def inject_ia3(model: T5ForConditionalGeneration, config: IA3Config) -> list[str]:
+    config.target_modules = resolve_targets(model.config, config.target_modules)  # recorded as adapted
+    config.feedforward_modules = resolve_targets(model.config, config.feedforward_modules)
     names = find_linear_targets(model, config.target_modules)
     for name in names:
         is_feedforward = any(name.endswith(f) for f in config.feedforward_modules)
@@ -127,26 +92,21 @@ def inject_ia3(model: nn.Module, config: IA3Config) -> list[str]:
 
 
 class IA3(Method):
-    name = "ia3"
-    peft_type = "IA3"
-    config_class = IA3Config
-    default_lr = 3e-3
-    peft_compatible = True
-    neutral_file_fields = PEFT_IA3_NEUTRAL_FIELDS
+    declaration = DECLARATION
     identity_at_init = True  # with init_ia3_weights (the default): every vector starts at one
+    cannot_merge = None
 
     def inject(self, model) -> None:
         inject_ia3(model, self.config)
 
     def closed_form_trainable(self, config: T5Config) -> int:
-        targets = self.config.target_modules
+        feedforward = resolve_targets(config, self.config.feedforward_modules)
         total = 0
-        for name, (n, i, o) in zip(targets, linear_targets(config, targets), strict=True):
+        for name, (n, i, o) in linear_targets(config, self.config.target_modules).items():
             # a module path ends with a feedforward name exactly when its leaf name does (names have no dots)
-            total += n * (i if any(name.endswith(f) for f in self.config.feedforward_modules) else o)
+            total += n * (i if any(name.endswith(f) for f in feedforward) else o)
         return total
 
-
-def merge_ia3(model: nn.Module) -> nn.Module:
-    """Fold every (IA)^3 vector into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
-    return merge_wrapped_linears(model, IA3Linear)
+    def merge(self, model):
+        """Fold every (IA)^3 vector into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
+        return merge_wrapped_linears(model, IA3Linear)

@@ -14,35 +14,22 @@ Trainable parameters: ``d_model`` per targeted norm; with both targets ``(2 L_en
 for t5-small (6 + 6 layers, d_model 512): 32 * 512 = 16,384.
 
 File format: Hugging Face PEFT's ``LN_TUNING``: ``base_model.model.<norm path>.ln_tuning_layers.weight`` per
-target. :func:`merge_ln_tuning` puts the trained copies in place of the norms and returns a plain T5.
+target. :meth:`LnTuning.merge` puts the trained copies in place of the norms and returns a plain T5. Options and file
+format: :mod:`.declarations.ln_tuning`.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from .base import (
-    Method,
-    MethodConfig,
-    MethodConfigError,
-    Neutral,
-    describe_method,
-    detach_method,
-    module_list,
-    replace_module,
-)
+from .base import Method, MethodConfigError, detach_method, replace_module
+from .declarations.ln_tuning import DECLARATION
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
-
-PEFT_LN_TUNING_NEUTRAL_FIELDS = {
-    "modules_to_save": Neutral((None, []), written=True),
-    "exclude_modules": Neutral((None, []), written=True),
-}
 
 
 class LnTuningNorm(nn.Module):
@@ -76,28 +63,15 @@ def find_norm_targets(model: nn.Module, targets: list[str]) -> list[str]:
     return found
 
 
-@dataclass
-class LnTuningConfig(MethodConfig):
-    target_modules: list[str] = field(default_factory=lambda: ["final_layer_norm", "layer_norm"])
-
-    def validate(self) -> None:
-        self.target_modules = module_list("target_modules", self.target_modules)
-
-
 def norm_counts(config: T5Config) -> dict[str, int]:
     """How many norm layers of each name a T5 has."""
     return {"layer_norm": 2 * config.num_layers + 3 * config.num_decoder_layers, "final_layer_norm": 2}
 
 
 class LnTuning(Method):
-    name = "ln_tuning"
-    peft_type = "LN_TUNING"
-    config_class = LnTuningConfig
-    # BitFit (Ben Zaken et al., 2022), the bias-only analogue, used 1e-4 to 1e-3; the upper end for a small model
-    default_lr = 1e-3
-    peft_compatible = True
+    declaration = DECLARATION
     identity_at_init = True
-    neutral_file_fields = PEFT_LN_TUNING_NEUTRAL_FIELDS
+    cannot_merge = None
 
     def inject(self, model) -> None:
         for name in find_norm_targets(model, self.config.target_modules):
@@ -108,12 +82,8 @@ class LnTuning(Method):
         counts = norm_counts(config)
         return sum(counts[target] for target in self.config.target_modules) * config.d_model
 
-
-def merge_ln_tuning(model: nn.Module) -> nn.Module:
-    """Put every trained norm copy in place of its norm and detach the method: a plain T5."""
-    copies = [(name, module) for name, module in model.named_modules() if isinstance(module, LnTuningNorm)]
-    if not copies:
-        raise MethodConfigError(f"nothing to merge: the model has no LnTuningNorm layers ({describe_method(model)})")
-    for name, module in copies:
-        replace_module(model, name, module.ln_tuning_layers)
-    return detach_method(model)
+    def merge(self, model):
+        """Put every trained norm copy in place of its norm and detach the method: a plain T5."""
+        for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, LnTuningNorm)]:
+            replace_module(model, name, module.ln_tuning_layers)
+        return detach_method(model)

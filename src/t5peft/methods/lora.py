@@ -7,12 +7,15 @@ the model unchanged.
 
 Trainable parameters: ``r * (in_features + out_features)`` per target layer. t5-small with the defaults (q and v of
 6 encoder self-, 6 decoder self- and 6 cross-attentions, 512 -> 512, r 8): 36 * 8 * 1,024 = 294,912.
+
+Targets are leaf names of linear layers; on a gated T5 (v1.1, flan-t5) ``wi`` stands for ``wi_0`` and ``wi_1``, and the
+saved config names those two (PEFT matches names exactly). Options and file format: :mod:`.declarations.lora`.
+:meth:`Lora.merge` folds the update into the weights and returns a plain T5 (``LoraLinear.unmerge`` undoes a merge).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
@@ -21,55 +24,17 @@ from torch import Tensor, nn
 from .base import (
     AdditiveLinear,
     Method,
-    MethodConfig,
-    Neutral,
-    check_bool,
-    check_fraction,
-    check_int,
-    check_positive,
     find_linear_targets,
     linear_targets,
     merge_wrapped_linears,
-    module_list,
     replace_module,
+    resolve_targets,
 )
+from .declarations.lora import DECLARATION, LoraConfig
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
-
-# Fields of PEFT's LoraConfig that t5peft reads but does not implement: the values it accepts, and those it writes.
-PEFT_LORA_NEUTRAL_FIELDS = {
-    "bias": Neutral(("none",), written=True),
-    "fan_in_fan_out": Neutral((False,), written=True),
-    "use_dora": Neutral((False,), written=True),
-    "init_lora_weights": Neutral((True,), written=True),
-    "modules_to_save": Neutral((None, []), written=True),
-    "layers_to_transform": Neutral((None,), written=True),
-    "layers_pattern": Neutral((None,), written=True),
-    "rank_pattern": Neutral(({}, None), written=True),
-    "alpha_pattern": Neutral(({}, None), written=True),
-    "lora_bias": Neutral((False,)),
-    "use_qalora": Neutral((False,)),
-    "exclude_modules": Neutral((None,)),
-    "layer_replication": Neutral((None,)),
-    "trainable_token_indices": Neutral((None,)),
-    "target_parameters": Neutral((None,)),
-    "alora_invocation_tokens": Neutral((None,)),
-    "ensure_weight_tying": Neutral((False,)),
-    "use_bdlora": Neutral((None, False)),
-    # settings of initialisers / integrations that do not change a saved adapter's function
-    "loftq_config": Neutral(({}, None)),
-    "eva_config": Neutral((None,)),
-    "corda_config": Neutral((None,)),
-    "megatron_config": Neutral((None,)),
-    "megatron_core": Neutral(("megatron.core", None)),
-    "qalora_group_size": Neutral((16,), accept_int=True),
-    "arrow_config": Neutral((None,)),
-    "lora_ga_config": Neutral((None,)),
-    "kasa_config": Neutral((None,)),
-    "monteclora_config": Neutral((None,)),
-    "velora_config": Neutral((None,)),
-}
+    from ..model.t5 import T5ForConditionalGeneration
 
 
 class LoraLinear(AdditiveLinear):
@@ -100,24 +65,12 @@ class LoraLinear(AdditiveLinear):
         return f"in={self.in_features}, out={self.out_features}, r={self.lora_A.out_features}"
 
 
-@dataclass
-class LoraConfig(MethodConfig):
-    r: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
-    use_rslora: bool = False
-
-    def validate(self) -> None:
-        check_int("r", self.r)
-        check_positive("lora_alpha", self.lora_alpha)
-        check_fraction("lora_dropout", self.lora_dropout)
-        self.target_modules = module_list("target_modules", self.target_modules)
-        check_bool("use_rslora", self.use_rslora)
-
-
-def inject_lora(model: nn.Module, config: LoraConfig, layer: type[LoraLinear] = LoraLinear) -> list[str]:
-    """Wrap every target linear layer in ``layer`` (``LoraLinear`` or a subclass such as DoRA's)."""
+def inject_lora(
+    model: T5ForConditionalGeneration, config: LoraConfig, layer: type[LoraLinear] = LoraLinear
+) -> list[str]:
+    """Wrap every target linear layer in ``layer`` (``LoraLinear`` or a subclass such as DoRA's); the config records
+    the layers as adapted (``wi`` on a gated T5 as ``wi_0`` and ``wi_1``, the names PEFT needs)."""
+    config.target_modules = resolve_targets(model.config, config.target_modules)
     names = find_linear_targets(model, config.target_modules)
     for name in names:
         base = model.get_submodule(name)
@@ -127,17 +80,13 @@ def inject_lora(model: nn.Module, config: LoraConfig, layer: type[LoraLinear] = 
 
 def lora_trainable(config: LoraConfig, model_config: T5Config) -> int:
     """``r * (in + out)`` per target layer."""
-    return sum(n * config.r * (i + o) for n, i, o in linear_targets(model_config, config.target_modules))
+    return sum(n * config.r * (i + o) for n, i, o in linear_targets(model_config, config.target_modules).values())
 
 
 class Lora(Method):
-    name = "lora"
-    peft_type = "LORA"
-    config_class = LoraConfig
-    default_lr = 1e-3
-    peft_compatible = True
-    neutral_file_fields = PEFT_LORA_NEUTRAL_FIELDS
+    declaration = DECLARATION
     identity_at_init = True
+    cannot_merge = None
 
     def inject(self, model) -> None:
         inject_lora(model, self.config)
@@ -145,7 +94,6 @@ class Lora(Method):
     def closed_form_trainable(self, config: T5Config) -> int:
         return lora_trainable(self.config, config)
 
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every LoRA update into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
-    return merge_wrapped_linears(model, LoraLinear)
+    def merge(self, model):
+        """Fold every LoRA update into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
+        return merge_wrapped_linears(model, LoraLinear)

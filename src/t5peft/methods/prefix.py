@@ -37,42 +37,30 @@ File (PEFT's ``PREFIX_TUNING``): one tensor ``prompt_embeddings`` ``[n, L * 2 * 
 
 Requirements PEFT's layout imposes: ``num_heads * d_kv == d_model`` (PEFT splits ``token_dim`` into heads) and
 no more decoder than encoder layers (``transformers`` needs a prefix for every decoder layer once any has one).
+
+Prefixes are attention keys and values, not a change of weights: they cannot be merged. Options and file format:
+:mod:`.declarations.prefix`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    Method,
-    MethodConfig,
-    MethodConfigError,
-    Neutral,
-    check_bool,
-    check_choice,
-    check_int,
-    check_optional_int,
-    require,
-)
+from .base import Method, MethodConfigError
+from .declarations.prefix import DECLARATION, PREFIX_MODEL_KEY, PrefixTuningConfig
 from .prompt import fill_model_fields
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
 
-PREFIX_FILE_KEY = "prompt_embeddings"
-PREFIX_MODEL_KEY = "decoder.self_prefix.prompt_embeddings"
-PREFIX_TABLE_FILE_KEYS = {PREFIX_MODEL_KEY: PREFIX_FILE_KEY}
-PEFT_PREFIX_NEUTRAL_FIELDS = {"modules_to_save": Neutral((None, []), written=True)}
-
 
 class PeftPrefix(nn.Module):
     """Decoder self-attention prefixes ``[decoder layers, 2, H, n, d_kv]`` read from PEFT's table layout."""
 
-    occupies_positions = True  # see model.t5: the prefixes are the first n decoder positions
+    occupies_positions = True  # model.t5.KeyValuePrefix: the prefixes are the first n decoder positions
 
     def __init__(
         self, config: PrefixTuningConfig, decoder_layers: int, device: torch.device, dtype: torch.dtype
@@ -113,33 +101,6 @@ class PeftPrefix(nn.Module):
         return per_pair.permute(1, 2, 3, 0, 4)
 
 
-@dataclass
-class PrefixTuningConfig(MethodConfig):
-    num_virtual_tokens: int = 20
-    prefix_projection: bool = False
-    encoder_hidden_size: int | None = None  # None = token_dim
-    init_weights: str | None = None  # None: standard normal; "zero"
-    # PEFT's value for sequence-to-sequence models, the only one T5 works with; decides which pair each layer reads
-    num_transformer_submodules: int = 2
-    # model dimensions, as PEFT records them; None = taken from the model when the method is applied
-    token_dim: int | None = None
-    num_attention_heads: int | None = None
-    num_layers: int | None = None
-
-    def validate(self) -> None:
-        check_int("num_virtual_tokens", self.num_virtual_tokens)
-        check_bool("prefix_projection", self.prefix_projection)
-        check_optional_int("encoder_hidden_size", self.encoder_hidden_size)
-        check_choice("init_weights", self.init_weights, (None, "zero"))
-        require(
-            self.num_transformer_submodules == 2,
-            "num_transformer_submodules must be 2 for T5 (with 1, transformers' T5 fails on PEFT's prefix cache), "
-            f"got {self.num_transformer_submodules!r}",
-        )
-        for name in ("token_dim", "num_attention_heads", "num_layers"):
-            check_optional_int(name, getattr(self, name))
-
-
 def check_model(config: T5Config) -> None:
     if config.num_heads * config.d_kv != config.d_model:
         raise MethodConfigError(
@@ -154,15 +115,9 @@ def check_model(config: T5Config) -> None:
 
 
 class PrefixTuning(Method):
-    name = "prefix"
-    peft_type = "PREFIX_TUNING"
-    config_class = PrefixTuningConfig
-    # direct prefixes (no reparameterisation): 1e-2 as PEFT's T5 prefix-tuning example and P-Tuning v2 (5e-3..1e-2)
-    default_lr = 1e-2
-    peft_compatible = True
+    declaration = DECLARATION
     identity_at_init = False
-    neutral_file_fields = PEFT_PREFIX_NEUTRAL_FIELDS
-    special_file_keys = PREFIX_TABLE_FILE_KEYS
+    cannot_merge = "prefixes are extra attention keys and values, not a change of weights"
 
     def inject(self, model) -> None:
         if model.decoder.self_prefix is not None:
@@ -187,8 +142,3 @@ class PrefixTuning(Method):
     def export_state(self, model, names: list[str]) -> dict[str, Tensor]:
         with torch.no_grad():
             return {PREFIX_MODEL_KEY: model.decoder.self_prefix.table().detach().contiguous()}
-
-    @classmethod
-    def config_from_file(cls, values: dict[str, Any], source: str) -> MethodConfig:
-        # files hold the evaluated table, which only the direct parameterisation can take
-        return super().config_from_file({**values, "prefix_projection": False}, source)

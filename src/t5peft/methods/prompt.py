@@ -30,49 +30,34 @@ Initialisation (``prompt_tuning_init``):
   embeddings are far from unit scale, so such prompts start off the embedding manifold.
 
 ``SAMPLE_VOCAB`` and ``RANDOM`` draw from torch's global random generator (set the seed to reproduce a
-run); ``TEXT`` does not depend on the seed at all. When weights are loaded from a file the initialisation
-is skipped (``skip_init``), so a ``TEXT`` prompt loads without its tokenizer.
+run); ``TEXT`` does not depend on the seed at all. A prompt built to load a file (``Method.from_file``) is not
+initialised (its table comes from the file), so a ``TEXT`` prompt loads without its tokenizer.
 
 The optimizer group of the prompt has weight decay 0: with a learning rate of 0.3, AdamW's decoupled decay
 would shrink the prompt by ``lr * weight_decay`` of its size at every step.
+
+A prompt is extra input positions, not a change of weights: it cannot be merged. Options and file format:
+:mod:`.declarations.prompt`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    Method,
-    MethodConfig,
-    MethodConfigError,
-    Neutral,
-    check_choice,
-    check_int,
-    check_optional_int,
-    neutral_values,
-    require,
-)
+from .base import Method, MethodConfigError
+from .declarations.prompt import DECLARATION, PromptTuningConfig
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
     from ..model.t5 import T5ForConditionalGeneration
 
-PROMPT_FILE_KEY = "prompt_embeddings"
-PROMPT_MODEL_KEY = "encoder.input_prefix.prompt_embeddings"
-PROMPT_TABLE_FILE_KEYS = {PROMPT_MODEL_KEY: PROMPT_FILE_KEY}  # the file holds the table under PEFT's name
-PROMPT_TUNING_INITS = ("SAMPLE_VOCAB", "TEXT", "RANDOM")
 SAMPLE_VOCAB_LIMIT = 32000  # sentencepiece pieces of T5's vocabulary; sentinels and padding rows follow
-
-# Fields of PEFT's PromptTuningConfig that t5peft reads but does not use, with the values it accepts.
-PEFT_PROMPT_NEUTRAL_FIELDS = {
-    "modules_to_save": Neutral((None, []), written=True),
-    "tokenizer_kwargs": Neutral((None, {}), written=True),
-}
+# why a soft prompt (and a prompt encoder's output) cannot be folded into weights
+PROMPT_CANNOT_MERGE = "a soft prompt is extra input positions, not a change of weights"
 
 
 def prepend_prompt(prompt: Tensor, inputs_embeds: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -101,55 +86,6 @@ class SoftPrompt(nn.Module):
     def extra_repr(self) -> str:
         rows, d_model = self.prompt_embeddings.shape
         return f"num_virtual_tokens={self.num_virtual_tokens}, rows={rows}, d_model={d_model}"
-
-
-@dataclass
-class PromptTuningConfig(MethodConfig):
-    num_virtual_tokens: int = 20
-    prompt_tuning_init: str = "SAMPLE_VOCAB"
-    prompt_tuning_init_text: str | None = None
-    prompt_tuning_init_ids: list[int] | None = None
-    tokenizer_name_or_path: str | None = None
-    num_transformer_submodules: int = 1
-    # model dimensions, as PEFT records them; None = taken from the model when the method is applied
-    token_dim: int | None = None
-    num_attention_heads: int | None = None
-    num_layers: int | None = None
-    # leave the prompt at zeros (set when loading saved weights; never written to files)
-    skip_init: bool = False
-
-    def validate(self) -> None:
-        check_int("num_virtual_tokens", self.num_virtual_tokens)
-        self.prompt_tuning_init = str(self.prompt_tuning_init).upper()
-        check_choice("prompt_tuning_init", self.prompt_tuning_init, PROMPT_TUNING_INITS)
-        check_int("num_transformer_submodules", self.num_transformer_submodules, 1, 2)
-        for name in ("token_dim", "num_attention_heads", "num_layers"):
-            check_optional_int(name, getattr(self, name))
-        if self.prompt_tuning_init_ids is not None:
-            ids = self.prompt_tuning_init_ids
-            require(
-                isinstance(ids, list) and bool(ids) and all(isinstance(i, int) and i >= 0 for i in ids),
-                f"prompt_tuning_init_ids must be a non-empty list of token ids, got {ids!r}",
-            )
-        if self.skip_init:
-            return
-        text_given = self.prompt_tuning_init_text is not None or self.prompt_tuning_init_ids is not None
-        if self.prompt_tuning_init == "TEXT":
-            require(
-                self.prompt_tuning_init_ids is not None
-                or (bool(self.prompt_tuning_init_text) and bool(self.tokenizer_name_or_path)),
-                "prompt_tuning_init='TEXT' needs prompt_tuning_init_ids, or prompt_tuning_init_text together "
-                "with tokenizer_name_or_path",
-            )
-        else:
-            require(
-                not text_given,
-                "prompt_tuning_init_text / prompt_tuning_init_ids are only used with prompt_tuning_init='TEXT'",
-            )
-
-    @property
-    def total_virtual_tokens(self) -> int:
-        return self.num_virtual_tokens * self.num_transformer_submodules
 
 
 def fill_model_fields(config: Any, model_config: T5Config) -> None:
@@ -199,8 +135,8 @@ def initialise_prompt(prompt: SoftPrompt, embedding: nn.Embedding, config: Promp
     weight.copy_(embedding.weight[ids].to(weight.dtype))
 
 
-def inject_prompt(model: T5ForConditionalGeneration, config: PromptTuningConfig) -> SoftPrompt:
-    """Set a soft prompt as ``model.encoder.input_prefix`` (initialised unless ``config.skip_init``)."""
+def inject_prompt(model: T5ForConditionalGeneration, config: PromptTuningConfig, initialise: bool = True) -> SoftPrompt:
+    """Set a soft prompt as ``model.encoder.input_prefix``, initialised unless its table is to be loaded."""
     if model.encoder.input_prefix is not None:
         raise MethodConfigError("the encoder already has an input prefix")
     fill_model_fields(config, model.config)
@@ -208,19 +144,10 @@ def inject_prompt(model: T5ForConditionalGeneration, config: PromptTuningConfig)
     prompt = SoftPrompt(
         config.num_virtual_tokens, config.total_virtual_tokens, model.config.d_model, weight.device, weight.dtype
     )
-    if not config.skip_init:
+    if initialise:
         initialise_prompt(prompt, model.shared, config)
     model.encoder.input_prefix = prompt
     return prompt
-
-
-def prompt_file_config(config: PromptTuningConfig) -> dict[str, Any]:
-    """The config's fields for adapter_config.json (``skip_init`` is a loading detail, not a setting)."""
-    values = config.to_dict()
-    del values["skip_init"]
-    if values["prompt_tuning_init_ids"] is None:
-        del values["prompt_tuning_init_ids"]  # not a PEFT field: only written when used
-    return {**values, **neutral_values(PEFT_PROMPT_NEUTRAL_FIELDS)}
 
 
 def prompt_trainable(config: PromptTuningConfig, model_config: T5Config) -> int:
@@ -229,17 +156,12 @@ def prompt_trainable(config: PromptTuningConfig, model_config: T5Config) -> int:
 
 
 class PromptTuning(Method):
-    name = "prompt"
-    peft_type = "PROMPT_TUNING"
-    config_class = PromptTuningConfig
-    default_lr = 0.3
-    peft_compatible = True
-    neutral_file_fields = PEFT_PROMPT_NEUTRAL_FIELDS
-    special_file_keys = PROMPT_TABLE_FILE_KEYS
+    declaration = DECLARATION
     identity_at_init = False
+    cannot_merge = PROMPT_CANNOT_MERGE
 
     def inject(self, model) -> None:
-        inject_prompt(model, self.config)
+        inject_prompt(model, self.config, initialise=not self.from_file)
 
     def closed_form_trainable(self, config: T5Config) -> int:
         return prompt_trainable(self.config, config)
@@ -247,10 +169,3 @@ class PromptTuning(Method):
     def param_groups(self, model, lr: float, weight_decay: float) -> list[dict]:
         params = [p for p in model.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr, "weight_decay": 0.0}]
-
-    def file_config(self) -> dict[str, Any]:
-        return prompt_file_config(self.config)
-
-    @classmethod
-    def config_from_file(cls, values: dict[str, Any], source: str) -> MethodConfig:
-        return super().config_from_file({**values, "skip_init": True}, source)

@@ -25,39 +25,29 @@ Trainable parameters (``T = num_virtual_tokens * num_transformer_submodules``, `
   (each direction of layer 1 has ``4h (d + h + 2)``, of later layers ``4h (2h + h + 2)``).
 
 File (Hugging Face PEFT's ``P_TUNING``): one tensor ``prompt_embeddings`` ``[T, d_model]``, the encoder's output
-(PEFT saves the encoder applied, never the encoder). Loading such a file gives a plain prompt table: the
-method is applied with ``load_table=True``, which builds prompt tuning's :class:`SoftPrompt` in place of the
-encoder (PEFT's inference mode does the same), with identical logits.
+(PEFT saves the encoder applied, never the encoder). Loading such a file gives a plain prompt table: the method
+built to load a file (``Method.from_file``) builds prompt tuning's :class:`SoftPrompt` in place of the encoder (PEFT's
+inference mode does the same), with identical logits, and trains that table if trained further.
+
+Like a prompt, it is extra input positions, not a change of weights: it cannot be merged. Options and file format:
+:mod:`.declarations.ptuning`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    Method,
-    MethodConfig,
-    MethodConfigError,
-    Neutral,
-    check_bool,
-    check_choice,
-    check_fraction,
-    check_int,
-    check_optional_int,
-    neutral_values,
-)
-from .prompt import PROMPT_MODEL_KEY, PROMPT_TABLE_FILE_KEYS, SoftPrompt, fill_model_fields, prepend_prompt
+from .base import Method, MethodConfigError
+from .declarations.prompt import PROMPT_MODEL_KEY
+from .declarations.ptuning import DECLARATION, PTuningConfig
+from .prompt import PROMPT_CANNOT_MERGE, SoftPrompt, fill_model_fields, prepend_prompt
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
-
-ENCODER_TYPES = ("MLP", "LSTM")
-PEFT_P_TUNING_NEUTRAL_FIELDS = {"modules_to_save": Neutral((None, []), written=True)}
 
 
 class BiLSTM(nn.Module):
@@ -145,38 +135,6 @@ def _mlp_head(encoder_type: str, d_model: int, h: int, device, dtype) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-@dataclass
-class PTuningConfig(MethodConfig):
-    num_virtual_tokens: int = 20
-    encoder_reparameterization_type: str = "MLP"
-    encoder_hidden_size: int | None = None  # None = d_model
-    encoder_num_layers: int = 2  # LSTM only (PEFT ignores it for the MLP)
-    encoder_dropout: float = 0.0  # LSTM only, between its layers
-    num_transformer_submodules: int = 1
-    # model dimensions, as PEFT records them; None = taken from the model when the method is applied
-    token_dim: int | None = None
-    num_attention_heads: int | None = None
-    num_layers: int | None = None
-    # build a plain prompt table (the encoder already applied) instead of the encoder: set when loading a file
-    load_table: bool = False
-
-    def validate(self) -> None:
-        check_int("num_virtual_tokens", self.num_virtual_tokens)
-        self.encoder_reparameterization_type = str(self.encoder_reparameterization_type).upper()
-        check_choice("encoder_reparameterization_type", self.encoder_reparameterization_type, ENCODER_TYPES)
-        check_optional_int("encoder_hidden_size", self.encoder_hidden_size)
-        check_int("encoder_num_layers", self.encoder_num_layers)
-        check_fraction("encoder_dropout", self.encoder_dropout)
-        check_int("num_transformer_submodules", self.num_transformer_submodules, 1, 2)
-        for name in ("token_dim", "num_attention_heads", "num_layers"):
-            check_optional_int(name, getattr(self, name))
-        check_bool("load_table", self.load_table)
-
-    @property
-    def total_virtual_tokens(self) -> int:
-        return self.num_virtual_tokens * self.num_transformer_submodules
-
-
 def encoder_parameters(config: PTuningConfig, d: int) -> int:
     """Parameters of the prompt encoder (MLP or LSTM + MLP) for ``d_model = d``."""
     h = config.encoder_hidden_size or d
@@ -188,15 +146,9 @@ def encoder_parameters(config: PTuningConfig, d: int) -> int:
 
 
 class PTuning(Method):
-    name = "ptuning"
-    peft_type = "P_TUNING"
-    config_class = PTuningConfig
-    # PEFT's P-tuning guide trains the prompt encoder at 1e-3
-    default_lr = 1e-3
-    peft_compatible = True
+    declaration = DECLARATION
     identity_at_init = False
-    neutral_file_fields = PEFT_P_TUNING_NEUTRAL_FIELDS
-    special_file_keys = PROMPT_TABLE_FILE_KEYS
+    cannot_merge = PROMPT_CANNOT_MERGE
 
     def inject(self, model) -> None:
         if model.encoder.input_prefix is not None:
@@ -204,7 +156,7 @@ class PTuning(Method):
         config: PTuningConfig = self.config
         fill_model_fields(config, model.config)
         d_model, weight = model.config.d_model, model.shared.weight
-        if config.load_table:
+        if self.from_file:  # the file holds the encoder's output: a plain table
             prompt: nn.Module = SoftPrompt(
                 config.num_virtual_tokens, config.total_virtual_tokens, d_model, weight.device, weight.dtype
             )
@@ -215,7 +167,7 @@ class PTuning(Method):
 
     def closed_form_trainable(self, config: T5Config) -> int:
         table = self.config.total_virtual_tokens * config.d_model
-        return table if self.config.load_table else table + encoder_parameters(self.config, config.d_model)
+        return table if self.from_file else table + encoder_parameters(self.config, config.d_model)
 
     def export_state(self, model, names: list[str]) -> dict[str, Tensor]:
         """The encoded prompt table (PEFT's ``prompt_embeddings``), whichever module produces it."""
@@ -226,12 +178,3 @@ class PTuning(Method):
             table = prompt.prompt_embeddings if isinstance(prompt, SoftPrompt) else prompt.encode()
         prompt.train(was_training)
         return {PROMPT_MODEL_KEY: table.detach().contiguous()}
-
-    def file_config(self) -> dict[str, Any]:
-        values = self.config.to_dict()
-        del values["load_table"]
-        return {**values, **neutral_values(self.neutral_file_fields)}
-
-    @classmethod
-    def config_from_file(cls, values: dict[str, Any], source: str) -> MethodConfig:
-        return super().config_from_file({**values, "load_table": True}, source)

@@ -44,37 +44,25 @@ and ``transformers``' T5 treats them as ``n`` earlier decoder positions, so they
 bias (and shift the real tokens' cache positions), where t5peft gives them zero bias. With only
 ``decoder_self`` enabled the two therefore agree only when the decoder's relative position bias is zero.
 The ``prefix`` method (:mod:`t5peft.methods.prefix`) is PEFT's prefix tuning exactly, position bias included.
+
+Deep prompts are attention keys and values, not a change of weights: they cannot be merged. Options and file format:
+:mod:`.declarations.ptuning2`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    Method,
-    MethodConfig,
-    MethodConfigError,
-    check_bool,
-    check_int,
-    check_non_negative,
-    check_optional_int,
-    require,
-)
+from .base import Method, MethodConfigError
+from .declarations.ptuning2 import DECLARATION, SITES, DeepPromptConfig
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
     from ..model.t5 import T5ForConditionalGeneration
-
-# option name -> (stack, extension-point attribute)
-SITES: dict[str, tuple[str, str]] = {
-    "encoder_self": ("encoder", "self_prefix"),
-    "decoder_self": ("decoder", "self_prefix"),
-    "decoder_cross": ("decoder", "cross_prefix"),
-}
 
 
 @dataclass(frozen=True)
@@ -96,6 +84,8 @@ class PrefixShape:
 class DeepPrefix(nn.Module):
     """Direct per-layer key/value prefixes, one parameter ``[L, 2, H, n, d_kv]``."""
 
+    occupies_positions = False  # model.t5.KeyValuePrefix: the prefix keys have no position (zero bias)
+
     def __init__(self, shape: PrefixShape, init_std: float, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.prefix_len = shape.prefix_len
@@ -108,6 +98,8 @@ class DeepPrefix(nn.Module):
 
 class ProjectedDeepPrefix(nn.Module):
     """Prefixes computed by an MLP from ``n`` embeddings (the training-time reparameterisation)."""
+
+    occupies_positions = False  # as DeepPrefix
 
     def __init__(self, shape: PrefixShape, d_model: int, hidden: int, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
@@ -124,28 +116,6 @@ class ProjectedDeepPrefix(nn.Module):
         s = self.shape
         out = self.transform(self.embedding.weight)  # [n, L * 2 * H * d_kv]
         return out.view(s.prefix_len, s.num_layers, 2, s.num_heads, s.d_kv).permute(1, 2, 3, 0, 4)
-
-
-@dataclass
-class DeepPromptConfig(MethodConfig):
-    num_virtual_tokens: int = 20
-    encoder_self: bool = True
-    decoder_self: bool = True
-    decoder_cross: bool = True
-    prefix_projection: bool = False
-    encoder_hidden_size: int | None = None  # None = d_model
-    init_std: float = 0.02  # direct prefixes only
-
-    def validate(self) -> None:
-        check_int("num_virtual_tokens", self.num_virtual_tokens)
-        for name in (*SITES, "prefix_projection"):
-            check_bool(name, getattr(self, name))
-        require(any(getattr(self, s) for s in SITES), f"enable at least one of {', '.join(SITES)}")
-        check_optional_int("encoder_hidden_size", self.encoder_hidden_size)
-        check_non_negative("init_std", self.init_std)
-
-    def sites(self) -> list[str]:
-        return [s for s in SITES if getattr(self, s)]
 
 
 def _site_shape(model: T5ForConditionalGeneration, site: str, n: int) -> PrefixShape:
@@ -177,11 +147,9 @@ def site_key(site: str) -> str:
 
 
 class DeepPrompt(Method):
-    name = "ptuning2"
-    peft_type = "T5PEFT_DEEP_PROMPT"
-    config_class = DeepPromptConfig
-    default_lr = 1e-2
+    declaration = DECLARATION
     identity_at_init = False
+    cannot_merge = "deep prompts are extra attention keys and values, not a change of weights"
 
     def inject(self, model) -> None:
         inject_deep_prompts(model, self.config)
@@ -208,8 +176,3 @@ class DeepPrompt(Method):
                 module = getattr(getattr(model, stack_name), attr)
                 state[site_key(site)] = module().detach().contiguous()
         return state
-
-    @classmethod
-    def config_from_file(cls, values: dict[str, Any], source: str) -> MethodConfig:
-        # files hold folded prefixes, which only the direct parameterisation can take
-        return super().config_from_file({**values, "prefix_projection": False}, source)

@@ -22,13 +22,12 @@ File format: Hugging Face PEFT's ``VERA``: per target ``base_model.model.<module
 ``base_model.vera_B``; without it they are drawn again from ``projection_prng_key`` when loading.
 
 :meth:`VeraLinear.merge` / :meth:`VeraLinear.unmerge` add / subtract ``(b ⊙ B)(d ⊙ A)`` to / from the weight;
-:func:`merge_vera` returns a plain T5.
+:meth:`Vera.merge` returns a plain T5. Options and file format: :mod:`.declarations.vera`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,32 +37,17 @@ from torch import Tensor, nn
 from .base import (
     AdditiveLinear,
     Method,
-    MethodConfig,
-    Neutral,
-    check_bool,
-    check_fraction,
-    check_int,
-    check_positive,
     find_linear_targets,
     linear_targets,
     merge_wrapped_linears,
-    module_list,
     replace_module,
+    resolve_targets,
 )
+from .declarations.vera import DECLARATION, PROJECTION_FILE_KEYS, VeraConfig
 
 if TYPE_CHECKING:
     from ..model.config import T5Config
-
-# the shared projections: model key (what export_state returns) -> file key (PEFT's)
-PROJECTION_FILE_KEYS = {"vera_A": "base_model.vera_A", "vera_B": "base_model.vera_B"}
-
-PEFT_VERA_NEUTRAL_FIELDS = {
-    "bias": Neutral(("none",), written=True),
-    "fan_in_fan_out": Neutral((False,), written=True),
-    "modules_to_save": Neutral((None, []), written=True),
-    "layers_to_transform": Neutral((None,), written=True),
-    "layers_pattern": Neutral((None,), written=True),
-}
+    from ..model.t5 import T5ForConditionalGeneration
 
 
 def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> Tensor:
@@ -134,27 +118,8 @@ class VeraLinear(AdditiveLinear):
         return f"in={self.in_features}, out={self.out_features}, r={self.vera_lambda_d.shape[0]}"
 
 
-@dataclass
-class VeraConfig(MethodConfig):
-    r: int = 256
-    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
-    projection_prng_key: int = 0
-    save_projection: bool = True
-    vera_dropout: float = 0.0
-    d_initial: float = 0.1
-    init_weights: bool = True
-
-    def validate(self) -> None:
-        check_int("r", self.r)
-        self.target_modules = module_list("target_modules", self.target_modules)
-        check_int("projection_prng_key", self.projection_prng_key, 0)
-        check_bool("save_projection", self.save_projection)
-        check_fraction("vera_dropout", self.vera_dropout)
-        check_positive("d_initial", self.d_initial)
-        check_bool("init_weights", self.init_weights)
-
-
-def inject_vera(model: nn.Module, config: VeraConfig) -> VeraProjections:
+def inject_vera(model: T5ForConditionalGeneration, config: VeraConfig) -> VeraProjections:
+    config.target_modules = resolve_targets(model.config, config.target_modules)  # recorded as adapted
     names = find_linear_targets(model, config.target_modules)
     layers = [model.get_submodule(name) for name in names]
     max_in = max(layer.in_features for layer in layers)
@@ -174,15 +139,9 @@ def _projections(model: nn.Module) -> VeraProjections:
 
 
 class Vera(Method):
-    name = "vera"
-    peft_type = "VERA"
-    config_class = VeraConfig
-    # Kopiczko et al. (2024) trained the scaling vectors at 4e-3 to 1e-2 on GLUE (RoBERTa); the lower end
-    default_lr = 4e-3
-    peft_compatible = True
+    declaration = DECLARATION
     identity_at_init = True
-    neutral_file_fields = PEFT_VERA_NEUTRAL_FIELDS
-    special_file_keys = PROJECTION_FILE_KEYS
+    cannot_merge = None
 
     def inject(self, model) -> None:
         inject_vera(model, self.config)
@@ -190,7 +149,7 @@ class Vera(Method):
     def closed_form_trainable(self, config: T5Config) -> int:
         """``sum over targets of out + r``."""
         targets = linear_targets(config, self.config.target_modules)
-        return sum(n * (fan_out + self.config.r) for n, _, fan_out in targets)
+        return sum(n * (fan_out + self.config.r) for n, _, fan_out in targets.values())
 
     def export_state(self, model, names: list[str]) -> dict[str, Tensor]:
         state = super().export_state(model, names)
@@ -207,7 +166,6 @@ class Vera(Method):
                     getattr(projections, key).copy_(state[key])
         super().import_state(model, {k: v for k, v in state.items() if k not in PROJECTION_FILE_KEYS}, source)
 
-
-def merge_vera(model: nn.Module) -> nn.Module:
-    """Fold every VeRA update into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
-    return merge_wrapped_linears(model, VeraLinear)
+    def merge(self, model):
+        """Fold every VeRA update into its base weight and restore plain ``nn.Linear`` layers (a plain T5)."""
+        return merge_wrapped_linears(model, VeraLinear)

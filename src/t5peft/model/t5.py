@@ -12,11 +12,12 @@ without renaming. Differences from Hugging Face's code are in *how* it computes,
 
 Extension points used by the PEFT methods (``t5peft.methods``), all ``None`` on a plain model:
 
-* ``T5Stack.input_prefix``: ``(embeds, mask) -> (embeds, mask)`` applied to the encoder input (prompt tuning);
-* ``T5Stack.self_prefix`` / ``T5Stack.cross_prefix``: modules returning per-layer key/value prefixes,
-  a tensor ``[num_layers, 2, num_heads, prefix_len, d_kv]`` (deep prompts, P-Tuning v2). A self-attention
-  prefix module with ``occupies_positions = True`` stands for ``prefix_len`` positions before the first token
-  (it receives relative position bias as positions ``0 .. prefix_len - 1``, and the stack's tokens start at
+* ``T5Stack.input_prefix`` (an :class:`InputPrefix`): ``(embeds, mask) -> (embeds, mask)`` applied to the encoder
+  input (prompt tuning);
+* ``T5Stack.self_prefix`` / ``T5Stack.cross_prefix`` (each a :class:`KeyValuePrefix`): modules returning per-layer
+  key/value prefixes, a tensor ``[num_layers, 2, num_heads, prefix_len, d_kv]`` (deep prompts, P-Tuning v2). A
+  self-attention prefix with ``occupies_positions = True`` stands for ``prefix_len`` positions before the first
+  token (it receives relative position bias as positions ``0 .. prefix_len - 1``, and the stack's tokens start at
   position ``prefix_len``: Hugging Face's ``past_key_values`` prefixes, PEFT's prefix tuning); otherwise the
   prefix keys have no position and get zero bias;
 * ``T5LayerSelfAttention.adapter`` / ``T5LayerCrossAttention.adapter`` / ``T5LayerFF.adapter``: a module
@@ -29,6 +30,7 @@ import math
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -331,8 +333,25 @@ def _prefix_columns(mask: Tensor, prefix_len: int, columns: Tensor | None = None
     return torch.cat([columns, mask], dim=-1)
 
 
-def _occupies_positions(module: nn.Module | None) -> bool:
-    return module is not None and bool(getattr(module, "occupies_positions", False))
+class InputPrefix(Protocol):
+    """What ``T5Stack.input_prefix`` holds (an ``nn.Module``, so its parameters are the model's): it extends the
+    encoder's input embeddings ``[B, L, d_model]`` and attention mask ``[B, L]`` (None: no padding) to ``L + P``."""
+
+    def __call__(self, inputs_embeds: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]: ...
+
+
+class KeyValuePrefix(Protocol):
+    """What ``T5Stack.self_prefix`` / ``cross_prefix`` hold (an ``nn.Module``, so its parameters are the model's).
+
+    Called without arguments it returns every layer's prefix keys and values, ``[num_layers, 2, num_heads,
+    prefix_len, d_kv]``; ``occupies_positions`` says whether the prefix stands for ``prefix_len`` positions before
+    the first token (relative position bias as positions ``0 .. prefix_len - 1``; self-attention only) or has no
+    position (zero bias)."""
+
+    prefix_len: int
+    occupies_positions: bool
+
+    def __call__(self) -> Tensor: ...
 
 
 class T5Stack(nn.Module):
@@ -348,9 +367,9 @@ class T5Stack(nn.Module):
         )
         self.final_layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
-        self.input_prefix: nn.Module | None = None
-        self.self_prefix: nn.Module | None = None
-        self.cross_prefix: nn.Module | None = None
+        self.input_prefix: InputPrefix | None = None
+        self.self_prefix: KeyValuePrefix | None = None
+        self.cross_prefix: KeyValuePrefix | None = None
 
     def position_bias(self, query_len: int, key_len: int, offset: int, device: torch.device) -> Tensor:
         """Relative position bias ``[1, H, query_len, key_len]``; query i sits at position offset + i."""
@@ -402,8 +421,8 @@ class T5Stack(nn.Module):
         return _prefix_columns(mask, prefix_len)
 
     @staticmethod
-    def _prefix_len(module: nn.Module | None) -> int:
-        return 0 if module is None else int(module.prefix_len)
+    def _prefix_len(module: KeyValuePrefix | None) -> int:
+        return 0 if module is None else module.prefix_len
 
     def layer_prefixes(self, batch: int) -> list[LayerPrefixes]:
         """Per block, the deep-prompt prefixes of the ``self_prefix`` / ``cross_prefix`` modules, batch-expanded."""
@@ -434,7 +453,7 @@ class T5Stack(nn.Module):
             attention_mask,
             offset,
             self._prefix_len(self.self_prefix),
-            positioned=_occupies_positions(self.self_prefix),
+            positioned=self.self_prefix is not None and self.self_prefix.occupies_positions,
         )
         cross_mask = None
         if self.is_decoder:

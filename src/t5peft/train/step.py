@@ -49,8 +49,7 @@ def autocast(device: torch.device, bf16: bool) -> AbstractContextManager:
 
 
 def method_of(model: nn.Module):
-    applied = getattr(model, "peft", None)
-    return None if applied is None else applied.method
+    return None if model.peft is None else model.peft.method
 
 
 def make_loss_fn(model: nn.Module, device: torch.device, bf16: bool) -> LossFn:
