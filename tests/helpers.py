@@ -12,7 +12,7 @@ from torch import nn
 
 from t5peft import T5Config, T5ForConditionalGeneration
 from t5peft.data.text2text import Batch
-from t5peft.train.step import TrainStep
+from t5peft.engine.step import TrainStep
 
 # A tiny T5 whose encoder and decoder differ in depth (a formula that mixes them up is caught) and whose small
 # vocabulary keeps the embedding and LM head cheap.

@@ -22,7 +22,10 @@ from t5peft import __version__
 from t5peft.cli import HelpFormatter, build_parser
 from t5peft.cli import main as cli_main
 from t5peft.data import LabeledTexts, load_split, shared_rows, split_validation
-from t5peft.train.loop import Run, TrainConfig, TrainError, data_overlap, select_texts
+from t5peft.data.sources import DataError
+from t5peft.train.loop import Run
+from t5peft.train.rows import RunTexts, data_overlap
+from t5peft.train.settings import TrainConfig, TrainError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "models" / "t5-tiny")
@@ -37,6 +40,10 @@ def tiny_args(t5_small_dir: Path, data: Path, output: Path, *extra: str) -> list
         *shlex.split("--max-source-length 40 --no-progress --method lora"),
         *extra,
     ]
+
+
+def select_texts(cfg: TrainConfig) -> RunTexts:
+    return cfg.rows().texts()
 
 
 def stderr_lines(capsys) -> list[str]:
@@ -83,7 +90,7 @@ def test_single_file_holds_out_a_disjoint_stratified_seeded_test_set(reviews_csv
     assert select_texts(cfg).test.texts == texts.test.texts  # seeded
     assert select_texts(TrainConfig(data=str(reviews_csv), validation_size=20, seed=1)).test.texts != texts.test.texts
     assert len(select_texts(TrainConfig(data=str(reviews_csv), validation_size=20, test_size=50)).test) == 50
-    with pytest.raises(TrainError, match="pass --test-data"):
+    with pytest.raises(DataError, match="pass --test-data"):
         select_texts(TrainConfig(data=str(reviews_csv), validation_size=150, test_size=50))
 
 
@@ -399,7 +406,7 @@ def test_sizes_larger_than_the_data_warn_with_the_size_used(reviews_csv: Path, c
     cfg = TrainConfig(
         data=str(reviews_csv), test_data=str(reviews_csv), validation_size=20, train_size=5000, test_size=500
     )
-    with caplog.at_level(logging.WARNING, logger="t5peft.train.loop"):
+    with caplog.at_level(logging.WARNING, logger="t5peft.train.rows"):
         texts = select_texts(cfg)
     assert (len(texts.train), len(texts.test)) == (180, 200)
     warnings = [record.getMessage() for record in caplog.records]

@@ -29,6 +29,7 @@ from t5peft import (
     load_pretrained,
     save_adapter,
 )
+from t5peft.engine.step import make_loss_fn
 from t5peft.methods import MethodConfigError, get_method_class
 from t5peft.methods.dora import DoraLinear, merge_dora
 from t5peft.methods.files import read_adapter_config
@@ -37,7 +38,6 @@ from t5peft.methods.prompt import SoftPrompt
 from t5peft.methods.ptuning import BiLSTM, PromptEncoder
 from t5peft.methods.registry import method_for_file
 from t5peft.methods.vera import VeraLinear, VeraProjections, merge_vera
-from t5peft.train.step import make_loss_fn
 
 peft = pytest.importorskip("peft")
 

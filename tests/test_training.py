@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from t5peft.cli import main as cli_main
 from t5peft.methods import method_names
 from t5peft.train.evaluate import class_metrics, evaluate, generation_predictions
-from t5peft.train.loop import Run, TrainConfig, TrainError, linear_schedule, train
+from t5peft.train.loop import Run, linear_schedule, train
+from t5peft.train.settings import TrainConfig, TrainError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "models" / "t5-tiny")

@@ -44,7 +44,7 @@ from ..errors import T5PeftError
 from ..hub import looks_like_hub_id
 from ..methods import get_method_class
 from ..methods.base import MethodConfigError
-from ..train.loop import TrainConfig
+from ..train.settings import TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

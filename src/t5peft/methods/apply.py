@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .base import Method, MethodConfigError
+from .base import Method, MethodConfig, MethodConfigError
 from .registry import get_method_class
 
 if TYPE_CHECKING:
@@ -34,12 +34,19 @@ class AppliedMethod:
         return not set(self.trainable) <= set(self.added)
 
 
-def apply_method(model: T5ForConditionalGeneration, name: str, **options: Any) -> T5ForConditionalGeneration:
-    """Insert method ``name`` into ``model`` (in place, also returned) and freeze everything else."""
+def apply_method(
+    model: T5ForConditionalGeneration, name: str, *, config: MethodConfig | None = None, **options: Any
+) -> T5ForConditionalGeneration:
+    """Insert method ``name`` into ``model`` (in place, also returned) and freeze everything else.
+
+    Its options are ``options``, or ``config`` when they were parsed already (``config_class.from_options``).
+    """
     if getattr(model, "peft", None) is not None:
         raise MethodConfigError(f"the model already has method {model.peft.name!r} applied")
+    if config is not None and options:
+        raise TypeError("apply_method takes options or a parsed config, not both")
     cls = get_method_class(name)
-    method = cls(cls.config_class.from_options(options, name))
+    method = cls(config if config is not None else cls.config_class.from_options(options, name))
     before = {n for n, _ in model.named_parameters()}
     method.inject(model)
     added = [n for n, _ in model.named_parameters() if n not in before]

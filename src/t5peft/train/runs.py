@@ -13,12 +13,13 @@ import torch
 
 from ..data.sources import LabeledTexts, load_split, split_validation
 from ..data.text2text import TaskFormat, encode_split, label_token_ids
+from ..engine.layout import RunFolder
+from ..engine.runtime import resolve_device
 from ..methods import load_trained
 from ..model.t5 import T5ForConditionalGeneration
 from ..tokenizer import T5Tokenizer, load_tokenizer
 from .evaluate import evaluate, generation_predictions, label_pair_probabilities
-from .layout import RunFolder
-from .loop import TrainConfig, TrainError, holds_out_test, resolve_device, run_test_set
+from .settings import TrainConfig, TrainError
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +42,19 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
         raise TrainError(f"{run_dir}: the run has not finished ({missing}); resume it with --resume")
     base = folder.base if folder.base.is_dir() else cfg.model
     model = load_trained(folder.final, base)
-    task = TaskFormat(cfg.prefix, cfg.label_words, cfg.max_source_length, cfg.truncation_side, cfg.strip_html)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    return TrainedRun(cfg, model.to(resolve_device(device)).eval(), tokenizer, task)
+    return TrainedRun(cfg, model.to(resolve_device(device, TrainError)).eval(), tokenizer, cfg.task_format())
 
 
 def _evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size: int | None) -> LabeledTexts:
     """What ``evaluate`` scores: the run's own test set unless a source, split or size says otherwise."""
-    cfg = run.config
+    rows = run.config.rows()
     own_test = data is None and split in (None, "test")
     if own_test and size is None:
-        texts = run_test_set(cfg)
+        texts = rows.test_set()
         texts.origin = f"the run's test set: {texts.origin}"
         return texts
-    if own_test:
-        # a sample of the whole test split; a single data file's only test rows are the run's hold-out
-        texts = run_test_set(cfg) if holds_out_test(cfg) else load_split(cfg.test_data or cfg.data, "test")
-    else:
-        texts = load_split(data or cfg.data, split or "test")
+    texts = rows.test_split() if own_test else load_split(data or run.config.data, split or "test")
     if size is None or size == len(texts):
         return texts
     if size > len(texts):
