@@ -23,8 +23,11 @@ from t5peft.cli import HelpFormatter, build_parser
 from t5peft.cli import main as cli_main
 from t5peft.data import LabeledTexts, load_split, shared_rows, split_validation
 from t5peft.data.sources import DataError
+from t5peft.data.text2text import encode_split
+from t5peft.train.evaluate import evaluate
 from t5peft.train.loop import Run
 from t5peft.train.rows import RunTexts, data_overlap
+from t5peft.train.runs import evaluation_texts, load_run, predict
 from t5peft.train.settings import TrainConfig, TrainError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -378,6 +381,35 @@ def test_evaluate_scores_the_runs_test_set_with_a_progress_bar(finished_run, cap
     assert cli_main(["evaluate", str(out), "--no-progress", "--size", "20"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["n"] == 20 and "evaluate:" not in captured.err
+
+
+def test_evaluate_size_samples_as_the_run_drew_its_test_set(finished_run, capsys) -> None:
+    """``--size`` draws a stratified sample with the run's own test seed: the run's test size gives back the
+    run's test set (and its results), a smaller one a sample of the whole split, seeded as the run's."""
+    out, _ = finished_run
+    run = load_run(out)
+    assert evaluation_texts(run, None, None, 40).texts == run.config.rows().test_set().texts
+    twenty = evaluation_texts(run, None, None, 20)
+    assert twenty.origin.endswith("[stratified sample: 20 of 25,000 rows, seed 2]")
+    assert sorted(twenty.labels) == [0] * 10 + [1] * 10
+    assert cli_main(["evaluate", str(out), "--size", "40", "--no-progress"]) == 0
+    report, test = json.loads(capsys.readouterr().out), json.loads((out / "results.json").read_text())["test"]
+    assert {k: report[k] for k in ("n", "accuracy", "loss", "confusion")} == {
+        k: test[k] for k in ("n", "accuracy", "loss", "confusion")
+    }
+
+
+def test_predict_scores_a_review_as_evaluate_does(finished_run) -> None:
+    """The label and probability ``predict`` gives a review are those evaluation computed for it, exactly."""
+    out, _ = finished_run
+    run = load_run(out)
+    test = run.config.rows().test_set()
+    labelled = predict(run, test.texts)
+    scored = evaluate(run.model, encode_split(test, run.tokenizer, run.task), run.tokenizer.pad_token_id)
+    words = run.task.label_words
+    assert [words.index(label) for label, _ in labelled] == scored.predictions
+    positive = [p if label == words[1] else 1.0 - p for label, p in labelled]
+    assert positive == pytest.approx(scored.positive_probability, rel=0, abs=1e-15)
 
 
 def test_predict_reads_a_file_and_standard_input(finished_run, tmp_path, capsys, monkeypatch) -> None:
