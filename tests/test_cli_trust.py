@@ -1,5 +1,5 @@
-"""What the user sees (issue 9): test sets that cannot be training data unnoticed, one-line errors, Ctrl-C,
-feedback while training and evaluating, and the commands' help."""
+"""What the user sees: test sets that cannot be training data unnoticed, one-line errors, Ctrl-C, feedback while
+training and evaluating, and the commands' help."""
 
 from __future__ import annotations
 
@@ -29,20 +29,12 @@ from t5peft.train.loop import Run
 from t5peft.train.rows import RunTexts, data_overlap
 from t5peft.train.runs import evaluation_texts, load_run, predict
 from t5peft.train.settings import TrainConfig, TrainError
-
-REPO = Path(__file__).resolve().parent.parent
-TINY = str(REPO / "configs" / "models" / "t5-tiny")
+from tiny_runs import tiny_train_args
 
 
 def tiny_args(t5_small_dir: Path, data: Path, output: Path, *extra: str) -> list[str]:
-    """`t5peft train` arguments for the tiny random-init model, 40 source tokens, no progress bar."""
-    return [
-        "train",
-        *["--model", TINY, "--tokenizer", str(t5_small_dir), "--init", "random"],
-        *["--data", str(data), "--output", str(output)],
-        *shlex.split("--max-source-length 40 --no-progress --method lora"),
-        *extra,
-    ]
+    """`t5peft train` arguments for a tiny LoRA run, 40 source tokens, no progress bar."""
+    return [*tiny_train_args(data, t5_small_dir, output, max_source_length=40, method="lora"), *extra]
 
 
 def select_texts(cfg: TrainConfig) -> RunTexts:
@@ -77,7 +69,7 @@ def finished_run(tmp_path_factory, imdb_dir: Path, t5_small_dir: Path) -> tuple[
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Item 2: one data file and no --test-data; train/test overlap counted in every run
+# Which reviews a run tests on: a hold-out of a single data file; overlap with training counted in every run
 
 
 def test_single_file_holds_out_a_disjoint_stratified_seeded_test_set(reviews_csv: Path) -> None:
@@ -149,7 +141,7 @@ def test_every_run_records_and_prints_its_overlap(finished_run) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Items 4 and 8: one-line errors, bugs reported as bugs, --version
+# Errors: bad input in one line (exit 2), bugs reported as bugs; --version
 
 
 BAD_TRAIN_INPUTS = [
@@ -252,7 +244,7 @@ def test_a_bug_says_it_is_one_and_shows_its_traceback_with_v(monkeypatch, capsys
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Item 5: Ctrl-C during train
+# Ctrl-C during train
 
 
 def _interrupt_at(monkeypatch, step: int) -> None:
@@ -468,6 +460,18 @@ def test_flags_say_off_by_default_in_every_command() -> None:
     for name, command in build_parser()._subparsers._group_actions[0].choices.items():
         text = " ".join(command.format_help().split())
         assert "(default: True)" not in text and "(default: False)" not in text, name
+
+
+def test_the_settings_of_a_run_import_no_torch() -> None:
+    """The command line builds its help from the settings classes: reading them must not start torch (seconds)."""
+    code = (
+        "import sys, types; package = types.ModuleType('t5peft'); package.__path__ = [sys.argv[1]]; "
+        "sys.modules['t5peft'] = package; import t5peft.train.settings, t5peft.engine.settings; "
+        "print(sorted(name for name in ('torch', 'numpy', 'pyarrow') if name in sys.modules))"
+    )
+    source = Path(__file__).resolve().parent.parent / "src" / "t5peft"  # the package, without its __init__
+    printed = subprocess.run([sys.executable, "-c", code, str(source)], capture_output=True, text=True, check=True)
+    assert printed.stdout.strip() == "[]", printed.stderr
 
 
 def test_main_help_is_plain_text(capsys) -> None:
