@@ -42,9 +42,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_probe import ProbeSettings, feature_pair, finetune, summary
 
+from t5peft.engine.env import environment
 from t5peft.pretrain import PretrainConfig, build_data, pretrain
 from t5peft.tokenizer import load_tokenizer
-from t5peft.train.env import environment
 
 REPO = Path(__file__).resolve().parent.parent
 # What comes back from a lent GPU is at most 8 files of at most 16 MiB: results.json, log.txt and these six (two

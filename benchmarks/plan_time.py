@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from t5peft.data.text2text import steps_per_epoch, train_batches
+from t5peft.engine.env import environment
 from t5peft.experiments.config import load_experiment
-from t5peft.train.env import environment
 from t5peft.train.loop import Run
 
 TRAIN_SPLIT_SIZE = 25_000  # IMDb train split (the plan holds out validation_size of it)

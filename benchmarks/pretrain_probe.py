@@ -45,11 +45,12 @@ import torch
 
 from t5peft.data.sources import load_split, split_validation
 from t5peft.data.text2text import TaskFormat, encode_split, eval_batches
+from t5peft.engine.env import environment
 from t5peft.model import T5ForConditionalGeneration, load_pretrained
 from t5peft.pretrain import PretrainConfig, PretrainData, build_data, pretrain
 from t5peft.tokenizer import load_tokenizer
-from t5peft.train.env import environment
-from t5peft.train.loop import TrainConfig, train
+from t5peft.train.loop import train
+from t5peft.train.settings import TrainConfig
 
 SHARED = os.environ.get("T5PEFT_SHARED", "../shared")
 

@@ -4,7 +4,7 @@ For every method both libraries implement (full fine-tuning, LoRA, AdaLoRA, prom
 are built in one process from the same random weights (a ``transformers`` model drawn from a fixed seed,
 saved, and loaded by all) and trained on the same batch of real IMDb reviews with the same optimizer:
 
-* ``t5peft``: the training loop's step (``t5peft.train.step.TrainStep``) run eagerly;
+* ``t5peft``: the training loop's step (``t5peft.engine.step.TrainStep``) run eagerly;
 * ``t5peft-compiled`` (``--compiled``, on by default on CUDA): the same step with every T5 block compiled and,
   on CUDA, forward + backward + clipping replayed as one CUDA graph (what ``t5peft train`` runs on a GPU);
 * ``transformers+peft``: the same step written with transformers' model and PEFT's adapter, eager;
@@ -54,9 +54,9 @@ import transformers
 
 from t5peft import apply_method, load_pretrained, load_tokenizer
 from t5peft.data.text2text import Batch as TrainBatch
+from t5peft.engine.env import environment
+from t5peft.engine.step import TrainStep
 from t5peft.methods import get_method_class
-from t5peft.train.env import environment
-from t5peft.train.step import TrainStep
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("full", "lora", "adalora", "prompt", "ia3")

@@ -12,7 +12,7 @@ from torch import nn
 
 from t5peft import T5Config, T5ForConditionalGeneration
 from t5peft.data.text2text import Batch
-from t5peft.train.step import TrainStep
+from t5peft.engine.step import TrainStep
 
 REPO = Path(__file__).resolve().parent.parent
 # TINY is the tiny architecture shipped in configs/models/t5-tiny, which the training, CLI and pretraining tests run

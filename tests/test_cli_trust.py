@@ -1,5 +1,5 @@
-"""What the user sees (issue 9): test sets that cannot be training data unnoticed, one-line errors, Ctrl-C,
-feedback while training and evaluating, and the commands' help."""
+"""What the user sees: test sets that cannot be training data unnoticed, one-line errors, Ctrl-C, feedback while
+training and evaluating, and the commands' help."""
 
 from __future__ import annotations
 
@@ -22,21 +22,23 @@ from t5peft import __version__
 from t5peft.cli import HelpFormatter, build_parser
 from t5peft.cli import main as cli_main
 from t5peft.data import LabeledTexts, load_split, shared_rows, split_validation
-from t5peft.train.loop import Run, TrainConfig, TrainError, data_overlap, select_texts
-
-REPO = Path(__file__).resolve().parent.parent
-TINY = str(REPO / "configs" / "models" / "t5-tiny")
+from t5peft.data.sources import DataError
+from t5peft.data.text2text import encode_split
+from t5peft.train.evaluate import evaluate
+from t5peft.train.loop import Run
+from t5peft.train.rows import RunTexts, data_overlap
+from t5peft.train.runs import evaluation_texts, load_run, predict
+from t5peft.train.settings import TrainConfig, TrainError
+from tiny_runs import tiny_train_args
 
 
 def tiny_args(t5_small_dir: Path, data: Path, output: Path, *extra: str) -> list[str]:
-    """`t5peft train` arguments for the tiny random-init model, 40 source tokens, no progress bar."""
-    return [
-        "train",
-        *["--model", TINY, "--tokenizer", str(t5_small_dir), "--init", "random"],
-        *["--data", str(data), "--output", str(output)],
-        *shlex.split("--max-source-length 40 --no-progress --method lora"),
-        *extra,
-    ]
+    """`t5peft train` arguments for a tiny LoRA run, 40 source tokens, no progress bar."""
+    return [*tiny_train_args(data, t5_small_dir, output, max_source_length=40, method="lora"), *extra]
+
+
+def select_texts(cfg: TrainConfig) -> RunTexts:
+    return cfg.rows().texts()
 
 
 def stderr_lines(capsys) -> list[str]:
@@ -67,7 +69,7 @@ def finished_run(tmp_path_factory, imdb_dir: Path, t5_small_dir: Path) -> tuple[
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Item 2: one data file and no --test-data; train/test overlap counted in every run
+# Which reviews a run tests on: a hold-out of a single data file; overlap with training counted in every run
 
 
 def test_single_file_holds_out_a_disjoint_stratified_seeded_test_set(reviews_csv: Path) -> None:
@@ -83,7 +85,7 @@ def test_single_file_holds_out_a_disjoint_stratified_seeded_test_set(reviews_csv
     assert select_texts(cfg).test.texts == texts.test.texts  # seeded
     assert select_texts(TrainConfig(data=str(reviews_csv), validation_size=20, seed=1)).test.texts != texts.test.texts
     assert len(select_texts(TrainConfig(data=str(reviews_csv), validation_size=20, test_size=50)).test) == 50
-    with pytest.raises(TrainError, match="pass --test-data"):
+    with pytest.raises(DataError, match="pass --test-data"):
         select_texts(TrainConfig(data=str(reviews_csv), validation_size=150, test_size=50))
 
 
@@ -139,7 +141,7 @@ def test_every_run_records_and_prints_its_overlap(finished_run) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Items 4 and 8: one-line errors, bugs reported as bugs, --version
+# Errors: bad input in one line (exit 2), bugs reported as bugs; --version
 
 
 BAD_TRAIN_INPUTS = [
@@ -242,7 +244,7 @@ def test_a_bug_says_it_is_one_and_shows_its_traceback_with_v(monkeypatch, capsys
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Item 5: Ctrl-C during train
+# Ctrl-C during train
 
 
 def _interrupt_at(monkeypatch, step: int) -> None:
@@ -373,6 +375,35 @@ def test_evaluate_scores_the_runs_test_set_with_a_progress_bar(finished_run, cap
     assert json.loads(captured.out)["n"] == 20 and "evaluate:" not in captured.err
 
 
+def test_evaluate_size_samples_as_the_run_drew_its_test_set(finished_run, capsys) -> None:
+    """``--size`` draws a stratified sample with the run's own test seed: the run's test size gives back the
+    run's test set (and its results), a smaller one a sample of the whole split, seeded as the run's."""
+    out, _ = finished_run
+    run = load_run(out)
+    assert evaluation_texts(run, None, None, 40).texts == run.config.rows().test_set().texts
+    twenty = evaluation_texts(run, None, None, 20)
+    assert twenty.origin.endswith("[stratified sample: 20 of 25,000 rows, seed 2]")
+    assert sorted(twenty.labels) == [0] * 10 + [1] * 10
+    assert cli_main(["evaluate", str(out), "--size", "40", "--no-progress"]) == 0
+    report, test = json.loads(capsys.readouterr().out), json.loads((out / "results.json").read_text())["test"]
+    assert {k: report[k] for k in ("n", "accuracy", "loss", "confusion")} == {
+        k: test[k] for k in ("n", "accuracy", "loss", "confusion")
+    }
+
+
+def test_predict_scores_a_review_as_evaluate_does(finished_run) -> None:
+    """The label and probability ``predict`` gives a review are those evaluation computed for it, exactly."""
+    out, _ = finished_run
+    run = load_run(out)
+    test = run.config.rows().test_set()
+    labelled = predict(run, test.texts)
+    scored = evaluate(run.model, encode_split(test, run.tokenizer, run.task), run.tokenizer.pad_token_id)
+    words = run.task.label_words
+    assert [words.index(label) for label, _ in labelled] == scored.predictions
+    positive = [p if label == words[1] else 1.0 - p for label, p in labelled]
+    assert positive == pytest.approx(scored.positive_probability, rel=0, abs=1e-15)
+
+
 def test_predict_reads_a_file_and_standard_input(finished_run, tmp_path, capsys, monkeypatch) -> None:
     out, _ = finished_run
     reviews = ["A wonderful, moving film.", "Dreadful and boring.", "Not bad at all."]
@@ -399,7 +430,7 @@ def test_sizes_larger_than_the_data_warn_with_the_size_used(reviews_csv: Path, c
     cfg = TrainConfig(
         data=str(reviews_csv), test_data=str(reviews_csv), validation_size=20, train_size=5000, test_size=500
     )
-    with caplog.at_level(logging.WARNING, logger="t5peft.train.loop"):
+    with caplog.at_level(logging.WARNING, logger="t5peft.train.rows"):
         texts = select_texts(cfg)
     assert (len(texts.train), len(texts.test)) == (180, 200)
     warnings = [record.getMessage() for record in caplog.records]
@@ -429,6 +460,18 @@ def test_flags_say_off_by_default_in_every_command() -> None:
     for name, command in build_parser()._subparsers._group_actions[0].choices.items():
         text = " ".join(command.format_help().split())
         assert "(default: True)" not in text and "(default: False)" not in text, name
+
+
+def test_the_settings_of_a_run_import_no_torch() -> None:
+    """The command line builds its help from the settings classes: reading them must not start torch (seconds)."""
+    code = (
+        "import sys, types; package = types.ModuleType('t5peft'); package.__path__ = [sys.argv[1]]; "
+        "sys.modules['t5peft'] = package; import t5peft.train.settings, t5peft.engine.settings; "
+        "print(sorted(name for name in ('torch', 'numpy', 'pyarrow') if name in sys.modules))"
+    )
+    source = Path(__file__).resolve().parent.parent / "src" / "t5peft"  # the package, without its __init__
+    printed = subprocess.run([sys.executable, "-c", code, str(source)], capture_output=True, text=True, check=True)
+    assert printed.stdout.strip() == "[]", printed.stderr
 
 
 def test_main_help_is_plain_text(capsys) -> None:

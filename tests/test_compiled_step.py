@@ -27,12 +27,13 @@ from safetensors.torch import load_file
 
 from helpers import as_batch
 from t5peft import T5Config, T5ForConditionalGeneration, apply_method
+from t5peft.engine import skeleton as loop_module
+from t5peft.engine import step as step_module
+from t5peft.engine.step import TrainStep, make_loss_fn
 from t5peft.methods import get_method_class, method_names
-from t5peft.train import loop as loop_module
-from t5peft.train import step as step_module
 from t5peft.train.evaluate import Scorer
-from t5peft.train.loop import Run, TrainConfig, train
-from t5peft.train.step import TrainStep, make_loss_fn
+from t5peft.train.loop import Run, train
+from t5peft.train.settings import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "models" / "t5-tiny"

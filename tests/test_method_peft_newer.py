@@ -30,6 +30,7 @@ from t5peft import (
     load_pretrained,
     save_adapter,
 )
+from t5peft.engine.step import make_loss_fn
 from t5peft.methods import MethodConfigError, get_declaration, merge_method
 from t5peft.methods.dora import DoraLinear
 from t5peft.methods.files import read_adapter_config
@@ -38,7 +39,6 @@ from t5peft.methods.prompt import SoftPrompt
 from t5peft.methods.ptuning import BiLSTM, PromptEncoder
 from t5peft.methods.registry import method_for_file
 from t5peft.methods.vera import VeraLinear, VeraProjections
-from t5peft.train.step import make_loss_fn
 
 peft = pytest.importorskip("peft")
 

@@ -6,6 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +24,7 @@ from helpers import relative_error
 from t5peft.cli import main as cli_main
 from t5peft.model import load_pretrained
 from t5peft.model.checkpoint import SAFETENSORS_INDEX, CheckpointError, plan_shards, write_checkpoint
-from t5peft.pretrain import LrSchedule, PretrainConfig, PretrainError, pretrain
+from t5peft.pretrain import LrSchedule, PretrainConfig, PretrainError, Pretraining, pretrain
 from t5peft.pretrain.data import prepare_texts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -292,3 +299,88 @@ def test_cli_pretrain_without_first_sentinel(
     record = json.loads((out / "pretraining.json").read_text())
     assert record["objective"]["name"] == "span corruption, targets without <extra_id_0>"
     assert record["objective"]["target_length"] == data.target_length - 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+def _pretrain_args(small_imdb: Path, t5_small_dir: Path, output: Path, max_steps: int, every: tuple[int, int]) -> list:
+    """`t5peft pretrain` arguments for a tiny run validating and checkpointing every ``every`` steps."""
+    eval_every, checkpoint_every = every
+    words = f"--max-steps {max_steps} --eval-every {eval_every} --checkpoint-every {checkpoint_every} --input-length 32"
+    words += " --batch-size 8 --validation-documents 20 --validation-examples 16 --no-progress"
+    command = ["pretrain", "--model", TINY, "--tokenizer", str(t5_small_dir), "--data", str(small_imdb)]
+    return [*command, "--output", str(output), *words.split()]
+
+
+def test_ctrl_c_says_where_pretraining_stopped_and_the_printed_command_resumes_it(
+    small_imdb: Path, t5_small_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Ctrl-C at step 8's validation, after the checkpoint of step 6: one line says where it stopped and names the
+    checkpoint, the next the command that continues (exit 130); that command ends as a run that went through."""
+    through, out = tmp_path / "through", tmp_path / "run"
+    assert cli_main(_pretrain_args(small_imdb, t5_small_dir, through, 12, (4, 6))) == 0
+    args = _pretrain_args(small_imdb, t5_small_dir, out, 12, (4, 6))
+    log_point = Pretraining.log_point
+
+    def interrupted(self, step: int) -> None:
+        if step == 8:
+            raise KeyboardInterrupt
+        log_point(self, step)
+
+    monkeypatch.setattr(Pretraining, "log_point", interrupted)
+    capsys.readouterr()
+    assert cli_main(args) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[0] == (
+        f"t5peft pretrain: interrupted after step 8 of 12; checkpoint: {out / 'checkpoint'} (step 6); "
+        "--resume continues from there"
+    )
+    assert lines[1] == "to continue: " + shlex.join(["t5peft", *args, "--resume"])
+    assert len(lines) == 2
+    monkeypatch.undo()
+    assert cli_main(shlex.split(lines[1].removeprefix("to continue: "))[1:]) == 0  # the printed command works
+    assert (out / "model.safetensors").read_bytes() == (through / "model.safetensors").read_bytes()
+
+    def losses(folder: Path) -> list[tuple]:
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [(m["step"], m["train_loss"], m["val_loss"], m["lr"]) for m in map(json.loads, lines)]
+
+    assert [point[0] for point in losses(out)] == [0, 4, 8, 12]
+    assert losses(out) == losses(through)
+
+
+def test_real_sigint_to_pretrain_exits_130_naming_its_checkpoint(
+    small_imdb: Path, t5_small_dir: Path, tmp_path: Path
+) -> None:
+    """A real SIGINT (what Ctrl-C sends) to a `t5peft pretrain` process once it has written a checkpoint."""
+    out = tmp_path / "run"
+    args = _pretrain_args(small_imdb, t5_small_dir, out, 100_000, (5, 5))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "t5peft.cli", *args],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    where = re.fullmatch(
+        r"t5peft pretrain: interrupted after step (\d+) of 100000; checkpoint: (.+) \(step (\d+)\); "
+        r"--resume continues from there",
+        lines[0],
+    )
+    assert where is not None, err
+    step, checkpoint, checkpoint_step = int(where[1]), Path(where[2]), int(where[3])
+    assert checkpoint == out / "checkpoint"
+    assert checkpoint_step == json.loads(state.read_text())["position"]["global_step"]
+    assert checkpoint_step % 5 == 0 and step >= checkpoint_step >= 5
+    assert lines[1] == "to continue: " + shlex.join(["t5peft", *args, "--resume"])
+    assert len(lines) == 2 and "Traceback" not in err

@@ -1,7 +1,9 @@
-"""Training on real IMDb reviews: overfitting, learning above chance, kill-and-resume, evaluation paths, CLI."""
+"""Training on real IMDb reviews: overfitting, learning above chance, kill-and-resume, the run folder's checks,
+evaluation paths, CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,39 +19,30 @@ from safetensors.torch import load_file
 from t5peft.cli import main as cli_main
 from t5peft.methods import method_names
 from t5peft.train.evaluate import class_metrics, evaluate, generation_predictions
-from t5peft.train.loop import Run, TrainConfig, TrainError, linear_schedule, train
+from t5peft.train.loop import Run, linear_schedule, train
+from t5peft.train.settings import TrainConfig, TrainError
+from tiny_runs import tiny_run_config, tiny_train_args
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = str(REPO / "configs" / "models" / "t5-tiny")
+SMALL_RUN = dict(  # 64 training reviews, 2 epochs, 4 log points
+    train_size=64, test_size=64, validation_size=32, epochs=2, lr=3e-3, max_source_length=64, logs_per_two_epochs=4
+)
 
 
 def tiny_config(imdb_dir: Path, t5_small_dir: Path, output: Path, **overrides) -> TrainConfig:
-    values = dict(
-        model=TINY,
-        tokenizer=str(t5_small_dir),
-        init="random",
-        data=str(imdb_dir),
-        output=str(output),
-        train_size=64,
-        test_size=64,
-        validation_size=32,
-        epochs=2,
-        lr=3e-3,
-        max_source_length=64,
-        logs_per_two_epochs=4,
-        progress=False,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return tiny_run_config(imdb_dir, t5_small_dir, output, **{**SMALL_RUN, **overrides})
 
 
 def tiny_cli_args(imdb_dir: Path, t5_small_dir: Path, sizes: tuple[int, int, int], length: int) -> list[str]:
-    """`t5peft train` arguments for the tiny random-init model on (train, test, validation) real reviews."""
+    """`t5peft train` arguments (without --output) on (train, test, validation) real reviews."""
     train_size, test_size, validation_size = sizes
-    return (
-        f"--model {TINY} --tokenizer {t5_small_dir} --init random --data {imdb_dir} --train-size {train_size} "
-        f"--test-size {test_size} --validation-size {validation_size} --max-source-length {length} --no-progress"
-    ).split()
+    sizes_and_length = dict(
+        train_size=train_size, test_size=test_size, validation_size=validation_size, max_source_length=length
+    )
+    return tiny_train_args(imdb_dir, t5_small_dir, None, **sizes_and_length)[1:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Learning
 
 
 def test_tiny_t5_overfits_32_real_reviews(imdb_dir, t5_small_dir, tmp_path):
@@ -79,9 +72,38 @@ def test_tiny_t5_overfits_32_real_reviews(imdb_dir, t5_small_dir, tmp_path):
     assert generated == on_test.predictions
 
 
+def test_random_init_t5_learns_sentiment_above_chance(imdb_dir, t5_small_dir, tmp_path):
+    """Tiny random-init T5, 4,000 real reviews, 2 epochs (about a minute on 2 CPU cores).
+
+    Measured on this project's 2-core CPU machine (2026-11-26), seeds 0/1/2: validation accuracy 0.678 /
+    0.682 / 0.684 on 500 held-out reviews (test 0.622 / 0.650 / 0.662). Chance is 0.5 with a standard error
+    of 0.022 at n = 500, so the bound 0.60 is 4.5 standard errors above chance and 0.08 below every
+    measured seed.
+    """
+    cfg = tiny_config(
+        imdb_dir,
+        t5_small_dir,
+        tmp_path / "run",
+        train_size=4000,
+        test_size=500,
+        validation_size=500,
+        epochs=2,
+        lr=1e-3,
+        max_source_length=128,
+        logs_per_two_epochs=4,
+    )
+    results = train(cfg)
+    assert results["validation"]["accuracy"] >= 0.60
+    assert results["test"]["accuracy"] > 0.55
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resuming and the run folder
+
+
 def test_resume_after_kill_gives_identical_weights(imdb_dir, t5_small_dir, tmp_path):
     """A run killed (SIGKILL) after its first epoch checkpoint and resumed ends bit-identical to an
-    uninterrupted run with the same seed; its metrics log is the same too, timing aside (issue 9, item 3).
+    uninterrupted run with the same seed; its metrics log is the same too, timing aside.
 
     80 reviews make 5 steps per epoch and 3 log points per 2 epochs one every 3 steps: no epoch ends on a
     log point, so the checkpoint holds the training loss of steps not yet logged, which the resumed run must
@@ -122,6 +144,22 @@ def test_resume_after_kill_gives_identical_weights(imdb_dir, t5_small_dir, tmp_p
     assert results[0]["test"]["accuracy"] == results[1]["test"]["accuracy"]
 
 
+def test_resume_compares_only_the_settings_that_change_results(imdb_dir, t5_small_dir, tmp_path):
+    """``--resume`` goes on with another progress setting, and from a run_config.json written before a setting
+    existed (it gets today's default, as ``compare`` reads it); another learning rate is refused, by name."""
+    cfg = tiny_config(imdb_dir, t5_small_dir, tmp_path / "run", train_size=32, epochs=1)
+    train(cfg)
+    saved = tmp_path / "run" / "run_config.json"
+    settings = json.loads(saved.read_text())
+    del settings["strip_html"]  # as a run_config.json from before --strip-html existed
+    saved.write_text(json.dumps(settings))
+    with pytest.raises(TrainError, match=r"run_config.json: --resume with different settings \(lr\)$"):
+        Run(dataclasses.replace(cfg, lr=1e-3, resume=True))
+    run = Run(dataclasses.replace(cfg, progress=True, resume=True))
+    run.resume_if_asked()
+    assert run.position.epochs_done == 1
+
+
 def test_metrics_log_points_and_random_init_labels(imdb_dir, t5_small_dir, tmp_path):
     cfg = tiny_config(imdb_dir, t5_small_dir, tmp_path / "run", train_size=160, epochs=2, logs_per_two_epochs=20)
     results = train(cfg)
@@ -141,16 +179,8 @@ def test_metrics_log_points_and_random_init_labels(imdb_dir, t5_small_dir, tmp_p
         train(cfg)
 
 
-def test_class_metrics_by_hand():
-    metrics = class_metrics([[8, 2], [1, 9]], ("negative", "positive"))
-    assert metrics["negative"]["precision"] == pytest.approx(8 / 9)
-    assert metrics["negative"]["recall"] == pytest.approx(0.8)
-    assert metrics["positive"]["f1"] == pytest.approx(2 * (9 / 11) * 0.9 / (9 / 11 + 0.9))
-
-
-def test_linear_schedule_warmup_and_decay():
-    factor = linear_schedule(total_steps=10, warmup_steps=2)
-    assert [round(factor(s), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+# ---------------------------------------------------------------------------------------------------------
+# Settings, schedule and scores
 
 
 def test_unknown_setting_and_bad_values():
@@ -158,6 +188,22 @@ def test_unknown_setting_and_bad_values():
         TrainConfig.from_dict({"lerning_rate": 1e-3})
     with pytest.raises(TrainError, match="init must be"):
         TrainConfig(init="scratch")
+
+
+def test_linear_schedule_warmup_and_decay():
+    factor = linear_schedule(total_steps=10, warmup_steps=2)
+    assert [round(factor(s), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+
+
+def test_class_metrics_by_hand():
+    metrics = class_metrics([[8, 2], [1, 9]], ("negative", "positive"))
+    assert metrics["negative"]["precision"] == pytest.approx(8 / 9)
+    assert metrics["negative"]["recall"] == pytest.approx(0.8)
+    assert metrics["positive"]["f1"] == pytest.approx(2 * (9 / 11) * 0.9 / (9 / 11 + 0.9))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line
 
 
 def test_cli_train_evaluate_predict(imdb_dir, t5_small_dir, tmp_path, capsys):
@@ -179,38 +225,13 @@ def test_cli_train_evaluate_predict(imdb_dir, t5_small_dir, tmp_path, capsys):
 
 
 def test_cli_reports_bad_input_clearly(t5_small_dir, tmp_path, capsys):
-    common = ["--model", TINY, "--output", str(tmp_path / "o"), "--init", "random", "--tokenizer", str(t5_small_dir)]
-    assert cli_main(["train", *common, "--data", str(tmp_path / "nowhere.csv")]) == 2
+    args = tiny_train_args(tmp_path / "nowhere.csv", t5_small_dir, tmp_path / "o")
+    assert cli_main(args) == 2
     assert "nowhere.csv" in capsys.readouterr().err
-    assert cli_main(["train", *common, "--method", "lora", "-o", "rank=4"]) == 2
+    assert cli_main([*args, "--method", "lora", "-o", "rank=4"]) == 2  # the method is checked before the data
     assert "method 'lora' has no option 'rank'" in capsys.readouterr().err
-    assert cli_main(["train", *common, "--method", "lora-plus"]) == 2
+    assert cli_main([*args, "--method", "lora-plus"]) == 2
     assert "unknown method 'lora-plus'" in capsys.readouterr().err
-
-
-def test_random_init_t5_learns_sentiment_above_chance(imdb_dir, t5_small_dir, tmp_path):
-    """Tiny random-init T5, 4,000 real reviews, 2 epochs (about a minute on 2 CPU cores).
-
-    Measured on this project's 2-core CPU machine (2026-11-26), seeds 0/1/2: validation accuracy 0.678 /
-    0.682 / 0.684 on 500 held-out reviews (test 0.622 / 0.650 / 0.662). Chance is 0.5 with a standard error
-    of 0.022 at n = 500, so the bound 0.60 is 4.5 standard errors above chance and 0.08 below every
-    measured seed.
-    """
-    cfg = tiny_config(
-        imdb_dir,
-        t5_small_dir,
-        tmp_path / "run",
-        train_size=4000,
-        test_size=500,
-        validation_size=500,
-        epochs=2,
-        lr=1e-3,
-        max_source_length=128,
-        logs_per_two_epochs=4,
-    )
-    results = train(cfg)
-    assert results["validation"]["accuracy"] >= 0.60
-    assert results["test"]["accuracy"] > 0.55
 
 
 @pytest.mark.parametrize("method", method_names())

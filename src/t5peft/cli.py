@@ -54,7 +54,7 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .methods.registry import method_names
-    from .train.loop import TrainConfig
+    from .train.settings import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--model", default=d.model, help="folder with config.json (+ weights), or a Hub id")
@@ -140,7 +140,7 @@ def _train_config(args: argparse.Namespace):
     """A TrainConfig from the parsed arguments: every option is named after its setting, but three."""
     import dataclasses
 
-    from .train.loop import TrainConfig
+    from .train.settings import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     values.update(method_options=dict(args.option), label_words=tuple(args.label_words), progress=not args.no_progress)
@@ -182,7 +182,7 @@ def _print_summary(results: dict) -> None:
 
 
 def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
-    from .pretrain.loop import EXPORT_DTYPES, SCHEDULES, PretrainConfig
+    from .pretrain.settings import EXPORT_DTYPES, SCHEDULES, PretrainConfig
 
     d = PretrainConfig(model="", output="", max_steps=1)
     p.add_argument("--model", required=True, help="folder with config.json (--init random) or a checkpoint")
@@ -249,7 +249,8 @@ def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .pretrain.loop import PretrainConfig, pretrain
+    from .pretrain.loop import pretrain
+    from .pretrain.settings import PretrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if hasattr(args, f.name)}
     record = pretrain(PretrainConfig(**values, progress=not args.no_progress))
@@ -279,8 +280,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .train.loop import TrainError
     from .train.runs import check_texts, load_run, predict, read_texts
+    from .train.settings import TrainError
 
     if args.file is not None and args.texts:
         raise TrainError("give reviews as arguments or with --file, not both")
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from .train.loop import TrainInterrupted
+    from .engine.settings import TrainInterrupted
 
     try:
         return args.func(args)

@@ -42,13 +42,15 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from ..engine.layout import RunFolder, changed_settings
+from ..engine.settings import comparable
+from ..engine.state import last_logged_step, read_position
 from ..errors import T5PeftError
-from ..train.layout import RunFolder
-from ..train.loop import TrainConfig, pretraining_record
+from ..train.loop import pretraining_record
+from ..train.settings import TrainConfig
 from .config import Experiment, ExperimentError, PlannedRun, format_lr, load_experiment
 from .report import FIGURE_FILE, MEMORY_FIGURE_FILE, RESULTS_FILE, TABLE_FILE, collect_results, render_report
 
-NOT_RESULTS = ("progress", "resume")  # settings that do not change what a run computes
 SUPERSEDED = "superseded"
 COMPILE_CACHE = "compile-cache"
 EXPERIMENT_FILE = "experiment.json"
@@ -100,7 +102,7 @@ def resolve_device_setting(device: str) -> str:
 
 
 def resolve_compile_setting(compile: str, device: str) -> str:
-    from ..train.step import COMPILE_SETTINGS
+    from ..engine.settings import COMPILE_SETTINGS
 
     if compile not in COMPILE_SETTINGS:
         raise ExperimentError(f"--compile must be one of {', '.join(COMPILE_SETTINGS)}, got {compile!r}")
@@ -136,9 +138,7 @@ def build_requests(
 
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
     """A saved config with today's defaults filled in (a setting added since keeps its old behaviour)."""
-    with contextlib.suppress(T5PeftError, TypeError, ValueError):
-        values = TrainConfig.from_dict(values).to_dict()
-    return json.loads(json.dumps(values))
+    return comparable(TrainConfig, values)
 
 
 def _show(value: Any) -> str:
@@ -159,14 +159,9 @@ def saved_settings(folder: RunFolder) -> dict[str, Any] | None:
 
 def settings_differences(saved: dict[str, Any], wanted: TrainConfig, finished: bool) -> list[str]:
     """``key saved -> wanted`` for every setting that differs (``output`` only matters to a run to resume)."""
-    ignored = set(NOT_RESULTS) | ({"output"} if finished else set())
     mine, theirs = _comparable(wanted.to_dict()), _comparable(saved)
-    keys = sorted((set(mine) | set(theirs)) - ignored)
-    return [
-        f"{key} {_show(theirs.get(key, _ABSENT))} -> {_show(mine.get(key, _ABSENT))}"
-        for key in keys
-        if theirs.get(key, _ABSENT) != mine.get(key, _ABSENT)
-    ]
+    keys = changed_settings(theirs, mine, also_ignored={"output"} if finished else ())
+    return [f"{key} {_show(theirs.get(key, _ABSENT))} -> {_show(mine.get(key, _ABSENT))}" for key in keys]
 
 
 def backbone_difference(request: Request) -> list[str]:
@@ -443,29 +438,12 @@ def _failed_line(launch: Launch, code: int) -> str:
     return f"FAILED {launch.request.describe()} (exit {code}): {cause} -- log: {shown(launch.request.folder.log)}"
 
 
-def _checkpoint_epochs(folder: RunFolder) -> int | None:
-    try:
-        return int(json.loads((folder.checkpoint / "state.json").read_text())["position"]["epochs_done"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _last_step(folder: RunFolder) -> int | None:
-    try:
-        lines = folder.metrics.read_text(encoding="utf-8").splitlines()
-        return int(json.loads(lines[-1])["step"]) if lines else None
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
-
-
-DEBRIS = {"request.json", "run.log", "metrics.jsonl", "base"}
-
-
 def _interrupted_line(launch: Launch) -> str:
     """What an interrupted run left, and what the next compare will do with it; removes a never-started folder."""
     request, folder = launch.request, launch.request.folder
-    epochs = _checkpoint_epochs(folder) if folder.checkpoint.exists() else None
-    step = _last_step(folder)
+    checkpoint = read_position(folder.checkpoint)
+    epochs = None if checkpoint is None else checkpoint.epochs_done
+    step = last_logged_step(folder.metrics)
     at = f" (last log point: step {step})" if step is not None else ""
     if folder.results.exists():
         return f"{request.describe()} had finished before it stopped; its results are kept"
@@ -477,7 +455,7 @@ def _interrupted_line(launch: Launch) -> str:
     if folder.run_config.exists():
         return f"interrupted {request.describe()}{at}: no checkpoint yet (it saves one per epoch), it starts again"
     names = {p.name for p in folder.root.iterdir()} if folder.root.exists() else set()
-    if names <= DEBRIS and (launch.created_folder or names <= {"request.json", "run.log"}):
+    if names <= folder.before_training and (launch.created_folder or names <= folder.compare_files):
         shutil.rmtree(folder.root, ignore_errors=True)
         return f"interrupted {request.describe()} before it began training; its folder was removed"
     return f"interrupted {request.describe()} before it began training; it starts again"

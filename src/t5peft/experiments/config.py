@@ -42,9 +42,9 @@ from typing import Any
 
 from ..errors import T5PeftError
 from ..hub import looks_like_hub_id
-from ..methods import get_method_class
+from ..methods import get_declaration
 from ..methods.base import MethodConfigError
-from ..train.loop import TrainConfig
+from ..train.settings import TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -247,7 +247,7 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
     for name in names:
         where = f"{source} [methods.{name}]"
         try:
-            method_class = get_method_class(name)
+            declaration = get_declaration(name)
         except MethodConfigError as err:
             raise ExperimentError(f"{source} [experiment] methods: {err}") from None
         section = dict(sections.get(name, {}))
@@ -255,7 +255,7 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
         options = section.pop("options", {})
         _check_keys(section, train_keys, where)
         try:
-            method_class.config_class.from_options(options, name)
+            declaration.config_class.from_options(options, name)
         except (MethodConfigError, TypeError) as err:
             raise ExperimentError(f"{where} options: {err}") from None
         plans.append(MethodPlan(name, lr, options, _resolve_paths(section, folder, where)))

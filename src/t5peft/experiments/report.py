@@ -26,8 +26,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from ..engine.layout import RunFolder
 from ..errors import T5PeftError
-from ..train.layout import RunFolder
 
 RESULTS_FILE = "t5_peft_results.json"
 FIGURE_FILE = "t5_peft_comparison.png"

@@ -64,7 +64,9 @@ def main(argv: list[str]) -> int:
     settings = ", ".join(f"{k}={os.environ[k]}" for k in WATCHED_VARIABLES if k in os.environ)
     print(f"t5peft worker pid {os.getpid()}: {request}" + (f" ({settings})" if settings else ""), flush=True)
     try:
-        from ..train.loop import TrainConfig, TrainInterrupted, train
+        from ..engine.settings import TrainInterrupted
+        from ..train.loop import train
+        from ..train.settings import TrainConfig
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C) while starting", file=sys.stderr)
         return 130

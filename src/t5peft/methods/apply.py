@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .base import Method, MethodConfigError
+from .base import Method, MethodConfig, MethodConfigError
 from .registry import get_declaration
 
 if TYPE_CHECKING:
@@ -34,11 +34,17 @@ class AppliedMethod:
         return not set(self.trainable) <= set(self.added)
 
 
-def apply_method(model: T5ForConditionalGeneration, name: str, **options: Any) -> T5ForConditionalGeneration:
-    """Insert method ``name`` with a user's ``options`` into ``model`` (in place, also returned) and freeze
-    everything else."""
+def apply_method(
+    model: T5ForConditionalGeneration, name: str, *, config: MethodConfig | None = None, **options: Any
+) -> T5ForConditionalGeneration:
+    """Insert method ``name`` into ``model`` (in place, also returned) and freeze everything else.
+
+    Its options are a user's ``options``, or ``config`` when they were parsed already (``config_class.from_options``).
+    """
+    if config is not None and options:
+        raise TypeError("apply_method takes options or a parsed config, not both")
     declaration = get_declaration(name)
-    config = declaration.config_class.from_options(options, name)
+    config = config if config is not None else declaration.config_class.from_options(options, name)
     return attach_method(model, declaration.method_class()(config))
 
 

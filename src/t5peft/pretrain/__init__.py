@@ -1,11 +1,10 @@
-"""T5 span-corruption pretraining: the objective (:mod:`.objective`), its data (:mod:`.data`) and the run
-(:mod:`.loop`: :func:`pretrain`, ``t5peft pretrain``)."""
+"""T5 span-corruption pretraining: the objective (:mod:`.objective`), its data (:mod:`.data`), the settings
+(:mod:`.settings`) and the run (:mod:`.loop`: :func:`pretrain`, ``t5peft pretrain``)."""
 
 from .data import (
     Overlap,
     PretrainBatch,
     PretrainData,
-    PretrainError,
     PretrainTexts,
     assert_disjoint,
     batches_per_epoch,
@@ -21,7 +20,6 @@ from .data import (
 )
 from .loop import (
     LrSchedule,
-    PretrainConfig,
     Pretraining,
     pretrain,
     validation_loss,
@@ -37,6 +35,7 @@ from .objective import (
     span_corrupt,
     span_counts,
 )
+from .settings import PretrainConfig, PretrainError
 
 __all__ = [
     "LrSchedule",

@@ -50,7 +50,6 @@ from ..data.sources import (
     load_split,
     source_kind,
 )
-from ..errors import T5PeftError
 from ..tokenizer import T5Tokenizer
 from .objective import (
     MEAN_NOISE_SPAN_LENGTH,
@@ -60,6 +59,7 @@ from .objective import (
     span_corrupt,
     span_counts,
 )
+from .settings import PretrainError
 
 IMDB_PRETRAIN_SPLITS = ("unsupervised", "train")
 REFUSED_SPLITS = ("test",)
@@ -72,10 +72,6 @@ _TOKENIZE_BATCH = 1000
 
 # ---------------------------------------------------------------------------------------------------------
 # Text sources: the data package's reader, and pretraining's own rules
-
-
-class PretrainError(T5PeftError, ValueError):
-    """A pretraining setting, or a combination of settings, that cannot work."""
 
 
 class PretrainDataSettings(Protocol):

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..data.text2text import Batch, EncodedSplit, StaticShape, eval_batches
+from ..engine.step import autocast, compile_blocks
 from ..tokenizer import T5Tokenizer
-from .step import autocast, compile_blocks
 
 
 @dataclass

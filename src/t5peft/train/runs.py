@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,16 +10,16 @@ from typing import Any, TextIO
 
 import torch
 
-from ..data.sources import LabeledTexts, load_split, split_validation
-from ..data.text2text import TaskFormat, encode_split, label_token_ids
+from ..data.sources import LabeledTexts, load_split
+from ..data.text2text import TaskFormat, encode_split
+from ..engine.layout import RunFolder
+from ..engine.runtime import resolve_device
 from ..methods import load_trained
 from ..model.t5 import T5ForConditionalGeneration
 from ..tokenizer import T5Tokenizer, load_tokenizer
-from .evaluate import evaluate, generation_predictions, label_pair_probabilities
-from .layout import RunFolder
-from .loop import TrainConfig, TrainError, holds_out_test, resolve_device, run_test_set
-
-log = logging.getLogger(__name__)
+from .evaluate import evaluate, generation_predictions
+from .rows import sample
+from .settings import TrainConfig, TrainError
 
 
 @dataclass
@@ -41,34 +40,24 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
         raise TrainError(f"{run_dir}: the run has not finished ({missing}); resume it with --resume")
     base = folder.base if folder.base.is_dir() else cfg.model
     model = load_trained(folder.final, base)
-    task = TaskFormat(cfg.prefix, cfg.label_words, cfg.max_source_length, cfg.truncation_side, cfg.strip_html)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    return TrainedRun(cfg, model.to(resolve_device(device)).eval(), tokenizer, task)
+    return TrainedRun(cfg, model.to(resolve_device(device, TrainError)).eval(), tokenizer, cfg.task_format())
 
 
-def _evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size: int | None) -> LabeledTexts:
-    """What ``evaluate`` scores: the run's own test set unless a source, split or size says otherwise."""
-    cfg = run.config
+def evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size: int | None) -> LabeledTexts:
+    """What ``evaluate`` scores: the run's own test set unless a source, split or size says otherwise.
+
+    ``size`` draws a sample as the run drew its test set (stratified, the run's test seed), so a size equal to
+    the run's ``test_size`` gives the run's own test set.
+    """
+    rows = run.config.rows()
     own_test = data is None and split in (None, "test")
     if own_test and size is None:
-        texts = run_test_set(cfg)
+        texts = rows.test_set()
         texts.origin = f"the run's test set: {texts.origin}"
         return texts
-    if own_test:
-        # a sample of the whole test split; a single data file's only test rows are the run's hold-out
-        texts = run_test_set(cfg) if holds_out_test(cfg) else load_split(cfg.test_data or cfg.data, "test")
-    else:
-        texts = load_split(data or cfg.data, split or "test")
-    if size is None or size == len(texts):
-        return texts
-    if size > len(texts):
-        log.warning(
-            "--size %s is larger than the data (%s); using all %s", f"{size:,}", texts.origin, f"{len(texts):,}"
-        )
-        return texts
-    sample = split_validation(texts, size=size, seed=0)[1]  # stratified: the splits are sorted by label
-    sample.origin = f"{texts.origin} [stratified sample: {size:,} of {len(texts):,} rows, seed 0]"
-    return sample
+    texts = rows.test_split() if own_test else load_split(data or run.config.data, split or "test")
+    return sample(texts, size, rows.test_seed, "--size")
 
 
 def evaluate_run(
@@ -92,7 +81,7 @@ def evaluate_run(
     if size is not None and size < 2:
         raise TrainError(f"--size must be at least 2 (a review of each class), got {size}")
     run = load_run(run_dir, device)
-    texts = _evaluation_texts(run, data, split, size)
+    texts = evaluation_texts(run, data, split, size)
     encoded = encode_split(texts, run.tokenizer, run.task)
     result = evaluate(
         run.model, encoded, run.tokenizer.pad_token_id, batch_size, run.task.label_words, progress=progress
@@ -142,23 +131,19 @@ def check_texts(texts: list[str]) -> None:
 
 @torch.no_grad()
 def predict(run: TrainedRun, texts: list[str], batch_size: int = 64) -> list[tuple[str, float]]:
-    """Label word and its probability (over the two label words) for each review."""
+    """Label word and its probability (over the two label words) for each review.
+
+    Scored as evaluation scores (one decoder step, the two label words): the reviews go through ``evaluate``
+    with a placeholder label, which changes nothing at the first decoder position, where the label is read.
+    """
     check_texts(texts)
     if batch_size < 1:
         raise TrainError(f"batch size must be >= 1, got {batch_size}")
-    device = run.model.device
-    first = torch.tensor([t[0] for t in label_token_ids(run.tokenizer, run.task)], device=device)
-    labelled: list[tuple[str, float]] = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        ids = run.tokenizer.encode(
-            [run.task.source_text(t) for t in chunk], run.task.max_source_length, run.task.truncation_side
-        )
-        input_ids, mask = run.tokenizer.pad(ids)
-        begin = torch.full((len(chunk), 1), run.model.config.decoder_start_token_id)
-        logits = run.model(
-            input_ids=input_ids.to(device), attention_mask=mask.to(device), decoder_input_ids=begin.to(device)
-        ).logits
-        pair = label_pair_probabilities(logits[:, 0], first).cpu()
-        labelled.extend((run.task.label_words[int(p.argmax())], float(p.max())) for p in pair)
-    return labelled
+    unlabelled = LabeledTexts(list(texts), [0] * len(texts), "reviews to label")
+    split = encode_split(unlabelled, run.tokenizer, run.task)
+    result = evaluate(run.model, split, run.tokenizer.pad_token_id, batch_size, run.task.label_words)
+    words = run.task.label_words
+    return [
+        (words[guess], positive if guess == 1 else 1.0 - positive)
+        for guess, positive in zip(result.predictions, result.positive_probability, strict=True)
+    ]

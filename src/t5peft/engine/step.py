@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..data.text2text import Batch
+from .settings import COMPILE_SETTINGS
 
-COMPILE_SETTINGS = ("auto", "on", "off")
 # torch.compile backend: inductor (the default) generates fused kernels; "aot_eager" traces forward and backward
 # the same way without generating code (seconds instead of minutes on a CPU), for quick checks and debugging.
 BACKEND_VARIABLE = "T5PEFT_COMPILE_BACKEND"

@@ -1,6 +1,8 @@
-"""End-of-epoch training checkpoints: everything needed to continue a killed run bit for bit.
+"""What a run leaves to continue from: its checkpoint (everything needed to continue a killed run bit for bit)
+and its metrics log.
 
-A checkpoint folder holds tensors in safetensors files and the rest in JSON (no pickle anywhere):
+A checkpoint folder (file names: :class:`~t5peft.engine.layout.CheckpointFiles`) holds tensors in safetensors
+files and the rest in JSON (no pickle anywhere):
 
 * ``trainable.safetensors``: the trained weights (the whole model for full fine-tuning);
 * ``optimizer.safetensors`` + ``optimizer.json``: AdamW's moments and step counts, and its param groups;
@@ -10,7 +12,8 @@ A checkpoint folder holds tensors in safetensors files and the rest in JSON (no 
 * ``method.safetensors``: method state kept outside parameters (AdaLoRA's importance averages).
 
 It is written to a temporary folder and renamed into place, so a kill while saving leaves the previous
-checkpoint intact.
+checkpoint intact. ``metrics.jsonl`` gets one line per log point; a resumed run cuts it back to the lines its
+checkpoint had counted, so the log of a resumed run is the log of a run that went through.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import T5PeftError
+from .layout import CheckpointFiles
 
 
 class ResumeError(T5PeftError, ValueError):
@@ -109,15 +113,16 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    _save_tensors(trainable_state(model), tmp / "trainable.safetensors")
+    files = CheckpointFiles(tmp)
+    _save_tensors(trainable_state(model), files.trainable)
     opt_tensors, opt_meta = _optimizer_to_files(optimizer)
-    _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+    _save_tensors(opt_tensors, files.optimizer)
+    files.optimizer_groups.write_text(json.dumps(opt_meta))
     rng_tensors, rng_meta = _rng_states()
-    _save_tensors(rng_tensors, tmp / "rng.safetensors")
-    _save_tensors(method_state, tmp / "method.safetensors")
+    _save_tensors(rng_tensors, files.rng)
+    _save_tensors(method_state, files.method)
     meta = {"position": asdict(position), "rng": rng_meta, "scheduler": scheduler.state_dict()}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    files.state.write_text(json.dumps(meta, indent=1))
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         directory.rename(old)
@@ -150,7 +155,8 @@ def _load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> tuple[Position, dict[str, torch.Tensor]]:
-    weights = load_file(directory / "trainable.safetensors")
+    files = CheckpointFiles(directory)
+    weights = load_file(files.trainable)
     expected = trainable_state(model)
     if set(weights) != set(expected):
         raise ResumeError(
@@ -160,11 +166,50 @@ def _load_checkpoint(
     with torch.no_grad():
         for name, tensor in weights.items():
             expected[name].copy_(tensor)
-    opt_tensors = load_file(directory / "optimizer.safetensors")
-    opt_meta = json.loads((directory / "optimizer.json").read_text())
+    opt_tensors = load_file(files.optimizer)
+    opt_meta = json.loads(files.optimizer_groups.read_text())
     optimizer.load_state_dict(_optimizer_from_files(opt_tensors, opt_meta))
-    meta = json.loads((directory / "state.json").read_text())
+    meta = json.loads(files.state.read_text())
     scheduler.load_state_dict(meta["scheduler"])
-    _restore_rng(load_file(directory / "rng.safetensors"), meta["rng"])
-    method_state = load_file(directory / "method.safetensors")
+    _restore_rng(load_file(files.rng), meta["rng"])
+    method_state = load_file(files.method)
     return Position(**meta["position"]), method_state
+
+
+def read_position(directory: Path) -> Position | None:
+    """Where the checkpoint in ``directory`` stands (steps, epochs, time); None when there is none to read."""
+    try:
+        return Position(**json.loads(CheckpointFiles(directory).state.read_text(encoding="utf-8"))["position"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line, one line per log point; ``records`` are the lines so far."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+
+    def restart(self, lines: int) -> None:
+        """Keep the first ``lines`` lines (those a checkpoint counted; 0 for a run that starts over)."""
+        if not self.path.exists():
+            self.records = []
+            return
+        kept = self.path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
+        self.path.write_text("".join(kept), encoding="utf-8")
+        self.records = [json.loads(line) for line in kept]
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.records.append(record)
+
+
+def last_logged_step(path: Path) -> int | None:
+    """The step of the last line of a metrics log; None without one."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else None
+    except (OSError, ValueError, KeyError, IndexError):
+        return None

@@ -1,0 +1,109 @@
+"""Where and how a run computes: its device, precision and compilation (:class:`Runtime`), its seeds, and the
+model it starts from (:func:`build_model`)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import T5PeftError
+from ..model.checkpoint import CheckpointError, resolve_model_dir
+from ..model.config import T5Config
+from ..model.t5 import T5ForConditionalGeneration, load_pretrained
+from .env import memory_report
+from .step import resolve_compile
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, error: type[T5PeftError]) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise error(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"--device {name}: this machine has no CUDA GPU that PyTorch can use (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise error(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def use_bf16(precision: str, device: torch.device, error: type[T5PeftError]) -> bool:
+    if precision == "bf16" and device.type != "cuda":
+        raise error("bf16 autocast is only used on CUDA; use --precision fp32 on CPU")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device of a run, its precision policy (bf16 autocast or float32) and whether its step is compiled.
+
+    The one place that knows where tensors live: the skeleton places the model (:meth:`place`), waits for the
+    device (:meth:`sync`) and reads its memory through it. A bf16 base (frozen weights stored in bf16) and a
+    process group (DDP / FSDP wrapping, the rank that writes) belong here when they come (issue 17).
+    """
+
+    device: torch.device
+    bf16: bool
+    compiled: bool
+
+    @classmethod
+    def resolve(cls, device: str, precision: str, compile: str, error: type[T5PeftError]) -> Runtime:
+        """From the ``device`` / ``precision`` / ``compile`` settings (``auto``: what suits the device)."""
+        resolved = resolve_device(device, error)
+        return cls(resolved, use_bf16(precision, resolved, error), resolve_compile(compile, resolved))
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def precision(self) -> str:
+        """As results record it."""
+        return "bf16-autocast" if self.bf16 else "fp32"
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to the device (in place; also returned)."""
+        return model.to(self.device)
+
+    def sync(self) -> None:
+        """Wait until the device has done the work queued so far."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak_memory(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def memory_report(self) -> dict[str, Any]:
+        return memory_report(self.device)
+
+
+def build_model(model: str, init: str, seed: int, error: type[T5PeftError]) -> T5ForConditionalGeneration:
+    """The model a run starts from: pretrained weights (a folder or a Hub id), or, with ``init="random"``, weights
+    drawn from ``seed`` with the architecture of ``model``'s config.json (a folder, or the file itself)."""
+    if init == "pretrained":
+        try:
+            return load_pretrained(model)
+        except CheckpointError as err:
+            raise error(f"{err} (no pretrained weights? pass --init random to start from random weights)") from err
+    path = Path(model)
+    config_path = path if path.is_file() else resolve_model_dir(model) / "config.json"
+    if not config_path.is_file():
+        raise error(f"{config_path}: config.json not found (--init random needs the architecture)")
+    config = T5Config.from_json_file(config_path)
+    config.name_or_path = f"random-init:{model}"
+    torch.manual_seed(seed)
+    return T5ForConditionalGeneration(config)

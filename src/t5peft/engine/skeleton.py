@@ -1,0 +1,364 @@
+"""The run skeleton: what a fine-tuning run (``train.loop.Run``) and a pretraining run (``pretrain.loop.Pretraining``)
+do alike, written once; each is a subclass that fills in what only it does.
+
+Why a base class of named steps. The two runs share everything around their data and their log points: the
+output-folder check, device and precision, seeding, the metrics log, resuming, the training clock, the warm-up
+before it, the progress bar, checkpoints and Ctrl-C. They differ in a few places that are whole methods, not
+flags: how they set up (tokenizer, data, model, optimizer), which batches they train on, when they pause and what a
+pause does, and what they leave at the end. nanoT5's single loop function would need an ``if`` per difference,
+and the differences are most of a recipe; torchtune's recipe protocol leaves the loop itself to every recipe, so
+the loop would again be written twice. Here the loop (:meth:`RunSkeleton.fit`) exists once and calls the
+subclass's steps by name, in the spirit of torchtune's ``_setup_*`` steps.
+
+Setting up, in order (``__init__``; :meth:`RunSkeleton.start` removes the folders it created if that fails):
+
+1. ``check_settings``: the subclass's checks that need more than the settings (a method's options), before anything
+   is loaded;
+2. ``check_output_folder``: a folder holding a run is refused unless ``--resume``, and resumed only with the same
+   settings (``layout.changed_settings``);
+3. ``runtime``: device, precision, compiled or eager (:class:`~.runtime.Runtime`);
+4. ``seed_everything``, and the run folder is created;
+5. ``setup``: the subclass's own ``_setup_*`` steps, which set ``model``, ``optimizer``, ``scheduler`` and ``step``
+   (the :class:`~.step.TrainStep`) and ``total_steps``.
+
+Running (:meth:`RunSkeleton.run`): ``resume_if_asked`` -> ``write_settings`` -> ``fit`` -> ``finish``; a Ctrl-C
+becomes :class:`~.settings.TrainInterrupted`, which says where the run stopped and which checkpoint ``--resume``
+continues from (the command line prints the command and exits 130).
+
+The loop (``fit``): for each batch of ``batches()``, the step (compiled and captured before the clock starts),
+``before_step`` / ``pause_after`` asked of the subclass; a :class:`Pause` stops the clock and then, in this order,
+writes a log point (``log_point``, which calls ``log_metrics``), a snapshot (``write_snapshot``) and a checkpoint
+(``save_checkpoint``), and may end the run.
+
+Where the next pieces plug in: a process group (torchrun, DDP / FSDP) in :class:`~.runtime.Runtime` and
+``Runtime.place`` (wrapping the model), with the writing rank deciding in the few methods that write:
+``write_settings``, ``log_metrics`` (through its sinks), ``save_checkpoint``, the progress bar (``_progress_bar``)
+and the subclass's ``finish``. A precision policy (a bf16 base) in ``Runtime.place``. A metrics sink (TensorBoard)
+is one more entry in ``sinks``: every log point goes to each sink.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import torch
+from tqdm import tqdm
+
+from ..data.text2text import Batch
+from ..errors import T5PeftError
+from .clock import TrainingClock
+from .layout import changed_settings
+from .runtime import Runtime, seed_everything
+from .settings import RunSettings, TrainInterrupted, comparable
+from .state import MetricsLog, Position, load_checkpoint, read_position, save_checkpoint
+from .step import TrainStep
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound="RunSkeleton")
+
+
+class Folder(Protocol):
+    """The files of a run folder the skeleton uses (``layout.RunFolder``, ``layout.PretrainFolder``)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def run_config(self) -> Path: ...
+
+    @property
+    def metrics(self) -> Path: ...
+
+    @property
+    def checkpoint(self) -> Path: ...
+
+
+class MetricsSink(Protocol):
+    """Receives every log point's record (``metrics.jsonl`` is one; TensorBoard would be another)."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Pause:
+    """What the loop does after a step, in this order: a log point, a snapshot, a checkpoint; then it stops if
+    ``stop`` says why (``stopped_by``)."""
+
+    log: bool = False
+    snapshot: bool = False
+    checkpoint: bool = False
+    stop: str | None = None
+
+
+class RunSkeleton:
+    """A run: its settings, folder, runtime and training state, and the one training loop (module docstring)."""
+
+    folder_type: ClassVar[type]  # RunFolder or PretrainFolder
+    kind: ClassVar[str]  # "a run", "a pretraining run": what an occupied folder holds
+    checkpoint_schedule: str  # when checkpoints are written ("one is written at the end of each epoch"), for Ctrl-C
+    progress_label: str  # the progress bar's label
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: TrainStep
+    total_steps: int | None
+
+    def __init__(self, cfg: RunSettings) -> None:
+        self.cfg = cfg
+        self.error: type[T5PeftError] = cfg.error  # the kind of run's own error (TrainError, PretrainError)
+        self.folder: Folder = self.folder_type(Path(cfg.output))
+        self.check_settings()
+        self.check_output_folder()
+        self.runtime = Runtime.resolve(cfg.device, cfg.precision, cfg.compile, self.error)
+        seed_everything(cfg.seed)
+        self.folder.root.mkdir(parents=True, exist_ok=True)
+        self.position = Position()
+        self.metrics = MetricsLog(self.folder.metrics)
+        self.sinks: list[MetricsSink] = [self.metrics]
+        self.bar: tqdm | None = None
+        self.compile_seconds = 0.0
+        self.stopped_by: str | None = None
+        self.setup()
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def bf16(self) -> bool:
+        return self.runtime.bf16
+
+    @property
+    def compiled(self) -> bool:
+        return self.runtime.compiled
+
+    # ----------------------------------------------------------------------------------------------
+    # Setting up
+
+    def check_settings(self) -> None:
+        """Checks of the settings that need more than the settings themselves (default: none)."""
+
+    def check_output_folder(self) -> None:
+        path = self.folder.run_config
+        if path.exists() and not self.cfg.resume:
+            raise self.error(
+                f"{self.folder.root} already holds {self.kind}; pass --resume to continue it or choose another --output"
+            )
+        if not (self.cfg.resume and path.exists()):
+            return
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise self.error(f"{path}: the run's settings cannot be read ({err})") from err
+        changed = changed_settings(comparable(type(self.cfg), saved), self.cfg.to_dict())
+        if changed:
+            raise self.error(f"{path}: --resume with different settings ({', '.join(changed)})")
+
+    def setup(self) -> None:
+        """The subclass's ``_setup_*`` steps: model, data, optimizer, scheduler, ``step``, ``total_steps``."""
+        raise NotImplementedError
+
+    @classmethod
+    def start(cls: type[R], cfg: RunSettings, *args: Any, **kwargs: Any) -> R:
+        """Set the run up; if that fails (or is interrupted), remove the folders this call created."""
+        created = _first_missing(Path(cfg.output))
+        try:
+            return cls(cfg, *args, **kwargs)
+        except BaseException as err:
+            if created is not None and created.exists():
+                shutil.rmtree(created)
+            if isinstance(err, KeyboardInterrupt):
+                resumable = cls.folder_type(Path(cfg.output)).run_config.is_file()
+                where = "interrupted while setting up, before any training step"
+                raise TrainInterrupted(
+                    where + ("" if resumable else "; nothing saved"), Path(cfg.output), resumable
+                ) from None
+            raise
+
+    # ----------------------------------------------------------------------------------------------
+    # Running
+
+    def run(self) -> dict[str, Any]:
+        """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped."""
+        self.resume_if_asked()
+        self.write_settings()
+        try:
+            self.runtime.reset_peak_memory()
+            self.fit()
+            return self.finish()
+        except KeyboardInterrupt:
+            raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
+
+    def resume_if_asked(self) -> None:
+        checkpoint = self.folder.checkpoint
+        if not (self.cfg.resume and checkpoint.exists()):
+            self.metrics.restart(0)
+            return
+        self.position, method_state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+        if self.step.method is not None:
+            self.step.method.load_training_state(method_state)
+        self.step.step = self.position.global_step
+        self.step.reset_loss(self.position.running_loss_sum, self.position.running_loss_steps)
+        self.metrics.restart(self.position.metric_lines)
+        log.info("resumed %s at step %d", self.folder.root, self.position.global_step)
+
+    def write_settings(self) -> None:
+        self.folder.run_config.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+
+    def finish(self) -> dict[str, Any]:
+        """What the run leaves once trained (test results, an exported checkpoint); returned by :meth:`run`."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------
+    # The loop
+
+    def batches(self) -> Iterator[Batch]:
+        """The training batches from the current position on, on the device."""
+        raise NotImplementedError
+
+    def budget_spent(self) -> str | None:
+        """Why a run has nothing left to train before it starts (a resumed run that had finished); default: None."""
+        return None
+
+    def before_training(self) -> None:
+        """Called once the progress bar is up, before the first batch (default: nothing)."""
+
+    def before_step(self, train_seconds: float) -> None:
+        """Called before every step with the training time so far (default: nothing)."""
+
+    def pause_after(self, step: int, train_seconds: float) -> Pause | None:
+        """What to do after step ``step`` (1-based), with the training time so far; None: go on."""
+        raise NotImplementedError
+
+    def log_point(self, step: int) -> None:
+        """Validate and write a record through :meth:`log_metrics`."""
+        raise NotImplementedError
+
+    def write_snapshot(self, step: int) -> None:
+        """Write a copy of the model as it is at ``step`` (only asked by a subclass's own pauses)."""
+        raise NotImplementedError
+
+    def fit(self) -> None:
+        """Train from the current position until the batches end or a pause stops the run."""
+        pos = self.position
+        self.stopped_by = self.budget_spent()
+        if self.stopped_by:
+            return
+        self.bar = self._progress_bar()
+        clock = TrainingClock(self.runtime)
+        batches = self.batches()
+        try:
+            self.before_training()
+            for batch in batches:
+                if not clock.running:
+                    self.prepare_step(batch)
+                    clock.start()
+                self.before_step(pos.train_seconds + clock.elapsed())
+                self.step(batch)
+                pos.global_step += 1
+                pos.train_examples += batch.rows
+                pos.train_tokens += batch.tokens
+                self.bar.update(1)
+                clock.tick(pos.global_step)
+                pause = self.pause_after(pos.global_step, pos.train_seconds + clock.elapsed())
+                if pause is not None:
+                    pos.train_seconds += clock.stop()
+                    self._pause(pos.global_step, pause)
+                    if pause.stop:
+                        self.stopped_by = pause.stop
+                        break
+        finally:
+            _close(batches)  # a pretraining loader stops its workers
+            self.bar.close()
+
+    def _pause(self, step: int, pause: Pause) -> None:
+        if pause.log:
+            self.log_point(step)
+        if pause.snapshot:
+            self.write_snapshot(step)
+        if pause.checkpoint:
+            self.save_checkpoint()
+
+    def _progress_bar(self) -> tqdm:
+        return tqdm(
+            total=self.total_steps,
+            initial=self.position.global_step,
+            disable=not self.cfg.progress,
+            desc=self.progress_label,
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    def prepare_step(self, batch: Batch) -> None:
+        """Compile (and capture) the step before the clock starts; the time is reported on its own."""
+        if not self.compiled or self.step.prepared:
+            return
+        start = time.perf_counter()
+        self.step.prepare(batch)
+        self.runtime.sync()
+        self.compile_seconds += time.perf_counter() - start
+
+    def take_train_loss(self) -> float | None:
+        """The mean training loss since the previous log point (None without a step since), and start anew."""
+        loss_sum, steps = self.step.read_loss()
+        self.step.reset_loss()
+        return loss_sum / steps if steps else None
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.write(record)
+        self.position.metric_lines += 1
+
+    def save_checkpoint(self) -> None:
+        pos = self.position
+        pos.running_loss_sum, pos.running_loss_steps = self.step.read_loss()
+        method_state = self.step.method.training_state() if self.step.method is not None else {}
+        save_checkpoint(self.folder.checkpoint, self.model, self.optimizer, self.scheduler, method_state, pos)
+
+    # ----------------------------------------------------------------------------------------------
+    # Interruption
+
+    def where(self) -> str:
+        """Where the training stood, for the Ctrl-C message ("after step 5 of 9")."""
+        raise NotImplementedError
+
+    def describe_checkpoint(self, position: Position) -> str:
+        """Which point a checkpoint holds ("step 6")."""
+        return f"step {position.global_step}"
+
+    def where_stopped(self) -> str:
+        """Where an interrupted run stopped and which checkpoint it can resume from."""
+        saved = read_position(self.folder.checkpoint)
+        if saved is None:
+            checkpoint = f"no checkpoint yet ({self.checkpoint_schedule}); --resume starts it over"
+        else:
+            checkpoint = (
+                f"checkpoint: {self.folder.checkpoint} ({self.describe_checkpoint(saved)}); "
+                "--resume continues from there"
+            )
+        return f"interrupted {self.where()}; {checkpoint}"
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what creating ``path`` would create)."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _close(batches: Iterator[Batch]) -> None:
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()

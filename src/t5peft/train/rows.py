@@ -1,0 +1,130 @@
+"""Which reviews form the train, validation and test sets of a fine-tuning run.
+
+A function of six values only (:class:`RowSelection`: the data source, the test source, the seed and three
+sizes), so the training run, ``t5peft evaluate`` and the tests choose the same rows. Every subset is stratified
+by label and seeded from the run's seed: validation with ``seed``, the training subset with ``seed + 1``, the
+test subset (or hold-out) with ``seed + 2``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ..data.sources import DataError, LabeledTexts, is_single_split_file, load_split, shared_rows, split_validation
+
+log = logging.getLogger(__name__)
+
+TEST_HOLDOUT_FRACTION = 0.1  # of a single data file, held out as the test set when no --test-data is given
+
+
+def sample(data: LabeledTexts, size: int | None, seed: int, what: str) -> LabeledTexts:
+    """A seeded, stratified sample of ``size`` rows; all of ``data`` (with a warning naming ``what``) when it has
+    fewer."""
+    if size is None or size == len(data):
+        return data
+    if size > len(data):
+        log.warning(
+            "%s %s is larger than the data (%s); using all %s", what, f"{size:,}", data.origin, f"{len(data):,}"
+        )
+        return data
+    _, chosen = split_validation(data, size=size, seed=seed)  # stratified, seeded
+    chosen.origin = f"{data.origin} [stratified sample: {size:,} of {len(data):,} rows, seed {seed}]"
+    return chosen
+
+
+def data_overlap(train: LabeledTexts, validation: LabeledTexts, test: LabeledTexts) -> dict[str, int]:
+    """Rows whose exact text also occurs in another set of the run (counted and recorded, never removed)."""
+    return {
+        "test_in_train": shared_rows(test, train),
+        "test_in_validation": shared_rows(test, validation),
+        "validation_in_train": shared_rows(validation, train),
+    }
+
+
+@dataclass
+class RunTexts:
+    """The reviews of a run, before tokenising: three disjoint sets of rows, and where the test set came from."""
+
+    train: LabeledTexts
+    validation: LabeledTexts
+    test: LabeledTexts
+    test_from: str
+
+    def overlap(self) -> dict[str, int]:
+        return data_overlap(self.train, self.validation, self.test)
+
+
+@dataclass(frozen=True)
+class RowSelection:
+    data: str
+    test_data: str | None
+    seed: int
+    validation_size: int
+    train_size: int | None
+    test_size: int | None
+
+    @property
+    def test_seed(self) -> int:
+        return self.seed + 2
+
+    @property
+    def holds_out_test(self) -> bool:
+        """A single data file and no ``test_data``: the run's test set is held out from that file."""
+        return self.test_data is None and is_single_split_file(self.data)
+
+    def texts(self) -> RunTexts:
+        """Train, validation and test reviews (seeded, stratified subsets)."""
+        if self.holds_out_test:
+            pool, test = self._hold_out_test(load_split(self.data, "train"))
+            test_from = (
+                f"held out from {self.data}, a single file: {len(test):,} of its {len(pool) + len(test):,} rows "
+                f"(stratified, seed {self.test_seed}), disjoint from the training and validation rows "
+                "(--test-data tests on another file)"
+            )
+        else:
+            pool, whole = load_split(self.data, "train"), self.test_split()
+            test = sample(whole, self.test_size, self.test_seed, "test_size")
+            test_from = f"the test split of {self.test_data or self.data}"
+            if len(test) < len(whole):
+                chosen = f"a stratified sample (seed {self.test_seed}) of {len(test):,} of the {len(whole):,} reviews"
+                test_from = f"{chosen} of {test_from}"
+        train_rest, validation = self._split_off_validation(pool)
+        train = sample(train_rest, self.train_size, self.seed + 1, "train_size")
+        return RunTexts(train, validation, test, test_from)
+
+    def test_set(self) -> LabeledTexts:
+        """The test set of the run, exactly as its training scored it: same source, size, seed (or hold-out)."""
+        if self.holds_out_test:
+            return self._hold_out_test(load_split(self.data, "train"))[1]
+        return sample(self.test_split(), self.test_size, self.test_seed, "test_size")
+
+    def test_split(self) -> LabeledTexts:
+        """All the test rows the run could have drawn from: the test split of its test source, or its hold-out."""
+        if self.holds_out_test:
+            return self.test_set()
+        return load_split(self.test_data or self.data, "test")
+
+    def _hold_out_test(self, whole: LabeledTexts) -> tuple[LabeledTexts, LabeledTexts]:
+        """``(rest, test)``: a seeded, stratified test set taken out of a single data file, disjoint from the rest."""
+        size = self.test_size if self.test_size is not None else max(2, round(TEST_HOLDOUT_FRACTION * len(whole)))
+        if size + self.validation_size + 2 > len(whole):
+            raise DataError(
+                f"{whole.origin}: {len(whole):,} rows cannot hold a test set of {size:,}, a validation set of "
+                f"{self.validation_size:,} and training rows; pass --test-data, or a smaller --test-size / "
+                "--validation-size"
+            )
+        rest, test = split_validation(whole, size=size, seed=self.test_seed)
+        rest.origin = f"{whole.origin} [minus the test hold-out: {len(rest):,} rows]"
+        test.origin = (
+            f"{whole.origin} [test hold-out: {size:,} of {len(whole):,} rows, stratified, seed {self.test_seed}]"
+        )
+        return rest, test
+
+    def _split_off_validation(self, pool: LabeledTexts) -> tuple[LabeledTexts, LabeledTexts]:
+        if self.validation_size >= len(pool) - 1:
+            raise DataError(
+                f"validation_size {self.validation_size:,} leaves fewer than 2 training rows of the {len(pool):,} "
+                f"in {pool.origin}; pass a smaller --validation-size"
+            )
+        return split_validation(pool, size=self.validation_size, seed=self.seed)

@@ -1,0 +1,102 @@
+"""The settings of a fine-tuning run (:class:`TrainConfig`, saved as ``run_config.json``) and its error.
+
+No torch at module level: the command line builds ``t5peft train --help`` from this class. What needs torch (the
+task format's tokenizer rules, the method registry) is imported when it is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..engine.settings import SettingsFile, check_run_settings
+from ..errors import T5PeftError
+
+if TYPE_CHECKING:
+    from ..data.text2text import TaskFormat
+    from .rows import RowSelection
+
+
+class TrainError(T5PeftError, ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig(SettingsFile):
+    """Every setting of a run; saved as run_config.json. Defaults are the setup of record."""
+
+    error: ClassVar[type[T5PeftError]] = TrainError
+    model: str = "t5-small"
+    data: str = "stanfordnlp/imdb"
+    output: str = "runs/t5peft"
+    test_data: str | None = None  # default: the test split of `data`
+    tokenizer: str | None = None  # default: the model's folder / Hub id
+    init: str = "pretrained"  # or "random": weights drawn from the seed, only config.json is read
+    method: str = "full"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 3
+    batch_size: int = 16
+    eval_batch_size: int | None = None  # None: 512 when compiled (static shapes), 64 otherwise
+    lr: float | None = None  # None: the method's default
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    dropout: float = 0.1
+    seed: int = 0
+    validation_size: int = 1000
+    train_size: int | None = None  # a seeded random subset of the training split (after holding out validation)
+    test_size: int | None = None  # a seeded random subset of the test split; None = all 25,000
+    logs_per_two_epochs: int = 20
+    max_source_length: int = 128
+    truncation_side: str = "right"
+    strip_html: bool = False
+    prefix: str = "Review: "
+    label_words: tuple[str, str] = ("negative", "positive")
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU; or "fp32" / "bf16"
+    compile: str = "auto"  # auto: torch.compile + CUDA graphs on CUDA, eager on the CPU; or "on" / "off"
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Checked before anything is loaded, so a typo costs no data loading."""
+        check_run_settings(self, TrainError)
+        for name in ("epochs", "eval_batch_size", "logs_per_two_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TrainError(f"{name} must be >= 1, got {value}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise TrainError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.validation_size < 1:
+            raise TrainError(f"validation_size must be >= 1, got {self.validation_size}")
+        for name in ("train_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise TrainError(f"{name} must be at least 2 (a review of each class), got {value}")
+        self.label_words = tuple(self.label_words)
+        self.task_format()
+
+    @property
+    def learning_rate(self) -> float:
+        from ..methods.registry import get_declaration  # declarations only: no torch
+
+        return self.lr if self.lr is not None else get_declaration(self.method).default_lr
+
+    def task_format(self) -> TaskFormat:
+        """How a review becomes a source and target (checked: label words, truncation side, source length)."""
+        from ..data.text2text import TaskFormat
+
+        return TaskFormat(self.prefix, self.label_words, self.max_source_length, self.truncation_side, self.strip_html)
+
+    def rows(self) -> RowSelection:
+        """Which reviews the run trains, validates and tests on."""
+        from .rows import RowSelection
+
+        return RowSelection(
+            data=self.data,
+            test_data=self.test_data,
+            seed=self.seed,
+            validation_size=self.validation_size,
+            train_size=self.train_size,
+            test_size=self.test_size,
+        )
