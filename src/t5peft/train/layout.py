@@ -50,6 +50,11 @@ class RunFolder:
         """The settings ``compare`` asked the run to use."""
         return self.root / "request.json"
 
+    @property
+    def device_share(self) -> Path:
+        """``compare``'s record of how many runs shared the device with this one, and its CPU threads."""
+        return self.root / "device_share.json"
+
 
 # A checkpoint written by ``t5peft pretrain`` carries this record beside its weights; fine-tuning from it labels
 # every result with PRETRAINED_HERE (never "pretrained", which means weights from elsewhere, such as t5-small).
