@@ -53,15 +53,15 @@ import torch
 import transformers
 
 from t5peft import apply_method, load_pretrained, load_tokenizer
-from t5peft.data.text2text import Batch as TrainBatch
+from t5peft.data.sources import LabeledTexts
+from t5peft.data.text2text import Batch, TaskFormat, collate, encode_split
 from t5peft.engine.env import environment
+from t5peft.engine.runtime import resolve_device, use_bf16
 from t5peft.engine.step import TrainStep
-from t5peft.methods import get_method_class
+from t5peft.errors import T5PeftError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("full", "lora", "adalora", "prompt", "ia3")
-LABEL_IDS = {0: [2841, 1], 1: [1465, 1]}  # "negative</s>", "positive</s>" with the t5-small tokenizer
-PREFIX = "Review: "
 LR = 1e-3
 MAX_GRAD_NORM = 1.0
 DROPOUT = 0.1
@@ -92,10 +92,6 @@ PROMPT_TOKENS = 20
 
 class BenchmarkError(RuntimeError):
     pass
-
-
-class MethodUnavailable(RuntimeError):
-    """The t5peft method is not implemented yet (its module is a placeholder)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,20 +160,6 @@ def shared_folder(given: str | None) -> Path:
     return path
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BenchmarkError("--device cuda: CUDA is not available")
-    return torch.device(name)
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision == "bf16" and device.type != "cuda":
-        raise BenchmarkError("bf16 autocast is only used on CUDA (as in training); use --precision fp32 on CPU")
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-
 # --------------------------------------------------------------------------------------------------
 # Inputs: the model configuration, the base weights, the batch
 
@@ -203,22 +185,14 @@ def write_base_weights(values: dict[str, Any], seed: int, directory: Path) -> No
     model.save_pretrained(directory)
 
 
-@dataclass
-class Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-    rows: list[int] = field(default_factory=list)
-
-    def to(self, device: torch.device) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.rows)
-
-    def as_kwargs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "labels": self.labels}
+def as_kwargs(batch: Batch) -> dict[str, torch.Tensor]:
+    """A batch as the keyword arguments of a transformers model's forward."""
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels}
 
 
-def imdb_batch(shared: Path, size: int, length: int, seed: int) -> Batch:
-    """``size`` reviews drawn (seeded) from the IMDb training split, tokenized as in training."""
+def imdb_batch(shared: Path, size: int, length: int, seed: int) -> tuple[Batch, list[int]]:
+    """``size`` reviews drawn (seeded) from the IMDb training split, tokenized and collated as in training
+    (the default task format: ``Review: `` prefix, the label word and ``</s>`` as target); and their rows."""
     path = shared / "data" / "imdb" / "plain_text" / "train-00000-of-00001.parquet"
     if not path.is_file():
         raise BenchmarkError(f"{path}: IMDb training split not found")
@@ -227,11 +201,10 @@ def imdb_batch(shared: Path, size: int, length: int, seed: int) -> Batch:
         raise BenchmarkError(f"--batch-size {size} is larger than the {table.num_rows} reviews")
     rows = sorted(np.random.default_rng(seed).choice(table.num_rows, size=size, replace=False).tolist())
     texts = table.column("text").take(rows).to_pylist()
-    labels = table.column("label").take(rows).to_pylist()
+    labels = [int(label) for label in table.column("label").take(rows).to_pylist()]
     tokenizer = load_tokenizer(shared / "models" / "t5-small")
-    ids, mask = tokenizer.pad(tokenizer.encode([PREFIX + t for t in texts], max_length=length))
-    label_ids = torch.tensor([LABEL_IDS[int(label)] for label in labels], dtype=torch.long)
-    return Batch(ids, mask, label_ids, rows)
+    split = encode_split(LabeledTexts(texts, labels, str(path)), tokenizer, TaskFormat(max_source_length=length))
+    return collate(split, range(size), tokenizer.pad_token_id), rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,33 +251,25 @@ def method_options(method: str) -> dict[str, Any]:
 
 
 def build_ours(method: str, base: Path, batch: Batch, device: torch.device, bf16: bool, compiled: bool) -> Side:
-    try:
-        get_method_class(method)
-    except Exception as err:  # a placeholder module may fail in any way when imported or looked up
-        raise MethodUnavailable(f"t5peft's {method!r} is not available: {type(err).__name__}: {err}") from err
     model = load_pretrained(base)
     model.set_dropout(DROPOUT)  # before the method, whose own dropouts keep their rates
-    try:
-        model = apply_method(model, method, **method_options(method))
-    except NotImplementedError as err:
-        raise MethodUnavailable(f"t5peft's {method!r} is not implemented yet: {err}") from err
+    model = apply_method(model, method, **method_options(method))
     model.to(device).train()
     model.peft.method.on_train_begin(model, ADALORA_TOTAL_STEP)
     optimizer = make_optimizer(trainable_params(model), device)
     runner = TrainStep(
         model, optimizer, total_steps=ADALORA_TOTAL_STEP, max_grad_norm=MAX_GRAD_NORM, bf16=bf16, compile=compiled
     )
-    step_batch = TrainBatch.from_tensors(batch.input_ids, batch.attention_mask, batch.labels)
     notes = []
     if compiled:
         start = time.perf_counter()
-        runner.prepare(step_batch)  # compile (and capture the CUDA graph) before any timing
+        runner.prepare(batch)  # compile (and capture the CUDA graph) before any timing
         synchronize(device)
         notes.append(f"compile + capture: {time.perf_counter() - start:.1f} s (cuda_graph={runner.cuda_graph})")
 
     def step(index: int) -> None:  # the training loop's step, less the learning-rate schedule
         runner.step = index
-        runner(step_batch)
+        runner(batch)
 
     name = "t5peft-compiled" if compiled else "t5peft"
     return Side(name, model, step, optimizer, notes)
@@ -353,7 +318,7 @@ def build_theirs(
     model.to(device).train()
     params = trainable_params(model)
     optimizer = make_optimizer(params, device)
-    kwargs = batch.as_kwargs()
+    kwargs = as_kwargs(batch)
     allocate = model.base_model.update_and_allocate if method == "adalora" else None
     forward = torch.compile(model) if compiled else model
 
@@ -387,7 +352,7 @@ def starting_point_check(base: Path, batch: Batch, device: torch.device, bf16: b
     their_state = theirs.state_dict()
     missing = [n for n, _ in ours.named_parameters() if n not in their_state]
     differ = [n for n, p in ours.named_parameters() if n in their_state and not torch.equal(p, their_state[n])]
-    kwargs = batch.as_kwargs()
+    kwargs = as_kwargs(batch)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         loss_ours = float(ours(**kwargs).loss)
         loss_theirs = float(theirs(**kwargs).loss)
@@ -469,8 +434,6 @@ def build_sides(method: str, base: Path, batch: Batch, device: torch.device, bf1
     if args.compiled:
         try:
             sides.append(build_ours(method, base, batch, device, bf16, compiled=True))
-        except MethodUnavailable:
-            raise
         except Exception as err:  # recorded in the table and the JSON; the other sides are still timed
             sides[0].notes.append(f"t5peft compiled step FAILED: {type(err).__name__}: {err}")
             sides[0].notes.append(traceback.format_exc(limit=8))
@@ -612,11 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         shared = shared_folder(args.shared)
-        device = resolve_device(args.device)
-        bf16 = use_bf16(args.precision, device)
+        device = resolve_device(args.device, BenchmarkError)
+        bf16 = use_bf16(args.precision, device, BenchmarkError)
         values = model_config(args, shared)
-        batch = imdb_batch(shared, args.batch_size, args.source_length, args.seed)
-    except BenchmarkError as err:
+        batch, rows = imdb_batch(shared, args.batch_size, args.source_length, args.seed)
+    except (BenchmarkError, T5PeftError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cuda = device.type == "cuda"
@@ -636,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "source_tokens": int(batch.input_ids.shape[1]),
         "max_source_length": args.source_length,
-        "imdb_train_rows": batch.rows,
+        "imdb_train_rows": rows,
         "seed": args.seed,
         "model_source": "tiny" if args.tiny else (args.config or "t5-small config.json"),
         "model": {k: values[k] for k in ("d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers")},
@@ -669,9 +632,6 @@ def main(argv: list[str] | None = None) -> int:
                     warnings.simplefilter("ignore", UserWarning)  # PEFT's advice on config choices
                     warnings.simplefilter("ignore", FutureWarning)  # deprecations inside transformers / peft
                     results[method] = benchmark_method(method, base, batch, device, bf16, warmup, repeats, args)
-            except MethodUnavailable as err:
-                results[method] = {"status": "skipped", "reason": str(err)}
-                notes.append(f"{method}: skipped ({err})")
             except Exception as err:
                 failed = True
                 results[method] = {"status": "error", "reason": f"{type(err).__name__}: {err}"}

@@ -69,18 +69,3 @@ def test_unknown_method_is_refused(bench_module, capsys):
         bench_module.main(["--methods", "full,adapter"])
     assert exit_info.value.code == 2
     assert "adapter" in capsys.readouterr().err
-
-
-def test_placeholder_method_is_skipped_with_a_note(bench_module, shared_dir, tmp_path, monkeypatch):
-    def placeholder(name):
-        raise NotImplementedError(f"{name} is a placeholder")
-
-    monkeypatch.setattr(bench_module, "get_method_class", placeholder)
-    output = tmp_path / "bench.json"
-    argv = ["--tiny", "--repeats", "1", "--warmup", "0", "--methods", "lora", "--device", "cpu"]
-    argv += ["--batch-size", "2", "--source-length", "16", "--shared", str(shared_dir), "--output", str(output)]
-    assert bench_module.main(argv) == 0
-    report = json.loads(output.read_text(encoding="utf-8"))
-    assert report["results"]["lora"]["status"] == "skipped"
-    assert "placeholder" in report["results"]["lora"]["reason"]
-    assert any(note.startswith("lora: skipped") for note in report["notes"])

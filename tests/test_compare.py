@@ -14,16 +14,11 @@ import torch
 
 from helpers import train_steps
 from t5peft import T5Config, T5ForConditionalGeneration, apply_method
-from t5peft.experiments.compare import run_compare, run_dir
+from t5peft.experiments.compare import run_compare
 from t5peft.experiments.config import ExperimentError, load_experiment, parse_experiment
-from t5peft.experiments.report import (
-    FIGURE_FILE,
-    MEMORY_FIGURE_FILE,
-    RESULTS_FILE,
-    SCHEMA_FILE,
-    TABLE_FILE,
-    render_report,
-)
+from t5peft.experiments.layout import FIGURE_FILE, MEMORY_FIGURE_FILE, RESULTS_FILE, TABLE_FILE, run_dir
+from t5peft.experiments.report import render_report
+from t5peft.experiments.results import SCHEMA_FILE
 from t5peft.methods import get_method_class, method_names
 
 jsonschema = pytest.importorskip("jsonschema")

@@ -11,19 +11,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from t5peft.experiments.compare import (
-    build_requests,
-    check_existing,
-    continue_command,
-    parse_devices,
-    run_compare,
-    worker_environment,
-)
+from t5peft.experiments.compare import continue_command, run_compare
 from t5peft.experiments.config import ExperimentError, load_experiment
-from t5peft.experiments.report import RESULTS_FILE, SCHEMA_FILE
+from t5peft.experiments.layout import RESULTS_FILE
+from t5peft.experiments.plan import build_requests, check_existing
+from t5peft.experiments.pool import count_sharing, parse_devices, worker_environment
+from t5peft.experiments.results import SCHEMA_FILE
+from t5peft.experiments.share import cpu_thread_share, device_key
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "models" / "t5-tiny"
@@ -65,9 +63,12 @@ def cli_env(shared_dir: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO / "src"), "T5PEFT_SHARED": str(shared_dir)}
 
 
-def cli(args: list[str], shared_dir: Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(
+    args: list[str], shared_dir: Path, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None, **popen
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "t5peft.cli", "compare", *args]
-    return subprocess.run(command, cwd=cwd, env=cli_env(shared_dir), capture_output=True, text=True, timeout=timeout)
+    env = env or cli_env(shared_dir)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **popen)
 
 
 def log_times(log: Path) -> tuple[str, str]:
@@ -79,7 +80,7 @@ def log_times(log: Path) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# 1. Runs are reused only when they were made with the settings the plan asks for now
+# Reuse: only runs made with the settings the plan asks for now
 
 
 def test_changed_lr_is_an_error_naming_the_run_and_rerun_changed_reruns_it(tmp_path, shared_env, capsys):
@@ -111,6 +112,8 @@ def test_changed_lr_is_an_error_naming_the_run_and_rerun_changed_reruns_it(tmp_p
     assert results["runs"][0]["learning_rate"] == 5e-2
     assert json.loads((output / "experiment.json").read_text())["methods"][0]["lr"] == 5e-2
     assert [r.status for r in outcome.runs] == ["finished"]
+    assert results["runs"][0]["device_share"]["runs_at_once"] == 1  # one job: the device to itself
+    assert "Every run was timed with its device to itself" in (output / "results.md").read_text()
 
 
 def test_a_backbone_pretrained_again_at_the_same_path_is_a_change(tmp_path, shared_env):
@@ -163,7 +166,7 @@ def test_partial_runs_and_command_line_overrides_are_checked_too(tmp_path, share
 
 
 # --------------------------------------------------------------------------------------------------
-# 2. Logs, failed runs, --no-progress lines, the closing table
+# Logs, failed runs, --no-progress lines, the closing table
 
 
 def test_failed_run_is_one_line_the_others_finish_and_compare_exits_non_zero(tmp_path, shared_dir):
@@ -189,14 +192,33 @@ def test_failed_run_is_one_line_the_others_finish_and_compare_exits_non_zero(tmp
 
 
 # --------------------------------------------------------------------------------------------------
-# 5 + 6. --jobs 2 with a learning-rate sweep, progress bars on; the shared compile cache
+# --jobs 2: a sweep in parallel, progress bars on, the shared compile cache, each worker's share of the CPU
+
+
+def two_cores() -> list[int]:
+    """Two of the cores this process may use, or a skip: the share of each of 2 workers is then 1 thread on any
+    machine, while torch on its own would give each of them both."""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("needs os.sched_setaffinity (Linux) to give compare two cores")
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
+    return cores[:2]
 
 
 def test_jobs_two_runs_a_sweep_in_parallel_and_chooses_on_validation(tmp_path, shared_dir):
     jsonschema = pytest.importorskip("jsonschema")
     write_experiment(tmp_path, sections="[methods.lora]\nlr = [1e-3, 3e-2]\n")
+    cores = two_cores()
+    env = {k: v for k, v in cli_env(shared_dir).items() if k not in ("OMP_NUM_THREADS", "RAYON_NUM_THREADS")}
     started = time.time()
-    done = cli(["--config", "exp.toml", "--output", "out", "--jobs", "2"], shared_dir, cwd=tmp_path)
+    done = cli(
+        ["--config", "exp.toml", "--output", "out", "--jobs", "2"],
+        shared_dir,
+        cwd=tmp_path,
+        env=env,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),  # compare, and its workers, on two cores
+    )
     elapsed = time.time() - started
     assert done.returncode == 0, done.stdout + done.stderr
     runs = tmp_path / "out" / "runs"
@@ -223,9 +245,34 @@ def test_jobs_two_runs_a_sweep_in_parallel_and_chooses_on_validation(tmp_path, s
     assert f"| lora | {best['learning_rate']:g}* |" in done.stdout
     assert elapsed < 600
 
+    # The two CPU workers shared the two cores, one thread each, and every output says they shared the device.
+    for run in results["runs"]:
+        share = run["device_share"]
+        assert (share["runs_at_once"], share["threads"]) == (2, [1]), share
+        [stretch] = share["stretches"]
+        assert (stretch["device"], stretch["jobs"], stretch["cores"], stretch["status"]) == ("cpu", 2, 2, "finished")
+        assert run["environment"]["device_name"].endswith(", 1 threads")  # what torch in the worker used
+    for name in os.listdir(runs):
+        assert "OMP_NUM_THREADS=1" in (runs / name / "run.log").read_text()
+    summary_share = results["summary"]["lora"]["device_share"]
+    assert summary_share == {"runs_at_once": 2, "threads": [1], "unrecorded": 0}
+    note = "Timed while other runs of the plan trained on the same device (lora: up to 2 runs at once on the device, "
+    note += "1 CPU thread each)"
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert note in table and note in done.stdout
+    row = next(line for line in table.splitlines() if line.startswith("| lora |"))
+    assert row.count(" † |") == 2, row  # training time and examples/s
+    from t5peft.experiments.figures import build_figure
+
+    cost_ax = build_figure(results).axes[3]
+    assert "every method timed while runs shared the device (up to 2 runs at once on the device" in " ".join(
+        cost_ax.get_title().split()
+    )
+    assert [t.get_text() for t in cost_ax.texts if t.get_text() == "†"] == ["†"]
+
 
 # --------------------------------------------------------------------------------------------------
-# 2. Ctrl-C
+# Ctrl-C
 
 
 def _start(args: list[str], shared_dir: Path, cwd: Path) -> subprocess.Popen:
@@ -270,6 +317,8 @@ def test_ctrl_c_names_the_run_keeps_its_checkpoint_and_the_same_command_resumes_
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["epoch"] == 6 and epochs_done < 6
     assert [m["step"] for m in metrics] == list(range(2, 13, 2))  # one log point per epoch, none lost or doubled
+    stretches = json.loads((run / "device_share.json").read_text())["stretches"]
+    assert [s["status"] for s in stretches] == ["interrupted", "finished"]  # both count in its training time
 
 
 def test_ctrl_c_before_training_leaves_no_run_folder(tmp_path, shared_dir):
@@ -290,7 +339,7 @@ def test_ctrl_c_before_training_leaves_no_run_folder(tmp_path, shared_dir):
 
 
 # --------------------------------------------------------------------------------------------------
-# 3. Paths in an experiment file
+# Paths in an experiment file
 
 
 def test_relative_paths_are_taken_from_the_experiment_files_folder(tmp_path, monkeypatch, shared_dir):
@@ -355,7 +404,7 @@ def test_hub_ids_stay_hub_ids(tmp_path, shared_env):
 
 
 # --------------------------------------------------------------------------------------------------
-# 5. --devices, worker environment, the continue command
+# --devices, the worker environment, the continue command
 
 
 def test_devices_need_cuda_and_map_through_an_inherited_cuda_visible_devices(monkeypatch):
@@ -376,11 +425,52 @@ def test_devices_need_cuda_and_map_through_an_inherited_cuda_visible_devices(mon
     assert parse_devices("1") == ["6"]
 
 
-def test_worker_environment_sets_the_shared_compile_cache_and_its_gpu(tmp_path):
+def test_worker_environment_sets_the_shared_compile_cache_and_its_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
     env = worker_environment(tmp_path / "cache", "3")
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
     assert env["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1" and env["TORCHINDUCTOR_AUTOGRAD_CACHE"] == "1"
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["PYTHONUNBUFFERED"] == "1"
+    assert env["OMP_NUM_THREADS"] == "7"  # no share given: the inherited setting stays
+    shared = worker_environment(tmp_path / "cache", None, threads=2)
+    assert shared["OMP_NUM_THREADS"] == shared["RAYON_NUM_THREADS"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("jobs", "cores", "inherited", "threads"),
+    [
+        pytest.param(1, 16, None, None, id="one-job-keeps-its-environment"),
+        pytest.param(2, 2, None, 1, id="two-jobs-two-cores"),
+        pytest.param(2, 16, None, 8, id="two-jobs-sixteen-cores"),
+        pytest.param(3, 16, None, 5, id="rounded-down"),
+        pytest.param(4, 2, None, 1, id="at-least-one"),
+        pytest.param(2, 16, "2", 2, id="a-lower-user-setting-is-kept"),
+        pytest.param(2, 16, "32", 8, id="a-higher-user-setting-is-capped"),
+    ],
+)
+def test_each_cpu_worker_gets_its_share_of_the_cores(monkeypatch, jobs, cores, inherited, threads):
+    if inherited is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", inherited)
+    assert cpu_thread_share(jobs, cores) == threads
+
+
+def test_runs_share_a_device_only_with_runs_on_the_same_device():
+    def launch(device):
+        return SimpleNamespace(device=device, runs_at_once=1)
+
+    gpu0, gpu1 = launch(device_key("cuda", "0")), launch(device_key("cuda", "1"))
+    count_sharing(gpu1, [gpu0])
+    assert (gpu0.runs_at_once, gpu1.runs_at_once) == (1, 1)  # --devices 0,1: one run per GPU
+    second_on_gpu0 = launch(device_key("cuda", "0"))
+    count_sharing(second_on_gpu0, [gpu0, gpu1])
+    assert (gpu0.runs_at_once, gpu1.runs_at_once, second_on_gpu0.runs_at_once) == (2, 1, 2)
+    first, second = launch(device_key("cpu", None)), launch(device_key("cpu", None))
+    count_sharing(second, [first])
+    third = launch(device_key("cpu", None))
+    count_sharing(third, [second])  # the first one has ended: it keeps the most it saw
+    assert (first.runs_at_once, second.runs_at_once, third.runs_at_once) == (2, 2, 2)
 
 
 def test_continue_command_repeats_the_settings_that_matter():

@@ -7,22 +7,17 @@ import json
 
 import pytest
 
-from t5peft.experiments.report import (
-    FIGURE_FILE,
-    MEMORY_FIGURE_FILE,
-    METHOD_COLORS,
+from t5peft.experiments.figures import METHOD_COLORS, build_figure, build_memory_figure, method_styles
+from t5peft.experiments.layout import FIGURE_FILE, MEMORY_FIGURE_FILE, TABLE_FILE
+from t5peft.experiments.report import render_report
+from t5peft.experiments.results import (
     SCHEMA_VERSION,
-    TABLE_FILE,
     ReportError,
-    build_figure,
-    build_memory_figure,
     choose_learning_rates,
     counted_memory,
-    markdown_table,
-    method_styles,
-    render_report,
     summarize,
 )
+from t5peft.experiments.table import markdown_table
 from t5peft.methods import method_names
 
 pytest.importorskip("matplotlib")
@@ -41,8 +36,33 @@ TRAINABLE = {
 BASE = 2_286_592
 
 
-def fake_run(method: str, seed: int, lr: float, val: float, test: float, val_loss: float = 0.7, flat: bool = True):
-    """A run record as ``run_record`` writes it; ``flat``: the validation curve sits at ``val`` throughout."""
+def device_share(runs_at_once: int, threads: int | None) -> dict:
+    """A run's device-share record as ``run_record`` writes it, for one stretch."""
+    stretch = {
+        "started_at": "2026-11-26T00:00:00+00:00",
+        "ended_at": "2026-11-26T00:01:00+00:00",
+        "status": "finished",
+        "device": "cpu",
+        "jobs": runs_at_once,
+        "runs_at_once": runs_at_once,
+        "threads": threads,
+        "cores": 2,
+    }
+    return {"runs_at_once": runs_at_once, "threads": [threads], "stretches": [stretch]}
+
+
+def fake_run(
+    method: str,
+    seed: int,
+    lr: float,
+    val: float,
+    test: float,
+    val_loss: float = 0.7,
+    flat: bool = True,
+    share: dict | None = None,
+):
+    """A run record as ``run_record`` writes it; ``flat``: the validation curve sits at ``val`` throughout;
+    ``share``: its device-share record (None: a file from before the record, which has no such key)."""
     trainable = TRAINABLE[method]
     added = 0 if method == "full" else trainable
     curve = [
@@ -55,7 +75,7 @@ def fake_run(method: str, seed: int, lr: float, val: float, test: float, val_los
         }
         for k in range(1, 5)
     ]
-    return {
+    record = {
         "method": method,
         "seed": seed,
         "weights": "random-init",
@@ -79,6 +99,9 @@ def fake_run(method: str, seed: int, lr: float, val: float, test: float, val_los
         "method_report": {},
         "environment": {"device_name": "CPU: test", "date": "2026-11-26T00:00:00+00:00", "git_commit": "abc"},
     }
+    if share is not None:
+        record["device_share"] = share
+    return record
 
 
 def results_of(runs, methods_plan, seeds=(0, 1)):
@@ -230,3 +253,60 @@ def test_report_refuses_bad_files_in_one_line(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ReportError, match=message):
         render_report(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Times taken while runs shared the device are marked in the table and in figure 1 (d)
+
+
+def _shared_lora_alone_ia3():
+    runs = [
+        fake_run("lora", 0, 1e-3, val=0.7, test=0.7, share=device_share(2, 1)),
+        fake_run("lora", 1, 1e-3, val=0.7, test=0.7, share=device_share(2, 1)),
+        fake_run("ia3", 0, 3e-3, val=0.6, test=0.6, share=device_share(1, None)),
+        fake_run("ia3", 1, 3e-3, val=0.6, test=0.6, share=device_share(1, None)),
+    ]
+    return results_of(runs, [{"name": "lora", "lr": 1e-3}, {"name": "ia3", "lr": 3e-3}])
+
+
+def _cost_panel_texts(results):
+    cost_ax = build_figure(results).axes[3]
+    return " ".join(cost_ax.get_title().split()), [t.get_text() for t in cost_ax.texts]
+
+
+def test_times_of_runs_that_shared_the_device_are_marked():
+    results = _shared_lora_alone_ia3()
+    assert results["summary"]["lora"]["device_share"] == {"runs_at_once": 2, "threads": [1], "unrecorded": 0}
+    assert results["summary"]["ia3"]["device_share"] == {"runs_at_once": 1, "threads": [None], "unrecorded": 0}
+
+    table = markdown_table(results)
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["lora"].count(" † |") == 2 and "†" not in rows["ia3"]  # training time and examples/s
+    assert (
+        "† Timed while other runs of the plan trained on the same device (lora: up to 2 runs at once on the device, "
+        "1 CPU thread each)" in table
+    )
+
+    title, texts = _cost_panel_texts(results)
+    assert "†: lora timed while runs shared the device (up to 2 runs at once on the device, 1 CPU thread each)" in title
+    assert texts.count("†") == 1  # above lora's time bar only
+
+
+def test_runs_alone_on_their_device_are_said_so_and_panel_d_is_unmarked():
+    runs = [fake_run(m, 0, 1e-3, val=0.6, test=0.6, share=device_share(1, None)) for m in ("lora", "ia3")]
+    results = results_of(runs, [{"name": "lora", "lr": 1e-3}, {"name": "ia3", "lr": 1e-3}], seeds=(0,))
+    table = markdown_table(results)
+    assert "Every run was timed with its device to itself" in table and "†" not in table
+    title, texts = _cost_panel_texts(results)
+    assert title == "(d) Training time and measured peak memory, relative to lora" and "†" not in texts
+
+
+def test_results_from_before_the_share_record_say_it_is_unknown():
+    runs = [fake_run(m, 0, 1e-3, val=0.6, test=0.6) for m in ("lora", "ia3")]
+    results = results_of(runs, [{"name": "lora", "lr": 1e-3}, {"name": "ia3", "lr": 1e-3}], seeds=(0,))
+    for summary in results["summary"].values():
+        del summary["device_share"]  # as a results file written before the record has it
+    table = markdown_table(results)
+    assert "Whether runs shared the device while they were timed is not recorded" in table and "†" not in table
+    title, texts = _cost_panel_texts(results)
+    assert title == "(d) Training time and measured peak memory, relative to lora" and "†" not in texts

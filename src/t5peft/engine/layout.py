@@ -73,6 +73,11 @@ class RunFolder:
         return self.root / "request.json"
 
     @property
+    def device_share(self) -> Path:
+        """``compare``'s record of how many runs shared the device with this one, and its CPU threads."""
+        return self.root / "device_share.json"
+
+    @property
     def compare_files(self) -> frozenset[str]:
         """The names ``compare`` writes into a run folder before the run starts."""
         return frozenset({self.request.name, self.log.name})

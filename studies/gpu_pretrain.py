@@ -1,6 +1,6 @@
 """Pretrain a T5 on a GPU for a fixed time, probe it against random init, and keep a small checkpoint.
 
-Run through ``benchmarks/gpu_pretrain.sh OUTDIR`` (which sets ``PYTHONPATH=src``); the shared folder (IMDb,
+Run through ``studies/gpu_pretrain.sh OUTDIR`` (which sets ``PYTHONPATH=src``); the shared folder (IMDb,
 the t5-small tokenizer) comes from ``$T5PEFT_SHARED``. Steps:
 
 1. ``t5peft.pretrain.pretrain``: ``configs/models/t5-mini`` (d_model 256, 4 + 4 layers, 15.6 M parameters)
@@ -10,7 +10,7 @@ the t5-small tokenizer) comes from ``$T5PEFT_SHARED``. Steps:
    graph, bf16 autocast, batches built by 4 worker processes. The run folder (with its optimizer state) stays
    in a scratch folder. If that run fails, the error is kept in results.json and the pretraining runs again
    eager with batches built in the loop (a slower path, recorded in the pretraining record).
-2. The probe (``benchmarks/pretrain_probe.py``): full fine-tuning from the backbone and from random weights of
+2. The probe (``studies/pretrain_probe.py``): full fine-tuning from the backbone and from random weights of
    the same architecture, identical settings (subset, steps, learning rate, seeds 0, 1, 2), eager steps (a
    compiled step would be compiled again for every run), and the frozen-feature check of the state the label
    is read from.
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.time()
     timings: dict[str, float] = {}
-    results: dict = {"script": "benchmarks/gpu_pretrain.py", "argv": sys.argv[1:], "environment": environment(device)}
+    results: dict = {"script": "studies/gpu_pretrain.py", "argv": sys.argv[1:], "environment": environment(device)}
 
     def save() -> None:
         results["timings_seconds"] = timings

@@ -23,7 +23,7 @@ for every review).
 Everything is written to one JSON (rewritten after every run, so an interrupted study resumes where it
 stopped) and a PNG: probe accuracy against pretraining steps and minutes.
 
-    python benchmarks/pretrain_probe.py study --name tiny-l128 --model-config configs/models/t5-tiny \\
+    python studies/pretrain_probe.py study --name tiny-l128 --model-config configs/models/t5-tiny \\
         --steps 3000 --export-steps 500,1000,2000 --out-dir docs/pretraining --work /tmp/pretrain-study
 """
 
