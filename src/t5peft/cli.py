@@ -8,6 +8,7 @@ import logging
 import shlex
 import sys
 import traceback
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,25 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key.strip(), raw.split(",") if "," in raw else raw
 
 
+def _defaults(settings_class: type) -> argparse.Namespace:
+    """The default of every field of a settings dataclass, read from its fields: building one would check it, which
+    imports torch (the task format), and ``--help`` must start without torch."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(settings_class):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return argparse.Namespace(**values)
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .methods.registry import method_names
     from .train.settings import TrainConfig
 
-    d = TrainConfig()
+    d = _defaults(TrainConfig)
     p.add_argument("--model", default=d.model, help="folder with config.json (+ weights), or a Hub id")
     p.add_argument(
         "--data", default=d.data, help="Hub-layout folder, stanfordnlp/imdb, aclImdb dir/tar.gz, csv/jsonl/parquet"
@@ -184,7 +199,7 @@ def _print_summary(results: dict) -> None:
 def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     from .pretrain.settings import EXPORT_DTYPES, SCHEDULES, PretrainConfig
 
-    d = PretrainConfig(model="", output="", max_steps=1)
+    d = _defaults(PretrainConfig)
     p.add_argument("--model", required=True, help="folder with config.json (--init random) or a checkpoint")
     p.add_argument(
         "--init",
@@ -348,27 +363,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="t5peft", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log details (INFO messages) and show the traceback of a bug"
-    )
-    parser.add_argument("--version", action="version", version=f"t5peft {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="fine-tune on IMDb with one method", formatter_class=HelpFormatter)
-    _add_train_arguments(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "pretrain", help="pretrain T5 with span corruption (from scratch or continued)", formatter_class=HelpFormatter
-    )
-    _add_pretrain_arguments(p)
-    p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser("evaluate", help="evaluate a finished run folder", formatter_class=HelpFormatter)
+def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--data", default=None, help="another data source (default: the run's own test set)")
     p.add_argument(
@@ -384,28 +379,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generate", action="store_true", help="also score by greedy generation and compare")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="label reviews with a finished run", formatter_class=HelpFormatter)
+
+def _add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("texts", nargs="*", help="reviews to label; '-' reads one review per line from standard input")
     p.add_argument("--file", default=None, help="read one review per line from this file ('-': standard input)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("methods", help="list the methods, their default learning rates and options")
-    p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser(
-        "compare",
-        help="run an experiment file (every method x lr x seed) and write the report",
-        description="Run every (method, learning rate, seed) of an experiment file, each in its own process with "
-        "its output in <output>/runs/<run>/run.log, then write t5_peft_results.json, results.md and two figures. "
-        "Finished runs are reused and partial ones resumed, but only when they were made with the settings the "
-        "file asks for now; otherwise compare stops and names them (see --rerun-changed). A failed run is "
-        "reported in one line and the others go on; compare then exits with status 2. Ctrl-C: exit 130, with "
-        "the command that continues.",
-    )
+def _add_no_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+COMPARE_DESCRIPTION = (
+    "Run every (method, learning rate, seed) of an experiment file, each in its own process with "
+    "its output in <output>/runs/<run>/run.log, then write t5_peft_results.json, results.md and two figures. "
+    "Finished runs are reused and partial ones resumed, but only when they were made with the settings the "
+    "file asks for now; otherwise compare stops and names them (see --rerun-changed). A failed run is "
+    "reported in one line and the others go on; compare then exits with status 2. Ctrl-C: exit 130, with "
+    "the command that continues."
+)
+
+
+def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", required=True, help="experiment file (TOML); relative paths in it are taken from its folder"
     )
@@ -436,13 +433,84 @@ def build_parser() -> argparse.ArgumentParser:
         "<output>/superseded/ (nothing is deleted)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars; still one line per finished run")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("report", help="re-render the figure and table from a results JSON")
+
+def _add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results")
     p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
-    p.set_defaults(func=cmd_report)
+
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``commands`` names the subcommands whose options are built (None: all).
+
+    Every subcommand is listed either way. Building only the invoked one's options keeps ``--help``,
+    ``--version`` and the light commands from importing what the others' defaults need (torch, for now).
+    """
+    parser = argparse.ArgumentParser(
+        prog="t5peft", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log details (INFO messages) and show the traceback of a bug"
+    )
+    parser.add_argument("--version", action="version", version=f"t5peft {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(
+        name: str,
+        add_arguments: Callable[[argparse.ArgumentParser], None],
+        run: Callable[[argparse.Namespace], int],
+        **kwargs: Any,
+    ) -> None:
+        p = sub.add_parser(name, **kwargs)
+        if commands is None or name in commands:
+            add_arguments(p)
+        p.set_defaults(func=run)
+
+    command(
+        "train",
+        _add_train_arguments,
+        cmd_train,
+        help="fine-tune on IMDb with one method",
+        formatter_class=HelpFormatter,
+    )
+    command(
+        "pretrain",
+        _add_pretrain_arguments,
+        cmd_pretrain,
+        help="pretrain T5 with span corruption (from scratch or continued)",
+        formatter_class=HelpFormatter,
+    )
+    command(
+        "evaluate",
+        _add_evaluate_arguments,
+        cmd_evaluate,
+        help="evaluate a finished run folder",
+        formatter_class=HelpFormatter,
+    )
+    command(
+        "predict",
+        _add_predict_arguments,
+        cmd_predict,
+        help="label reviews with a finished run",
+        formatter_class=HelpFormatter,
+    )
+    command(
+        "methods", _add_no_arguments, cmd_methods, help="list the methods, their default learning rates and options"
+    )
+    command(
+        "compare",
+        _add_compare_arguments,
+        cmd_compare,
+        help="run an experiment file (every method x lr x seed) and write the report",
+        description=COMPARE_DESCRIPTION,
+    )
+    command("report", _add_report_arguments, cmd_report, help="re-render the figure and table from a results JSON")
     return parser
+
+
+def invoked_command(argv: Sequence[str]) -> str | None:
+    """The subcommand that ``argv`` names: its first word that is not an option (no global option takes a value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def _resume_command(argv: list[str]) -> str:
@@ -454,14 +522,14 @@ def _resume_command(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = build_parser(commands=[invoked_command(argv) or ""])
+    args = parser.parse_args(argv, namespace=argparse.Namespace(argv=argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from .engine.settings import TrainInterrupted
+    from .engine.settings import TrainInterrupted  # torch-free
 
     try:
         return args.func(args)
-    except TrainInterrupted as err:
+    except TrainInterrupted as err:  # Ctrl-C in train or pretrain: where it stopped, and the command that continues
         print(f"t5peft {args.command}: {err}", file=sys.stderr)
         again = _resume_command(argv) if err.resumable else shlex.join(["t5peft", *argv])
         print(f"to continue: {again}", file=sys.stderr)

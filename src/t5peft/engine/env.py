@@ -47,12 +47,24 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_model() -> str:
+    """The processor's name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows (often just ``x86_64``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
+    """What the numbers of a CPU run depend on besides the code and the settings: the processor and torch's
+    kernels for it (the CPU capability) set the arithmetic, the thread count its order of summation."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return (
-        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-    )
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"CPU: {cpu_model()} ({capability}), {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def environment(device: torch.device) -> dict:
@@ -64,6 +76,7 @@ def environment(device: torch.device) -> dict:
         "platform": platform.platform(),
         "device": str(device),
         "device_name": device_name(device),
+        "torch_threads": torch.get_num_threads(),
         "packages": package_versions(),
     }
 

@@ -1,71 +1,57 @@
 """T5 span-corruption pretraining: the objective (:mod:`.objective`), its data (:mod:`.data`), the settings
-(:mod:`.settings`) and the run (:mod:`.loop`: :func:`pretrain`, ``t5peft pretrain``)."""
+(:mod:`.settings`) and the run (:mod:`.loop`: :func:`pretrain`, ``t5peft pretrain``).
 
-from .data import (
-    Overlap,
-    PretrainBatch,
-    PretrainData,
-    PretrainTexts,
-    assert_disjoint,
-    batches_per_epoch,
-    build_data,
-    build_pretrain_data,
-    count_overlap,
-    exclude_texts,
-    load_pretrain_texts,
-    prepare_texts,
-    record_test_overlap,
-    train_batches,
-    validation_batches,
-)
-from .loop import (
-    LrSchedule,
-    Pretraining,
-    pretrain,
-    validation_loss,
-    weights_summary,
-)
-from .objective import (
-    compute_lengths,
-    corrupt,
-    corrupted_lengths,
-    random_spans_noise_mask,
-    restore,
-    sentinel_ids,
-    span_corrupt,
-    span_counts,
-)
-from .settings import PretrainConfig, PretrainError
+The objective, the data and the run import numpy and torch, so they are imported when first asked for: reading
+the settings (the command line's help) stays cheap.
+"""
 
-__all__ = [
-    "LrSchedule",
-    "Overlap",
-    "PretrainBatch",
-    "PretrainConfig",
-    "PretrainData",
-    "PretrainError",
-    "PretrainTexts",
-    "Pretraining",
-    "assert_disjoint",
-    "batches_per_epoch",
-    "build_data",
-    "build_pretrain_data",
-    "compute_lengths",
-    "corrupt",
-    "corrupted_lengths",
-    "count_overlap",
-    "exclude_texts",
-    "load_pretrain_texts",
-    "prepare_texts",
-    "pretrain",
-    "random_spans_noise_mask",
-    "record_test_overlap",
-    "restore",
-    "sentinel_ids",
-    "span_corrupt",
-    "span_counts",
-    "train_batches",
-    "validation_batches",
-    "validation_loss",
-    "weights_summary",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .settings import PretrainConfig as PretrainConfig
+from .settings import PretrainError as PretrainError
+
+_LAZY = {
+    "LrSchedule": "loop",
+    "Overlap": "data",
+    "PretrainBatch": "data",
+    "PretrainData": "data",
+    "PretrainTexts": "data",
+    "Pretraining": "loop",
+    "assert_disjoint": "data",
+    "batches_per_epoch": "data",
+    "build_data": "data",
+    "build_pretrain_data": "data",
+    "compute_lengths": "objective",
+    "corrupt": "objective",
+    "corrupted_lengths": "objective",
+    "count_overlap": "data",
+    "exclude_texts": "data",
+    "load_pretrain_texts": "data",
+    "prepare_texts": "data",
+    "pretrain": "loop",
+    "random_spans_noise_mask": "objective",
+    "record_test_overlap": "data",
+    "restore": "objective",
+    "sentinel_ids": "objective",
+    "span_corrupt": "objective",
+    "span_counts": "objective",
+    "train_batches": "data",
+    "validation_batches": "data",
+    "validation_loss": "loop",
+    "weights_summary": "loop",
+}
+
+__all__ = sorted(["PretrainConfig", "PretrainError", *_LAZY])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -25,14 +25,11 @@ import numpy as np
 
 from ..errors import T5PeftError
 from ..tokenizer import NUM_EXTRA_IDS, T5Tokenizer
+from .settings import MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY
 
 
 class SpanCorruptionError(T5PeftError, ValueError):
     """Settings the objective cannot honour (a noise density, span length or input length)."""
-
-
-NOISE_DENSITY = 0.15
-MEAN_NOISE_SPAN_LENGTH = 3.0
 
 
 def _check_parameters(noise_density: float, mean_noise_span_length: float) -> None:

@@ -7,8 +7,9 @@ from typing import Any, ClassVar
 
 from ..engine.settings import SettingsFile, check_run_settings
 from ..errors import T5PeftError
-from .objective import MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY
 
+NOISE_DENSITY = 0.15  # T5's span corruption: share of tokens corrupted
+MEAN_NOISE_SPAN_LENGTH = 3.0  # T5's mean length of a corrupted span
 SCHEDULES = ("cosine", "inverse-sqrt", "constant")
 EXPORT_DTYPES = ("fp32", "bf16")
 
