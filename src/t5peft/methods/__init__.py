@@ -7,9 +7,9 @@ The declarations and the registry need no torch and are imported eagerly; the re
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_getattr
 from .declaration import AdapterFormat, MethodConfig, MethodConfigError, MethodDeclaration
 from .registry import METHODS, get_declaration, get_method_class, method_names
 
@@ -53,9 +53,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -7,9 +7,7 @@ the settings (the command line's help) stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_getattr
 from .settings import PretrainConfig as PretrainConfig
 from .settings import PretrainError as PretrainError
 
@@ -47,10 +45,7 @@ _LAZY = {
 __all__ = sorted(["PretrainConfig", "PretrainError", *_LAZY])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:
