@@ -196,13 +196,15 @@ def test_train_input_errors_are_one_line_exit_2(
         (["predict", "{run}", ""], "text 1 is empty"),
         (["predict", "{run}", "fine", "   "], "text 2 is empty"),
         (["predict", "{run}"], "no reviews"),
-        (["predict", "{run}", "--file", "{tmp}/blank.txt"], "blank.txt: line 2 is empty"),
+        (["predict", "{run}", "--file", "{tmp}/blanks.txt"], "blanks.txt: no reviews"),
+        (["predict", "{run}", "--file", "{tmp}"], "is a folder; expected a text file"),
         (["predict", "{run}", "--file", "{tmp}/nowhere.txt"], "nowhere.txt"),
         (["predict", "{run}", "x", "--file", "{tmp}/blank.txt"], "not both"),
     ],
 )
 def test_evaluate_and_predict_input_errors_are_one_line(argv, message, finished_run, tmp_path, capsys) -> None:
     (tmp_path / "blank.txt").write_text("good\n\nbad\n")
+    (tmp_path / "blanks.txt").write_text("\n  \n\r\n")
     args = [word.format(run=finished_run[0], tmp=tmp_path) for word in argv]
     assert cli_main(args) == 2
     lines = stderr_lines(capsys)
@@ -411,18 +413,42 @@ def test_predict_reads_a_file_and_standard_input(finished_run, tmp_path, capsys,
     assert cli_main(["predict", str(out), "--file", str(tmp_path / "reviews.txt")]) == 0
     from_file = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [x["text"] for x in from_file] == reviews
+    assert [x["line"] for x in from_file] == [1, 2, 3]
     assert all(x["label"] in ("negative", "positive") and 0.5 <= x["probability"] <= 1 for x in from_file)
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(reviews)))
     assert cli_main(["predict", str(out), "-"]) == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == from_file
     assert cli_main(["predict", str(out), *reviews]) == 0
-    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == from_file
+    by_argument = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [x.pop("argument") for x in by_argument] == [1, 2, 3]
+    assert by_argument == [{k: v for k, v in x.items() if k != "line"} for x in from_file]
     bad_bytes = io.TextIOWrapper(io.BytesIO(b"fine\n\xff\xfe\n"), encoding="utf-8", errors="surrogateescape")
     monkeypatch.setattr(sys, "stdin", bad_bytes)
     assert cli_main(["predict", str(out), "-"]) == 2
     assert stderr_lines(capsys) == [
         "t5peft predict: error: standard input: not UTF-8 text (invalid start byte at byte 5)"
     ]
+
+
+def test_predict_splits_lines_at_newlines_only(finished_run, tmp_path, capsys) -> None:
+    """U+0085, U+2028 and a lone carriage return stay inside a review (real IMDb reviews hold U+0085); blank lines
+    are passed over with a note, and every prediction names the line it came from."""
+    out, _ = finished_run
+    first = "The film was great\u0085 really great\u2028 and\rmoving"
+    long = "Awful. " * 20
+    (tmp_path / "reviews.txt").write_bytes(f"{first}\r\n\n   \n{long}\n".encode())
+    assert cli_main(["predict", str(out), "--file", str(tmp_path / "reviews.txt")]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(x["line"], x["text"], x["text_truncated"]) for x in rows] == [
+        (1, first, False),
+        (4, long[:80], True),
+    ]
+    assert "2 blank line(s) passed over" in captured.err
+    assert cli_main(["predict", str(out), "--full-text", "--file", str(tmp_path / "reviews.txt")]) == 0
+    whole = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["text"], x["text_truncated"]) for x in whole] == [(first, False), (long, False)]
+    assert [x["label"] for x in whole] == [x["label"] for x in rows]
 
 
 def test_sizes_larger_than_the_data_warn_with_the_size_used(reviews_csv: Path, caplog) -> None:

@@ -294,6 +294,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+PREDICT_TEXT_CHARS = 80  # of each review, in predict's JSON lines unless --full-text
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .train.runs import check_texts, load_run, predict, read_texts
     from .train.settings import TrainError
@@ -301,15 +304,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.file is not None and args.texts:
         raise TrainError("give reviews as arguments or with --file, not both")
     if args.file is not None or args.texts == ["-"]:
-        texts = read_texts(args.file or "-")
+        source = args.file or "-"
+        reviews = read_texts(source)
+        numbered = [("line", number) for number in reviews.numbers]
+        texts = reviews.texts
+        if reviews.blank_lines:
+            where = "standard input" if source == "-" else source
+            print(f"t5peft predict: {where}: {reviews.blank_lines} blank line(s) passed over", file=sys.stderr)
     elif args.texts:
         texts = args.texts
+        check_texts(texts)
+        numbered = [("argument", number) for number in range(1, len(texts) + 1)]
     else:
         raise TrainError("no reviews: give them as arguments, with --file PATH, or '-' to read standard input")
-    check_texts(texts)
     run = load_run(args.run, args.device)
-    for text, (label, probability) in zip(texts, predict(run, texts), strict=True):
-        print(json.dumps({"text": text[:80], "label": label, "probability": round(probability, 4)}))
+    for (kind, number), text, (label, probability) in zip(numbered, texts, predict(run, texts), strict=True):
+        shown = text if args.full_text else text[:PREDICT_TEXT_CHARS]
+        row = {kind: number, "text": shown, "text_truncated": len(shown) < len(text)}
+        print(json.dumps({**row, "label": label, "probability": round(probability, 4)}))
     return 0
 
 
@@ -384,7 +396,17 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def _add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("texts", nargs="*", help="reviews to label; '-' reads one review per line from standard input")
-    p.add_argument("--file", default=None, help="read one review per line from this file ('-': standard input)")
+    p.add_argument(
+        "--file",
+        default=None,
+        help="read one review per line from this file ('-': standard input); lines end at \\n only, blank ones are "
+        "passed over",
+    )
+    p.add_argument(
+        "--full-text",
+        action="store_true",
+        help=f"print each review whole (default: its first {PREDICT_TEXT_CHARS} characters, with text_truncated)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 

@@ -104,20 +104,45 @@ def _read_stdin(stream: TextIO) -> str:
     return raw.decode("utf-8")
 
 
-def read_texts(path: str, stdin: TextIO | None = None) -> list[str]:
-    """Reviews to label, one per line, from a file or (``-``) standard input; an empty line is an error."""
+@dataclass
+class ReviewLines:
+    """Reviews read one per line, each with the number of the line it came from; blank lines passed over."""
+
+    numbers: list[int]
+    texts: list[str]
+    blank_lines: int
+
+
+def split_review_lines(text: str) -> ReviewLines:
+    """Lines at ``\n`` (and ``\r\n``) only: ``str.splitlines`` also breaks at U+0085, U+2028, a lone ``\r``,
+    ..., which real reviews contain inside one review."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    numbers, texts = [], []
+    for number, line in enumerate(lines, start=1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            numbers.append(number)
+            texts.append(line)
+    return ReviewLines(numbers, texts, len(lines) - len(texts))
+
+
+def read_texts(path: str, stdin: TextIO | None = None) -> ReviewLines:
+    """Reviews to label, one per line, from a file or (``-``) standard input; blank lines are passed over."""
     where = "standard input" if path == "-" else path
     try:
-        text = _read_stdin(stdin or sys.stdin) if path == "-" else Path(path).read_text(encoding="utf-8")
+        text = _read_stdin(stdin or sys.stdin) if path == "-" else Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise TrainError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    lines = text.splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise TrainError(f"{where}: line {number} is empty (one review per line)")
-    if not lines:
+    except FileNotFoundError:
+        raise TrainError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise TrainError(f"{where}: is a folder; expected a text file with one review per line") from None
+    reviews = split_review_lines(text)
+    if not reviews.texts:
         raise TrainError(f"{where}: no reviews (one review per line)")
-    return lines
+    return reviews
 
 
 def check_texts(texts: list[str]) -> None:
