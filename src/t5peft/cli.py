@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 from .errors import T5PeftError
@@ -188,7 +188,8 @@ def _print_summary(results: dict) -> None:
     )
     print(f"  machine: {results['environment']['device_name']}")
     folder = Path(results["config"]["output"])
-    files = sorted(f"{entry.name}/" if entry.is_dir() else entry.name for entry in folder.iterdir())
+    entries = (entry for entry in folder.iterdir() if not entry.name.startswith("."))  # the lock file
+    files = sorted(f"{entry.name}/" if entry.is_dir() else entry.name for entry in entries)
     print(f"  run folder: {folder} ({', '.join(files)})")
     if results.get("pretraining"):
         from .pretrain.loop import weights_summary
@@ -462,20 +463,27 @@ def _add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A usage error is one line and a pointer to ``--help``, not the whole usage text (exit 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The whole command line; ``commands`` names the subcommands whose options are built (None: all).
 
     Every subcommand is listed either way. Building only the invoked one's options keeps ``--help``,
     ``--version`` and the light commands from importing what the others' defaults need (torch, for now).
     """
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="t5peft", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log details (INFO messages) and show the traceback of a bug"
     )
     parser.add_argument("--version", action="version", version=f"t5peft {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
 
     def command(
         name: str,

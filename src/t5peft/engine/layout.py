@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .lock import LOCK_FILE
+
 # Settings that do not change what a run computes: a run resumed, reused or compared with other values of these
 # is the same run. (``data_workers``: pretraining batches are a function of seed and step, whoever builds them.)
 NOT_RESULTS = frozenset({"progress", "resume", "data_workers"})
@@ -79,8 +81,8 @@ class RunFolder:
 
     @property
     def compare_files(self) -> frozenset[str]:
-        """The names ``compare`` writes into a run folder before the run starts."""
-        return frozenset({self.request.name, self.log.name})
+        """The names ``compare`` writes into a run folder before the run starts (the lock file: see ``lock``)."""
+        return frozenset({self.request.name, self.log.name, LOCK_FILE})
 
     @property
     def before_training(self) -> frozenset[str]:

@@ -206,6 +206,7 @@ class Pretraining(RunSkeleton):
 
     folder_type = PretrainFolder
     kind = "a pretraining run"
+    command = "t5peft pretrain"
     cfg: PretrainConfig
     folder: PretrainFolder
 

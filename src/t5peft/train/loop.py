@@ -104,6 +104,7 @@ class Run(RunSkeleton):
 
     folder_type = RunFolder
     kind = "a run"
+    command = "t5peft train"
     checkpoint_schedule = "one is written at the end of each epoch"
     cfg: TrainConfig
     folder: RunFolder
