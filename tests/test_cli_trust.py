@@ -505,3 +505,129 @@ def test_main_help_is_plain_text(capsys) -> None:
         cli_main(["--help"])
     text = capsys.readouterr().out
     assert "``" not in text and "Commands: train" in text and "-v, --verbose" in text and "130" in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data a real user has: one class only, empty reviews (issue 16.5, 16.9)
+
+
+def write_reviews(path: Path, rows: list[tuple[str, int]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def small_run_args(t5_small_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    sizes = "--validation-size 6 --test-size 6 --epochs 1 --batch-size 8 --max-source-length 16"
+    return tiny_args(t5_small_dir, data, out, *shlex.split(sizes), *extra)
+
+
+def test_a_set_without_one_class_is_an_error_or_a_recorded_warning(reviews_csv, t5_small_dir, tmp_path, capsys):
+    with reviews_csv.open(encoding="utf-8") as handle:
+        positive = [(row["text"], 1) for row in csv.DictReader(handle) if row["label"] == "1"][:40]
+    data = write_reviews(tmp_path / "positive.csv", positive)
+    assert cli_main(small_run_args(t5_small_dir, data, tmp_path / "one")) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and "no 'negative' reviews" in lines[0] and "--allow-missing-classes" in lines[0], lines
+    assert not (tmp_path / "one").exists()
+    assert cli_main(small_run_args(t5_small_dir, data, tmp_path / "one", "--allow-missing-classes")) == 0
+    printed = capsys.readouterr().out
+    assert "  class balance: train 0 negative / 28 positive; validation 0 negative / 6 positive; test 0 negative" in (
+        printed
+    )
+    assert "  WARNING: the train set (" in printed
+    results = json.loads((tmp_path / "one" / "results.json").read_text())
+    sets = [m.split(" (")[0] for m in results["data"]["missing_classes"]]
+    assert sets == ["the train set", "the validation set", "the test set"]
+    assert results["data"]["class_balance"]["test"] == {"negative": 0, "positive": 6}
+
+
+def test_the_summary_prints_each_sets_class_balance(finished_run) -> None:
+    _, printed = finished_run
+    balance = (
+        "  class balance: train 16 negative / 16 positive; validation 8 negative / 8 positive; test 20 negative / "
+    )
+    assert balance + "20 positive" in printed.splitlines()
+
+
+def test_empty_reviews_stop_training_unless_skipped_and_counted(reviews_csv, t5_small_dir, tmp_path, capsys):
+    with reviews_csv.open(encoding="utf-8") as handle:
+        every = [(row["text"], int(row["label"])) for row in csv.DictReader(handle)]
+    rows = [row for label in (0, 1) for row in every if row[1] == label][80:120]  # 20 of each class
+    rows[5] = ("   ", rows[5][1])
+    data = write_reviews(tmp_path / "holey.csv", rows)
+    assert cli_main(small_run_args(t5_small_dir, data, tmp_path / "run")) == 2
+    lines = stderr_lines(capsys)
+    assert (
+        len(lines) == 1 and "data row 6 (1-based" in lines[0] and "empty" in lines[0] and "--skip-empty" in lines[0]
+    ), lines
+    assert cli_main(small_run_args(t5_small_dir, data, tmp_path / "run", "--skip-empty")) == 0
+    printed = capsys.readouterr().out
+    assert "  skipped: 1 empty review(s) in the train source (--skip-empty)" in printed.splitlines()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["data"]["skipped_empty"]["train"]["count"] == 1
+    assert results["config"]["skip_empty"] is True
+    assert sum(results["data"]["sizes"].values()) == 39
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run folder reopened from another directory, or copied to another machine (issue 16.7)
+
+
+def predictions(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_a_run_folder_works_from_anywhere_and_when_moved(
+    reviews_csv, imdb_dir, t5_small_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(t5_small_dir, work / "tok")
+    shutil.copyfile(reviews_csv, work / "data.csv")
+    monkeypatch.chdir(work)
+    assert cli_main(small_run_args(Path("tok"), Path("data.csv"), Path("runs/tiny"))) == 0
+    capsys.readouterr()
+    run = work / "runs" / "tiny"
+    paths = json.loads((run / "paths.json").read_text())
+    assert paths["data"] == {"as_typed": "data.csv", "resolved": str(work / "data.csv")}
+    assert paths["tokenizer"] == {"as_typed": "tok", "resolved": str(work / "tok")}
+    assert {"tokenizer.json", "adapter_config.json"} <= {p.name for p in (run / "final").iterdir()}
+    tested = json.loads((run / "results.json").read_text())["test"]
+
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative paths as typed name nothing here
+    assert cli_main(["predict", str(run), "A wonderful film", "Dull and long"]) == 0
+    here = predictions(capsys)
+    assert cli_main(["evaluate", str(run), "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["n"], report["accuracy"], report["loss"]) == (tested["n"], tested["accuracy"], tested["loss"])
+
+    shutil.copytree(run, tmp_path / "moved")  # to another machine: without its tokenizer folder and its data
+    shutil.rmtree(work)
+    assert cli_main(["predict", str(tmp_path / "moved"), "A wonderful film", "Dull and long"]) == 0
+    assert predictions(capsys) == here
+    assert cli_main(["evaluate", str(tmp_path / "moved"), "--no-progress"]) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and "the run's data 'data.csv' is not here" in lines[0] and "--data" in lines[0], lines
+    assert cli_main(["evaluate", str(tmp_path / "moved"), "--data", str(imdb_dir), "--size", "6", "--no-progress"]) == 0
+
+
+def test_resume_from_another_directory_does_not_read_other_data(
+    reviews_csv, t5_small_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    for place in ("a", "b"):
+        (tmp_path / place).mkdir()
+        shutil.copyfile(reviews_csv, tmp_path / place / "data.csv")
+    monkeypatch.chdir(tmp_path / "a")
+    args = small_run_args(t5_small_dir, Path("data.csv"), tmp_path / "run")
+    assert cli_main(args) == 0
+    monkeypatch.chdir(tmp_path / "b")  # the same words, another data.csv
+    assert cli_main([*args, "--resume"]) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and f"data 'data.csv' names {tmp_path / 'b' / 'data.csv'}" in lines[0], lines
+    assert f"resume from {tmp_path / 'a'}" in lines[0]

@@ -149,6 +149,16 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars; one line per log point instead")
+    p.add_argument(
+        "--skip-empty",
+        action="store_true",
+        help="leave out rows whose text is empty (counted in results.json) instead of refusing the data",
+    )
+    p.add_argument(
+        "--allow-missing-classes",
+        action="store_true",
+        help="a set with no reviews of a class is a loud warning (recorded in results.json), not an error",
+    )
 
 
 def _train_config(args: argparse.Namespace):
@@ -170,6 +180,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_data_checks(data: dict) -> None:
+    """The class balance of each set, and what the data checks let through (missing classes, empty rows)."""
+    balance = data.get("class_balance")
+    if balance:
+        sets = "; ".join(
+            f"{name} " + " / ".join(f"{count:,} {word}" for word, count in counts.items())
+            for name, counts in balance.items()
+        )
+        print(f"  class balance: {sets}")
+    for problem in data.get("missing_classes") or ():
+        print(f"  WARNING: {problem} (--allow-missing-classes)")
+    for name, skipped in (data.get("skipped_empty") or {}).items():
+        if skipped["count"]:
+            print(f"  skipped: {skipped['count']:,} empty review(s) in the {name} source (--skip-empty)")
+
+
 def _print_summary(results: dict) -> None:
     test, params, timing, data = results["test"], results["parameters"], results["training"], results["data"]
     overlap = data["overlap"]
@@ -182,6 +208,7 @@ def _print_summary(results: dict) -> None:
         f"reviews, {overlap['test_in_validation']:,} in the validation reviews"
     )
     print(f"  validation accuracy: {results['validation']['accuracy']:.4f}")
+    _print_data_checks(data)
     print(
         f"  training: {timing['seconds']:.1f} s, {timing['examples_per_s']:.1f} examples/s, "
         f"{timing['tokens_per_s']:.0f} tokens/s ({timing['precision']})"

@@ -16,6 +16,25 @@ from .lock import LOCK_FILE
 NOT_RESULTS = frozenset({"progress", "resume", "data_workers"})
 
 
+def resolved_paths(settings: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """For ``paths.json``: the working directory, and each named setting as typed with the absolute path it named
+    then (None for a Hub id or a path that did not exist), so a folder reopened from elsewhere finds its inputs."""
+    record: dict[str, Any] = {"working_directory": str(Path.cwd())}
+    for name in names:
+        typed = settings.get(name)
+        path = Path(typed).expanduser() if typed else None
+        resolved = str(path.resolve()) if path is not None and path.exists() else None
+        record[name] = {"as_typed": typed, "resolved": resolved}
+    return record
+
+
+def located(paths: Mapping[str, Any], name: str, typed: str | None) -> str | None:
+    """Where a setting's path is now: the absolute path recorded when the run started if it still exists (whatever
+    the working directory is today), else the value as typed (a Hub id; a run folder from before ``paths.json``)."""
+    resolved = (paths.get(name) or {}).get("resolved")
+    return resolved if resolved and Path(resolved).exists() else typed
+
+
 def changed_settings(
     saved: Mapping[str, Any], wanted: Mapping[str, Any], also_ignored: Iterable[str] = ()
 ) -> list[str]:
@@ -33,6 +52,11 @@ class RunFolder:
     """``t5peft train --output``: one fine-tuning run."""
 
     root: Path
+
+    @property
+    def paths(self) -> Path:
+        """The run's paths (model, tokenizer, data) resolved when it started, beside them as typed."""
+        return self.root / "paths.json"
 
     @property
     def run_config(self) -> Path:

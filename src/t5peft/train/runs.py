@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -10,16 +11,16 @@ from typing import Any, TextIO
 
 import torch
 
-from ..data.sources import LabeledTexts, load_split
+from ..data.sources import DataError, LabeledTexts, load_split, source_kind
 from ..data.text2text import TaskFormat, encode_split
-from ..engine.layout import RunFolder
+from ..engine.layout import RunFolder, located
 from ..engine.runtime import resolve_device
 from ..methods import load_trained
 from ..model.t5 import T5ForConditionalGeneration
-from ..tokenizer import T5Tokenizer, load_tokenizer
+from ..tokenizer import TOKENIZER_FILES, T5Tokenizer, load_run_tokenizer, load_tokenizer
 from .evaluate import evaluate, generation_predictions
 from .rows import sample
-from .settings import TrainConfig, TrainError
+from .settings import PATH_SETTINGS, TrainConfig, TrainError
 
 
 @dataclass
@@ -38,10 +39,20 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
     if not folder.final.is_dir():
         missing = f"{folder.final.name}/ not found"
         raise TrainError(f"{run_dir}: the run has not finished ({missing}); resume it with --resume")
+    paths = json.loads(folder.paths.read_text(encoding="utf-8")) if folder.paths.is_file() else {}
+    cfg = relocated(cfg, paths)
     base = folder.base if folder.base.is_dir() else cfg.model
     model = load_trained(folder.final, base)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    carried = any((folder.final / name).is_file() for name in TOKENIZER_FILES)  # since 0.2: copied at the end
+    tokenizer = load_tokenizer(folder.final) if carried else load_run_tokenizer(cfg.tokenizer, cfg.model)
     return TrainedRun(cfg, model.to(resolve_device(device, TrainError)).eval(), tokenizer, cfg.task_format())
+
+
+def relocated(cfg: TrainConfig, paths: dict[str, Any]) -> TrainConfig:
+    """The run's settings with each input path where it is now (``layout.located``): the absolute path recorded
+    when the run started, so a run folder reopened from another working directory finds what it was trained on."""
+    moved = {name: located(paths, name, getattr(cfg, name)) for name in PATH_SETTINGS}
+    return dataclasses.replace(cfg, **moved)
 
 
 def evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size: int | None) -> LabeledTexts:
@@ -52,12 +63,29 @@ def evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size:
     """
     rows = run.config.rows()
     own_test = data is None and split in (None, "test")
+    if data is None:
+        check_data_is_here(run.config)
     if own_test and size is None:
         texts = rows.test_set()
         texts.origin = f"the run's test set: {texts.origin}"
         return texts
     texts = rows.test_split() if own_test else load_split(data or run.config.data, split or "test")
     return sample(texts, size, rows.test_seed, "--size")
+
+
+def check_data_is_here(cfg: TrainConfig) -> None:
+    """The run's own test set needs the run's data: where it was trained, or with the same absolute paths."""
+    for name in ("data", "test_data"):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        try:
+            source_kind(value)
+        except DataError:
+            raise TrainError(
+                f"the run's {name} {value!r} is not here (trained in another folder or on another machine?); "
+                "give the data with --data (and --split)"
+            ) from None
 
 
 def evaluate_run(
