@@ -486,7 +486,7 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results")
+    p.add_argument("results", help="a comparison's t5_peft_results.json, or the comparison's folder")
     p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
 
 

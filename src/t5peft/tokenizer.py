@@ -17,7 +17,7 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from .errors import T5PeftError
-from .hub import Downloader, download_snapshot, looks_like_hub_id
+from .hub import Downloader, HubUnavailableError, download_snapshot, looks_like_hub_id
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json")
 NUM_EXTRA_IDS = 100
@@ -206,6 +206,8 @@ def load_run_tokenizer(tokenizer: str | None, model: str, *, downloader: Downloa
     except TokenizerError as err:
         hint = "the model has no tokenizer of its own: pass --tokenizer (tokenizer = ... in an experiment file)"
         raise TokenizerError(f"{err}; {hint}") from None
+    except HubUnavailableError as err:  # the tokenizer of --model, a Hub id: say which option gives it
+        raise HubUnavailableError(f"the tokenizer of --model {model}: {err} (with --tokenizer)") from None
 
 
 def copy_tokenizer_files(tokenizer: T5Tokenizer, directory: Path) -> list[str]:
