@@ -147,15 +147,15 @@ def test_every_run_records_and_prints_its_overlap(finished_run) -> None:
 BAD_TRAIN_INPUTS = [
     ("--device cuda", "no CUDA GPU"),
     ("--device foo", "is not a device"),
-    ("--validation-size 0", "validation_size must be >= 1"),
-    ("--validation-size 199 --test-data {csv}", "validation_size 199 leaves fewer than 2 training rows"),
+    ("--validation-size 0", "--validation-size must be >= 1"),
+    ("--validation-size 199 --test-data {csv}", "--validation-size 199 leaves fewer than 2 training rows"),
     ("--validation-size 190", "200 rows cannot hold a test set of 20, a validation set of 190"),
-    ("--test-size 1", "test_size must be at least 2"),
-    ("--max-source-length 0", "max_source_length must be at least 2"),
+    ("--test-size 1", "--test-size must be at least 2"),
+    ("--max-source-length 0", "--max-source-length must be at least 2"),
     ("--dropout 2", "dropout must be in [0, 1)"),
-    ("--weight-decay -1", "weight_decay must be >= 0"),
-    ("--max-grad-norm -1", "max_grad_norm must be > 0"),
-    ("--batch-size 0", "batch_size must be >= 1"),
+    ("--weight-decay -1", "--weight-decay must be >= 0"),
+    ("--max-grad-norm -1", "--max-grad-norm must be > 0"),
+    ("--batch-size 0", "--batch-size must be >= 1"),
     ("--lr -1", "lr must be > 0"),
     ("--label-words good good", "two different non-empty words"),
     ("--label-words 'very bad' 'very good'", "start with the same token"),
@@ -631,3 +631,29 @@ def test_resume_from_another_directory_does_not_read_other_data(
     lines = stderr_lines(capsys)
     assert len(lines) == 1 and f"data 'data.csv' names {tmp_path / 'b' / 'data.csv'}" in lines[0], lines
     assert f"resume from {tmp_path / 'a'}" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ("train --output {tmp}/r --validation-size 0", "t5peft train: error: --validation-size must be >= 1, got 0"),
+        ("train --output {tmp}/r --eval-batch-size 0", "t5peft train: error: --eval-batch-size must be >= 1, got 0"),
+        (
+            "pretrain --model m --output {tmp}/r --data d",
+            "t5peft pretrain: error: give a budget: --max-steps and/or --max-minutes",
+        ),
+    ],
+)
+def test_errors_name_the_option_the_user_typed(argv, expected, tmp_path, capsys) -> None:
+    assert cli_main(shlex.split(argv.format(tmp=tmp_path))) == 2
+    assert stderr_lines(capsys) == [expected]
+
+
+def test_setting_names_inside_paths_and_words_stay_as_they_are() -> None:
+    from t5peft.cli import named_as_typed
+
+    flags = {"max_steps": "--max-steps", "train_size": "--train-size"}
+    message = "runs/max_steps/x.csv: max_steps must be >= 1; train_sizes, train_size-like, .train_size, train_size"
+    assert named_as_typed(message, flags) == (
+        "runs/max_steps/x.csv: --max-steps must be >= 1; train_sizes, train_size-like, .train_size, --train-size"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 import traceback
@@ -497,6 +498,26 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each setting that the command's options set under another spelling, and its option: ``validation_size`` ->
+    ``--validation-size``."""
+    flags = {}
+    for action in parser._actions:  # argparse has no public list of a parser's options
+        long = [option for option in action.option_strings if option.startswith("--")]
+        if long and "_" in action.dest:
+            flags[action.dest] = long[0]
+    return flags
+
+
+def named_as_typed(message: str, flags: dict[str, str]) -> str:
+    """An error that names settings, with each named as its option (the user typed ``--validation-size``, not
+    ``validation_size``); names inside paths and longer words are left alone."""
+    if not flags:
+        return message
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+    return re.sub(rf"(?<![\w/.-])({names})(?![\w/-])", lambda match: flags[match.group(1)], message)
+
+
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The whole command line; ``commands`` names the subcommands whose options are built (None: all).
 
@@ -521,7 +542,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         p = sub.add_parser(name, **kwargs)
         if commands is None or name in commands:
             add_arguments(p)
-        p.set_defaults(func=run)
+        p.set_defaults(func=run, flags=_flags_of(p))
 
     command(
         "train",
@@ -595,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t5peft {args.command}: interrupted", file=sys.stderr)
         return 130
     except (T5PeftError, OSError) as err:  # the user's input, files or machine: one line, no traceback
-        print(f"t5peft {args.command}: error: {err}", file=sys.stderr)
+        print(f"t5peft {args.command}: error: {named_as_typed(str(err), args.flags)}", file=sys.stderr)
         return 2
     except Exception as err:
         print(f"t5peft {args.command}: internal error (a bug in t5peft): {type(err).__name__}: {err}", file=sys.stderr)
