@@ -657,3 +657,18 @@ def test_setting_names_inside_paths_and_words_stay_as_they_are() -> None:
     assert named_as_typed(message, flags) == (
         "runs/max_steps/x.csv: --max-steps must be >= 1; train_sizes, train_size-like, .train_size, --train-size"
     )
+
+
+def test_evaluate_counts_the_scored_reviews_that_the_run_trained_on(
+    reviews_csv, t5_small_dir, tmp_path, capsys, caplog
+):
+    """As ``train`` counts its test set's overlap: here the whole file the run was trained on is scored."""
+    assert cli_main(small_run_args(t5_small_dir, reviews_csv, tmp_path / "run")) == 0
+    sizes = json.loads((tmp_path / "run" / "results.json").read_text())["data"]["sizes"]
+    capsys.readouterr()
+    assert cli_main(["evaluate", str(tmp_path / "run"), "--data", str(reviews_csv), "--split", "train"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overlap"] == {"in_train": sizes["train"], "in_validation": sizes["validation"]}
+    assert f"{sizes['train']} of the 200 reviews scored also occur in the run's training reviews" in caplog.text
+    assert cli_main(["evaluate", str(tmp_path / "run"), "--no-progress"]) == 0  # its own held-out test set
+    assert json.loads(capsys.readouterr().out)["overlap"] == {"in_train": 0, "in_validation": 0}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, TextIO
 
 import torch
 
-from ..data.sources import DataError, LabeledTexts, load_split, source_kind
+from ..data.sources import DataError, LabeledTexts, load_split, shared_rows, source_kind
 from ..data.text2text import TaskFormat, encode_split
 from ..engine.layout import RunFolder, located
 from ..engine.runtime import resolve_device
@@ -21,6 +22,8 @@ from ..tokenizer import TOKENIZER_FILES, T5Tokenizer, load_run_tokenizer, load_t
 from .evaluate import evaluate, generation_predictions
 from .rows import sample
 from .settings import PATH_SETTINGS, TrainConfig, TrainError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +91,27 @@ def check_data_is_here(cfg: TrainConfig) -> None:
             ) from None
 
 
+def overlap_with_training(run: TrainedRun, texts: LabeledTexts) -> dict[str, int] | None:
+    """How many of the scored reviews also occur in the run's training and validation reviews, as ``train`` counts
+    them for its test set (exact text; counted, never removed): another source or split can hold them too. None
+    (with a warning) when the run's own data is not here to count against."""
+    try:
+        check_data_is_here(run.config)
+    except TrainError as err:
+        log.warning("overlap with the run's training reviews not counted: %s", err)
+        return None
+    trained = run.config.rows().texts()
+    overlap = {"in_train": shared_rows(texts, trained.train), "in_validation": shared_rows(texts, trained.validation)}
+    if overlap["in_train"] or overlap["in_validation"]:
+        log.warning(
+            "%s of the %s reviews scored also occur in the run's training reviews, %s in its validation reviews",
+            f"{overlap['in_train']:,}",
+            f"{len(texts):,}",
+            f"{overlap['in_validation']:,}",
+        )
+    return overlap
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -115,6 +139,7 @@ def evaluate_run(
         run.model, encoded, run.tokenizer.pad_token_id, batch_size, run.task.label_words, progress=progress
     )
     report = {"run": str(run_dir), "split": split or "test", "source": texts.origin, **result.summary()}
+    report["overlap"] = overlap_with_training(run, texts)
     if generate:
         generated = generation_predictions(run.model, encoded, run.tokenizer, run.task.label_words, batch_size)
         labels = encoded.labels
