@@ -128,6 +128,14 @@ def run_compare(
         description = {**experiment.describe(), "command_line": {"device": device, "compile": compile}}
         (output / EXPERIMENT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         outcome.reused = [r.name for r in finished(requests)]
+        if outcome.reused:
+            left = len(requests) - len(outcome.reused)
+            say(
+                f"all {len(requests)} runs of the plan are finished and reused; nothing to train (the report is "
+                "rewritten from their folders)"
+                if not left
+                else f"{len(outcome.reused)} of the {len(requests)} runs are finished and reused; {left} to run"
+            )
         command = continue_command(
             config_file, output, device=device, compile=compile, jobs=jobs, devices=devices, progress=progress
         )
