@@ -358,7 +358,10 @@ def test_train_without_progress_prints_a_line_per_log_point_and_the_run_folder(f
         f"step {first['step']}/4 (epoch {first['epoch']:.2f}): train loss {first['train_loss']:.4f}, "
         f"validation loss {first['val_loss']:.4f}, accuracy {first['val_accuracy']:.4f}"
     )
-    assert f"  run folder: {out} (base/, checkpoint/, final/, metrics.jsonl, results.json, run_config.json)" in printed
+    assert (
+        f"  run folder: {out} (base/, checkpoint/, final/, metrics.jsonl, paths.json, results.json, run_config.json)"
+        in printed
+    )
 
 
 def test_evaluate_scores_the_runs_test_set_with_a_progress_bar(finished_run, capsys) -> None:
