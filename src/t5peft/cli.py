@@ -67,6 +67,28 @@ def _defaults(settings_class: type) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
+TENSORBOARD_DEFAULT = "<output>/tensorboard"  # --tensorboard without a folder
+
+
+def _add_tensorboard_argument(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const=TENSORBOARD_DEFAULT,
+        default=None,
+        metavar="DIR",
+        help=f"write TensorBoard events (scalars at every log point, HParams at the end) to DIR (default DIR: {where}; "
+        "needs the extra t5peft[tensorboard])",
+    )
+
+
+def _tensorboard_dir(args: argparse.Namespace, default: Path) -> str | None:
+    """``--tensorboard``'s folder: DIR as given, ``default`` for the bare flag, None without it."""
+    if args.tensorboard is None:
+        return None
+    return str(default) if args.tensorboard == TENSORBOARD_DEFAULT else args.tensorboard
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .methods.registry import method_names
     from .train.settings import TrainConfig
@@ -149,6 +171,13 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars; one line per log point instead")
+    _add_tensorboard_argument(p, "<output>/tensorboard")
+    p.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO_ID",
+        help="at the end, upload final/ with its model card to this Hub repository (as t5peft push does)",
+    )
 
 
 def _train_config(args: argparse.Namespace):
@@ -159,6 +188,7 @@ def _train_config(args: argparse.Namespace):
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     values.update(method_options=dict(args.option), label_words=tuple(args.label_words), progress=not args.no_progress)
+    values["tensorboard"] = _tensorboard_dir(args, Path(args.output) / "tensorboard")
     return TrainConfig(**values)
 
 
@@ -259,6 +289,7 @@ def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", choices=["auto", "on", "off"], default=d.compile)
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
+    _add_tensorboard_argument(p, "<output>/tensorboard")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -268,6 +299,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain.settings import PretrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if hasattr(args, f.name)}
+    values["tensorboard"] = _tensorboard_dir(args, Path(args.output) / "tensorboard")
     record = pretrain(PretrainConfig(**values, progress=not args.no_progress))
     training, losses = record["training"], record["losses"]
     print(f"pretrained {record['parameters']:,} parameters: {training['steps']:,} steps ({training['stopped_by']})")
@@ -345,6 +377,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             devices=args.devices,
             compile=args.compile,
             rerun_changed=args.rerun_changed,
+            tensorboard=_tensorboard_dir(args, Path(args.output) / "tensorboard"),
         )
     except CompareInterrupted as err:
         print(f"t5peft compare: {err}", file=sys.stderr)
@@ -433,6 +466,7 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "<output>/superseded/ (nothing is deleted)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars; still one line per finished run")
+    _add_tensorboard_argument(p, "<output>/tensorboard, one run per run folder")
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:

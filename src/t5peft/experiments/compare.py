@@ -75,8 +75,11 @@ def continue_command(
     jobs: int,
     devices: str | None,
     progress: bool,
+    tensorboard: str | Path | None = None,
 ) -> str:
     parts = ["t5peft", "compare", "--config", str(config_file), "--output", str(output)]
+    if tensorboard is not None:
+        parts += ["--tensorboard", str(tensorboard)]
     for flag, value in (("--device", device), ("--compile", compile), ("--devices", devices)):
         if value is not None:
             parts += [flag, value]
@@ -121,11 +124,13 @@ def run_compare(
     devices: str | None = None,
     compile: str | None = None,
     rerun_changed: bool = False,
+    tensorboard: str | Path | None = None,
     say: Say = print,
 ) -> CompareOutcome:
     """Run the plan of ``config_file`` into ``output`` (see the module doc); ``say`` prints a line.
 
     ``device`` / ``compile``: None (or ``"auto"`` for device) keeps the experiment file's setting.
+    ``tensorboard``: a folder for the runs' TensorBoard events (None: the experiment file's ``tensorboard`` key).
     Raises :class:`RunsFailed` after the other runs when some failed, :class:`CompareInterrupted` on Ctrl-C.
     """
     config_file, output = Path(config_file), Path(output)
@@ -137,7 +142,14 @@ def run_compare(
     if jobs < 1:
         raise ExperimentError(f"--jobs must be at least 1, got {jobs}")
     device = "cuda" if visible is not None else (None if device in (None, "auto") else device)
-    requests = build_requests(experiment, output, device=device, compile=compile, progress=progress)
+    tensorboard_root = Path(tensorboard) if tensorboard is not None else experiment.tensorboard_root(output)
+    if tensorboard_root is not None:
+        from ..engine.tensorboard import check_available
+
+        check_available()  # before any run starts, not once per run
+    requests = build_requests(
+        experiment, output, device=device, compile=compile, progress=progress, tensorboard=tensorboard_root
+    )
     output.mkdir(parents=True, exist_ok=True)
     with _exclusive(output):
         outcome = CompareOutcome(None, [])
@@ -155,7 +167,14 @@ def run_compare(
         (output / EXPERIMENT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         outcome.reused = [r.name for r in finished(requests)]
         command = continue_command(
-            config_file, output, device=device, compile=compile, jobs=jobs, devices=devices, progress=progress
+            config_file,
+            output,
+            device=device,
+            compile=compile,
+            jobs=jobs,
+            devices=devices,
+            progress=progress,
+            tensorboard=tensorboard,
         )
         pool = WorkerPool(jobs, visible, (output / COMPILE_CACHE).resolve(), progress)
         _run_plan(Plan(description, output, requests), pool, outcome, command, say)

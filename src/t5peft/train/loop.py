@@ -275,6 +275,27 @@ class Run(RunSkeleton):
         self.folder.results.write_text(json.dumps(results, indent=2) + "\n")
         return results
 
+    def hparams(self) -> dict[str, Any]:
+        """The settings with what the defaults came to: the method's options and learning rate, the weights."""
+        return {
+            **super().hparams(),
+            "method_options": self.method.config.to_dict(),
+            "learning_rate": self.cfg.learning_rate,
+            "weights": self.weights_label,
+        }
+
+    def final_metrics(self, results: dict[str, Any]) -> dict[str, Any]:
+        training = results["training"]
+        return {
+            "test_accuracy": results["test"]["accuracy"],
+            "test_loss": results["test"]["loss"],
+            "val_accuracy": results["validation"]["accuracy"],
+            "val_loss": results["validation"]["loss"],
+            "trainable_parameters": results["parameters"]["trainable"],
+            "train_seconds": training["seconds"],
+            "examples_per_s": training["examples_per_s"],
+        }
+
     def results(self, test: EvalResult, validation: EvalResult, weights_file: Path) -> dict[str, Any]:
         pos = self.position
         return {

@@ -57,6 +57,8 @@ class TrainConfig(SettingsFile):
     compile: str = "auto"  # auto: torch.compile + CUDA graphs on CUDA, eager on the CPU; or "on" / "off"
     resume: bool = False
     progress: bool = True
+    tensorboard: str | None = None  # a folder for TensorBoard events (engine.tensorboard); None: none
+    push_to_hub: str | None = None  # a Hub repository id the finished run is uploaded to (t5peft push)
 
     def __post_init__(self) -> None:
         """Checked before anything is loaded, so a typo costs no data loading."""
