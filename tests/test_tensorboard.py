@@ -179,3 +179,39 @@ def test_compare_of_two_methods_opens_as_two_runs(imdb_dir, t5_small_dir, tmp_pa
         accuracy = scalars(read_events(board / name), "final/test_accuracy")[0][1]
         assert accuracy == as_float32(saved["test"]["accuracy"])
     assert methods == ["ia3", "lora"]
+
+
+def test_pretrain_events_equal_its_metrics_log(imdb_test_texts, t5_small_dir, tmp_path):
+    from t5peft.pretrain import PretrainConfig, pretrain
+    from tiny_runs import TINY_MODEL
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(t.replace("\n", " ") for t in imdb_test_texts[:120]) + "\n")
+    out = tmp_path / "pre"
+    cfg = PretrainConfig(
+        model=TINY_MODEL,
+        tokenizer=str(t5_small_dir),
+        data=str(texts),
+        output=str(out),
+        input_length=32,
+        batch_size=8,
+        max_steps=6,
+        warmup_steps=2,
+        validation_documents=16,
+        validation_examples=16,
+        eval_every=3,
+        checkpoint_every=6,
+        progress=False,
+        exclude_test_overlap=False,  # test reviews, but nothing is tested here
+        tensorboard=str(out / "tensorboard"),
+    )
+    record = pretrain(cfg)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = read_events(out / "tensorboard")
+    for key in ("val_loss", "lr"):
+        assert scalars(events, key) == [(r["step"], as_float32(r[key])) for r in records], key
+    logged = [r for r in records if r["train_loss"] is not None]  # none at step 0
+    assert scalars(events, "train_loss") == [(r["step"], as_float32(r["train_loss"])) for r in logged]
+    experiments, sessions = hparams_entries(events)
+    assert len(experiments) == len(sessions) == 1
+    assert scalars(events, "final/val_loss")[0][1] == as_float32(record["losses"]["validation"][-1]["loss"])
