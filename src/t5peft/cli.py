@@ -1,4 +1,4 @@
-"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain."""
+"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain | push."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ DESCRIPTION = """\
 T5 from scratch and parameter-efficient fine-tuning on IMDb sentiment.
 
 Commands: train (fine-tune with one method), evaluate (re-score a finished run), predict (label reviews),
-methods (list methods and options), compare (run an experiment file), report (re-render a results JSON).
+methods (list methods and options), compare (run an experiment file), report (re-render a results JSON),
+push (upload a run to the Hugging Face Hub).
 Run 't5peft COMMAND --help' for a command's options.
 """
 
@@ -388,6 +389,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from .train.publish import push_run
+
+    url = push_run(args.run, args.repo_id, private=args.private, revision=args.revision)
+    where = f" (revision {args.revision})" if args.revision else ""
+    print(f"pushed {args.run}/final with its model card to {url}{where}")
+    return 0
+
+
+def _add_push_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a finished run folder (t5peft train --output)")
+    p.add_argument("repo_id", help="the Hub repository, owner/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", default=None, help="a branch to upload to (created if missing; default: main)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .experiments.report import render_report
 
@@ -539,6 +556,15 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         description=COMPARE_DESCRIPTION,
     )
     command("report", _add_report_arguments, cmd_report, help="re-render the figure and table from a results JSON")
+    command(
+        "push",
+        _add_push_arguments,
+        cmd_push,
+        help="upload a finished run's adapter (or model) and its model card to the Hugging Face Hub",
+        description="Upload final/ of a finished run with a model card (README.md) to REPO_ID. The token comes "
+        "from HF_TOKEN or `hf auth login`; t5peft never writes it anywhere.",
+        formatter_class=HelpFormatter,
+    )
     return parser
 
 

@@ -9,6 +9,7 @@ Reads ``tokenizer.json``; where only ``spiece.model`` exists, builds the same fa
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -194,6 +195,17 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, downloader: Downloader | 
     if (directory / "spiece.model").is_file():
         return T5Tokenizer(tokenizer_from_spiece(directory / "spiece.model"), str(directory))
     raise TokenizerError(f"{directory}: neither tokenizer.json nor spiece.model found")
+
+
+def copy_tokenizer_files(source: str | os.PathLike, directory: str | os.PathLike) -> list[str]:
+    """Copy the tokenizer files (``TOKENIZER_FILES``) found at a tokenizer's ``source`` (its folder, or a file in
+    it) into ``directory``; returns the names copied."""
+    folder = Path(source)
+    folder = folder if folder.is_dir() else folder.parent
+    copied = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    for name in copied:
+        shutil.copyfile(folder / name, Path(directory) / name)
+    return copied
 
 
 def _read_tokenizer_json(path: Path) -> Tokenizer:

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from ..engine.skeleton import Pause, RunSkeleton
 from ..engine.step import TrainStep, autocast
 from ..model.checkpoint import CheckpointError, plan_shards
 from ..model.t5 import T5ForConditionalGeneration
-from ..tokenizer import TOKENIZER_FILES, T5Tokenizer, load_tokenizer
+from ..tokenizer import T5Tokenizer, copy_tokenizer_files, load_tokenizer
 from .data import (
     PretrainBatch,
     PretrainData,
@@ -416,17 +415,10 @@ class Pretraining(RunSkeleton):
             raise PretrainError(f"{directory}: {err}") from err
         finally:
             config.dropout_rate = cfg.dropout
-        self._copy_tokenizer(directory)
+        copy_tokenizer_files(self.tokenizer.source, directory)
         record = self.record(directory, snapshot)
         (directory / self.folder.record.name).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         return record
-
-    def _copy_tokenizer(self, directory: Path) -> None:
-        source = Path(self.tokenizer.source)
-        source = source if source.is_dir() else source.parent
-        copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
-        for name in copied:
-            shutil.copyfile(source / name, directory / name)
 
     def record(self, directory: Path, snapshot: bool) -> dict[str, Any]:
         cfg, pos, config = self.cfg, self.position, self.model.config

@@ -37,7 +37,8 @@ from ..engine.state import Position
 from ..engine.step import TrainStep
 from ..methods import apply_method, count_parameters, get_declaration, save_base, save_trained
 from ..model.checkpoint import resolve_model_dir
-from ..tokenizer import load_tokenizer
+from ..tokenizer import copy_tokenizer_files, load_tokenizer
+from .card import write_model_card
 from .evaluate import EvalResult, Scorer, evaluate
 from .settings import TrainConfig, TrainError
 
@@ -268,11 +269,20 @@ class Run(RunSkeleton):
         return self.evaluate_split(self.data.validation, "validation")
 
     def finish(self) -> dict[str, Any]:
-        """Write what the method trained to ``final/``, test it, and write ``results.json``."""
-        weights_file = save_trained(self.model, self.folder.final)
+        """Write what the method trained to ``final/``, test it, write ``results.json`` and the model card (into
+        ``final/``), and upload ``final/`` when ``push_to_hub`` asks."""
+        final = self.folder.final
+        weights_file = save_trained(self.model, final)
+        if self.model.peft.trains_base:  # a whole model: with its tokenizer, so final/ is a checkpoint of its own
+            copy_tokenizer_files(self.tokenizer.source, final)
         test = self.evaluate_split(self.data.test, "test", progress=self.cfg.progress)
         results = self.results(test, self.final_validation(), weights_file)
         self.folder.results.write_text(json.dumps(results, indent=2) + "\n")
+        write_model_card(results, final)
+        if self.cfg.push_to_hub:
+            from .publish import push_run
+
+            results["pushed_to"] = push_run(self.folder.root, self.cfg.push_to_hub)
         return results
 
     def hparams(self) -> dict[str, Any]:
