@@ -177,7 +177,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--push-to-hub",
         default=None,
         metavar="REPO_ID",
-        help="at the end, upload final/ with its model card to this Hub repository (as t5peft push does)",
+        help="at the end, upload final/ with its model card to this Hub repository, as t5peft push does "
+        "(default: no upload)",
     )
 
 
@@ -408,7 +409,7 @@ def _add_push_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from .experiments.report import render_report
 
-    for path in render_report(args.results, args.output):
+    for path in render_report(args.results, args.output, html=args.html):
         print(path)
     return 0
 
@@ -489,6 +490,12 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results")
     p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write report.html: one self-contained page (figures embedded, the table, per-method curves, "
+        "every run's settings, the environment), viewable offline",
+    )
 
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
