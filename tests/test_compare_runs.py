@@ -101,7 +101,7 @@ def test_changed_lr_is_an_error_naming_the_run_and_rerun_changed_reruns_it(tmp_p
     assert (output / "experiment.json").read_text() == experiment_before
 
     capsys.readouterr()
-    outcome = run_compare(config, output, progress=False, rerun_changed=True)
+    outcome = run_compare(config, output, progress=False, rerun_changed=True, say=print)
     printed = capsys.readouterr().out
     moved = output / "superseded" / "lora-seed0.1"
     assert outcome.moved == {"lora-seed0": moved} and f"to {moved}" in printed

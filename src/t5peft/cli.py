@@ -368,7 +368,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .experiments.compare import CompareInterrupted, run_compare
+    from .experiments.console import configure_logging
 
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         run_compare(
             args.config,
@@ -507,8 +509,18 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     parser = argparse.ArgumentParser(
         prog="t5peft", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log details (INFO messages) and show the traceback of a bug"
+    volume = parser.add_mutually_exclusive_group()
+    volume.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log details (INFO messages; compare: DEBUG, each launch) and show the traceback of a bug",
+    )
+    volume.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors (compare: failed and interrupted runs, not each finished run or the table)",
     )
     parser.add_argument("--version", action="version", version=f"t5peft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -591,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(commands=[invoked_command(argv) or ""])
     args = parser.parse_args(argv, namespace=argparse.Namespace(argv=argv))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     from .engine.settings import TrainInterrupted  # torch-free
 
     try:

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import T5PeftError
 from .config import ExperimentError, load_experiment
-from .console import Console, interrupted_line, print_summary, shown
+from .console import Console, interrupted_line, log, print_summary, shown
 from .layout import COMPILE_CACHE, EXPERIMENT_FILE, LOCK_FILE
 from .plan import (
     Request,
@@ -125,15 +125,17 @@ def run_compare(
     compile: str | None = None,
     rerun_changed: bool = False,
     tensorboard: str | Path | None = None,
-    say: Say = print,
+    say: Say | None = None,
 ) -> CompareOutcome:
-    """Run the plan of ``config_file`` into ``output`` (see the module doc); ``say`` prints a line.
+    """Run the plan of ``config_file`` into ``output`` (see the module doc); ``say`` prints a line (None: the
+    ``t5peft.compare`` logger, see :mod:`.console`).
 
     ``device`` / ``compile``: None (or ``"auto"`` for device) keeps the experiment file's setting.
     ``tensorboard``: a folder for the runs' TensorBoard events (None: the experiment file's ``tensorboard`` key).
     Raises :class:`RunsFailed` after the other runs when some failed, :class:`CompareInterrupted` on Ctrl-C.
     """
     config_file, output = Path(config_file), Path(output)
+    info: Say = say or log.info
     experiment = load_experiment(config_file)
     visible = parse_devices(devices)
     if visible is not None and device is not None and device not in ("auto", "cuda"):
@@ -159,7 +161,7 @@ def run_compare(
         for request, diffs in changed:
             target = move_aside(request.folder.root, output)
             outcome.moved[request.name] = target
-            say(
+            info(
                 f"moved {shown(request.folder.root)} aside to {shown(target)} (made with {'; '.join(diffs)}); "
                 "running it again"
             )
@@ -198,7 +200,7 @@ class Plan:
 class _Listener(Console):
     """The console, and the report rewritten after every finished run."""
 
-    def __init__(self, plan: Plan, jobs: int, progress: bool, say: Say) -> None:
+    def __init__(self, plan: Plan, jobs: int, progress: bool, say: Say | None) -> None:
         done = len(finished(plan.requests))
         super().__init__(f"compare {plan.description['name']}", len(plan.requests), done, jobs, progress, say)
         self.plan = plan
@@ -212,7 +214,9 @@ class _Listener(Console):
             self.failed.append(outcome.name)
 
 
-def _run_plan(plan: Plan, pool: WorkerPool, outcome: CompareOutcome, command: str, say: Say) -> None:
+def _run_plan(plan: Plan, pool: WorkerPool, outcome: CompareOutcome, command: str, say: Say | None) -> None:
+    """Run what is left of the plan; ``say``: where lines go (None: the logger, failures at WARNING)."""
+    info, warn = say or log.info, say or log.warning
     todo = to_do(plan.requests)
     listener = _Listener(plan, pool.jobs, pool.progress, say)
     try:
@@ -222,17 +226,17 @@ def _run_plan(plan: Plan, pool: WorkerPool, outcome: CompareOutcome, command: st
     outcome.runs = result.outcomes
     if result.interrupted:
         for launch in result.interrupted:
-            say(interrupted_line(launch.request, settle_interrupted(launch.request, launch.created_folder)))
+            warn(interrupted_line(launch.request, settle_interrupted(launch.request, launch.created_folder)))
         if finished(plan.requests):
             plan.write_report()
         raise CompareInterrupted(
             f"interrupted; finished runs are kept and the next compare reuses them. Continue with: {command}"
         )
     if not finished(plan.requests):
-        say(f"no finished runs: nothing to report in {plan.output}")
+        warn(f"no finished runs: nothing to report in {plan.output}")
     else:
         outcome.results = plan.write_report()
-        outcome.outputs = print_summary(plan.output, say)
+        outcome.outputs = print_summary(plan.output, info)
     if listener.failed:
         raise RunsFailed(
             f"{len(listener.failed)} of {len(todo)} run(s) failed: {', '.join(listener.failed)} "
