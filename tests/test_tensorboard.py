@@ -166,8 +166,10 @@ def test_compare_of_two_methods_opens_as_two_runs(imdb_dir, t5_small_dir, tmp_pa
     config = tmp_path / "exp.toml"
     config.write_text(EXPERIMENT.format(model=TINY_MODEL, tokenizer=t5_small_dir, data=imdb_dir))
     output = tmp_path / "cmp"
-    run_compare(config, output, progress=False, say=lambda _: None)
+    said: list[str] = []
+    run_compare(config, output, progress=False, say=said.append)
     board = output / "tensorboard"
+    assert f"  {board}/: TensorBoard events, one run per run (tensorboard --logdir {board})" in said
     runs = sorted(p.name for p in board.iterdir())
     assert runs == ["ia3-seed0", "lora-seed0"]
     methods = []

@@ -236,7 +236,8 @@ def _run_plan(plan: Plan, pool: WorkerPool, outcome: CompareOutcome, command: st
         warn(f"no finished runs: nothing to report in {plan.output}")
     else:
         outcome.results = plan.write_report()
-        outcome.outputs = print_summary(plan.output, info)
+        boards = {Path(r.config.tensorboard).parent for r in plan.requests if r.config.tensorboard}
+        outcome.outputs = print_summary(plan.output, info, boards.pop() if len(boards) == 1 else None)
     if listener.failed:
         raise RunsFailed(
             f"{len(listener.failed)} of {len(todo)} run(s) failed: {', '.join(listener.failed)} "

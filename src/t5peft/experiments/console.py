@@ -142,8 +142,9 @@ OUTPUTS = (
 )
 
 
-def print_summary(output: Path, say: Say) -> list[Path]:
-    """The table and the paths of the outputs; returns those paths."""
+def print_summary(output: Path, say: Say, tensorboard: Path | None = None) -> list[Path]:
+    """The table and the paths of the outputs (with the runs' TensorBoard folder when they write one); returns
+    those paths."""
     say("")
     say((output / TABLE_FILE).read_text(encoding="utf-8").rstrip())
     say("")
@@ -151,4 +152,6 @@ def print_summary(output: Path, say: Say) -> list[Path]:
     for name, text in OUTPUTS:
         say(f"  {output / name}: {text}")
     say(f"  {output / RUNS}/: one folder per run, with its run.log")
+    if tensorboard is not None:
+        say(f"  {shown(tensorboard)}/: TensorBoard events, one run per run (tensorboard --logdir {shown(tensorboard)})")
     return [output / name for name, _ in OUTPUTS]
