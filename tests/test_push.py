@@ -199,3 +199,18 @@ def test_train_push_to_hub_uploads_at_the_end_and_writes_no_token(imdb_dir, t5_s
     for path in out.rglob("*"):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_train_push_to_hub_without_a_token_fails_before_training(imdb_dir, t5_small_dir, tmp_path, monkeypatch, capsys):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    out = tmp_path / "run"
+    args = tiny_train_args(imdb_dir, t5_small_dir, out, method="ia3", **SIZES)
+    assert main([*args, "--push-to-hub", "someone/tiny-ia3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no Hugging Face token" in err[0], err
+    assert not out.exists()  # nothing trained, nothing written
+    assert main([*args, "--push-to-hub", "no-owner"]) == 2
+    assert "'no-owner' is not a Hub repository id" in capsys.readouterr().err

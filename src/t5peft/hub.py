@@ -79,6 +79,11 @@ def hub_token() -> str:
     return token
 
 
+def check_repo_id(repo_id: str) -> None:
+    if not looks_like_hub_id(repo_id, owner_required=True, file_suffixes=()):
+        raise HubUploadError(f"{repo_id!r} is not a Hub repository id (owner/name)")
+
+
 def _hub_module():
     try:
         import huggingface_hub
@@ -104,8 +109,7 @@ def upload_folder(
     """Create ``repo_id`` (kept if it exists) and upload every file of ``folder`` to it, on ``revision`` (a branch,
     created if missing; None: main). ``api`` replaces ``huggingface_hub.HfApi`` (tests inject one); without it
     the token is looked up first. Returns the repository's URL; any failure is a one-line :class:`HubUploadError`."""
-    if not looks_like_hub_id(repo_id, owner_required=True, file_suffixes=()):
-        raise HubUploadError(f"{repo_id!r} is not a Hub repository id (owner/name)")
+    check_repo_id(repo_id)
     if api is None:
         api = _hub_module().HfApi(token=hub_token())
     try:

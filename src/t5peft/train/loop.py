@@ -113,9 +113,15 @@ class Run(RunSkeleton):
         super().__init__(cfg)
 
     def check_settings(self) -> None:
-        """The method's options, parsed once and before anything is loaded, so a typo fails first."""
+        """The method's options, parsed once and before anything is loaded, so a typo fails first; with
+        ``push_to_hub``, the repository id and the token, so a run does not train for an upload it cannot make."""
         cfg = self.cfg
         self.method_config = get_declaration(cfg.method).config_class.from_options(cfg.method_options, cfg.method)
+        if cfg.push_to_hub:
+            from ..hub import check_repo_id, hub_token
+
+            check_repo_id(cfg.push_to_hub)
+            hub_token()
 
     def setup(self) -> None:
         cfg = self.cfg
