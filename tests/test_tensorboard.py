@@ -217,3 +217,33 @@ def test_pretrain_events_equal_its_metrics_log(imdb_test_texts, t5_small_dir, tm
     experiments, sessions = hparams_entries(events)
     assert len(experiments) == len(sessions) == 1
     assert scalars(events, "final/val_loss")[0][1] == as_float32(record["losses"]["validation"][-1]["loss"])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, "{tmp}/out/tensorboard"), (False, None), ("boards", "{tmp}/exp-folder/boards"), ("/abs/b", "/abs/b")],
+)
+def test_experiment_key_gives_one_folder_per_run(value, expected, tmp_path):
+    """true: <output>/tensorboard; a relative folder is taken from the experiment file's folder."""
+    from t5peft.experiments.config import parse_experiment
+    from t5peft.experiments.plan import build_requests
+
+    folder = tmp_path / "exp-folder"
+    folder.mkdir()
+    values = {"experiment": {"methods": ["lora", "ia3"], "tensorboard": value}, "train": {"init": "random"}}
+    experiment = parse_experiment(values, "exp.toml", folder)
+    root = experiment.tensorboard_root(tmp_path / "out")
+    assert root == (None if expected is None else Path(expected.format(tmp=tmp_path)))
+    requests = build_requests(experiment, tmp_path / "out", device="cpu", tensorboard=root)
+    boards = [r.config.tensorboard for r in requests]
+    assert boards == ([None, None] if root is None else [str(root.resolve() / r.name) for r in requests])
+    assert [r.name for r in requests] == ["lora-seed0", "ia3-seed0"]
+
+
+def test_experiment_key_must_be_a_bool_or_a_folder():
+    from t5peft.experiments.config import ExperimentError, parse_experiment
+
+    with pytest.raises(ExperimentError, match=r"exp.toml \[experiment\] tensorboard: expected true, false or a folder"):
+        parse_experiment({"experiment": {"methods": ["lora"], "tensorboard": 3}}, "exp.toml")
+    with pytest.raises(ExperimentError, match=r"\[train\]: unknown key\(s\) tensorboard"):
+        parse_experiment({"experiment": {"methods": ["lora"]}, "train": {"tensorboard": "x"}}, "exp.toml")
