@@ -5,6 +5,7 @@ scalar of ``metrics.jsonl`` (and throughput and memory), one HParams entry per r
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -181,6 +182,18 @@ def test_compare_of_two_methods_opens_as_two_runs(imdb_dir, t5_small_dir, tmp_pa
         accuracy = scalars(read_events(board / name), "final/test_accuracy")[0][1]
         assert accuracy == as_float32(saved["test"]["accuracy"])
     assert methods == ["ia3", "lora"]
+
+    # the same plan again, without events for lora: the reused run gets them from its files, equal to the live ones
+    live = read_events(board / "lora-seed0")
+    shutil.rmtree(board / "lora-seed0")
+    said.clear()
+    run_compare(config, output, progress=False, say=said.append)
+    assert any(line.startswith("lora-seed0 had finished without TensorBoard events") for line in said)
+    again = read_events(board / "lora-seed0")
+    for tag in (*SCALAR_KEYS, "final/test_accuracy", "final/trainable_parameters"):
+        assert scalars(again, tag) == scalars(live, tag), tag
+    assert dict(hparams_entries(again)[1][0].hparams) == dict(hparams_entries(live)[1][0].hparams)
+    assert "throughput/examples_per_s" not in again.Tags()["scalars"]  # measured only by the live run
 
 
 def test_pretrain_events_equal_its_metrics_log(imdb_test_texts, t5_small_dir, tmp_path):

@@ -207,7 +207,7 @@ class RunSkeleton:
             self.fit()
             results = self.finish()
             for sink in self.sinks:
-                sink.finish(self.hparams(), self.final_metrics(results))
+                sink.finish(self.hparams(results), self.final_metrics(results))
             return results
         except KeyboardInterrupt:
             raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
@@ -235,8 +235,9 @@ class RunSkeleton:
             **{f"memory/{key}": value for key, value in self.runtime.memory_report().items()},
         }
 
-    def hparams(self) -> dict[str, Any]:
-        """The settings that make the run what it is (not where it writes), for the HParams table."""
+    def hparams(self, results: dict[str, Any]) -> dict[str, Any]:
+        """The settings that make the run what it is (not where it writes), for the HParams table; ``results``:
+        what ``finish`` returned (default: unused)."""
         unrecorded = NOT_RESULTS | {"output"}
         return {key: value for key, value in self.cfg.to_dict().items() if key not in unrecorded}
 

@@ -106,3 +106,16 @@ class TensorBoardSink:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+def write_events(
+    directory: str | Path, records: list[dict[str, Any]], hparams: Mapping[str, Any], metrics: Mapping[str, Any]
+) -> None:
+    """A finished run's events written afterwards, from its log points and final numbers."""
+    sink = TensorBoardSink(directory)
+    try:
+        for record in records:
+            sink.write(record)
+        sink.finish(hparams, metrics)
+    finally:
+        sink.close()

@@ -168,6 +168,7 @@ def run_compare(
         description = {**experiment.describe(), "command_line": {"device": device, "compile": compile}}
         (output / EXPERIMENT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         outcome.reused = [r.name for r in finished(requests)]
+        _backfill_tensorboard(finished(requests), info)
         command = continue_command(
             config_file,
             output,
@@ -181,6 +182,20 @@ def run_compare(
         pool = WorkerPool(jobs, visible, (output / COMPILE_CACHE).resolve(), progress)
         _run_plan(Plan(description, output, requests), pool, outcome, command, say)
         return outcome
+
+
+def _backfill_tensorboard(reused: list[Request], info: Say) -> None:
+    """Reused runs that finished without TensorBoard events get them now, so the plan opens as one set."""
+    from ..train.loop import write_tensorboard_of_finished_run
+
+    for request in reused:
+        board = request.config.tensorboard
+        if board and not Path(board).exists():
+            write_tensorboard_of_finished_run(request.folder.root, Path(board))
+            info(
+                f"{request.name} had finished without TensorBoard events: written now from its metrics.jsonl and "
+                f"results.json (without per-point throughput and memory) -> {shown(Path(board))}"
+            )
 
 
 @dataclass

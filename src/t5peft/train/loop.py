@@ -30,7 +30,7 @@ from ..data.text2text import (
     train_batches,
 )
 from ..engine.env import environment
-from ..engine.layout import PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder
+from ..engine.layout import NOT_RESULTS, PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder
 from ..engine.runtime import build_model
 from ..engine.skeleton import Pause, RunSkeleton
 from ..engine.state import Position
@@ -291,26 +291,11 @@ class Run(RunSkeleton):
             results["pushed_to"] = push_run(self.folder.root, self.cfg.push_to_hub)
         return results
 
-    def hparams(self) -> dict[str, Any]:
-        """The settings with what the defaults came to: the method's options and learning rate, the weights."""
-        return {
-            **super().hparams(),
-            "method_options": self.method.config.to_dict(),
-            "learning_rate": self.cfg.learning_rate,
-            "weights": self.weights_label,
-        }
+    def hparams(self, results: dict[str, Any]) -> dict[str, Any]:
+        return tensorboard_hparams(results)
 
     def final_metrics(self, results: dict[str, Any]) -> dict[str, Any]:
-        training = results["training"]
-        return {
-            "test_accuracy": results["test"]["accuracy"],
-            "test_loss": results["test"]["loss"],
-            "val_accuracy": results["validation"]["accuracy"],
-            "val_loss": results["validation"]["loss"],
-            "trainable_parameters": results["parameters"]["trainable"],
-            "train_seconds": training["seconds"],
-            "examples_per_s": training["examples_per_s"],
-        }
+        return tensorboard_metrics(results)
 
     def results(self, test: EvalResult, validation: EvalResult, weights_file: Path) -> dict[str, Any]:
         pos = self.position
@@ -344,6 +329,45 @@ class Run(RunSkeleton):
             "environment": environment(self.device),
             "config": self.cfg.to_dict(),
         }
+
+
+def tensorboard_hparams(results: dict[str, Any]) -> dict[str, Any]:
+    """A run's HParams entry, from its ``results.json``: its settings (not where it writes) with what the
+    defaults came to (the method's options, the learning rate) and its weights."""
+    unrecorded = NOT_RESULTS | {"output"}
+    settings = {key: value for key, value in results["config"].items() if key not in unrecorded}
+    return {
+        **settings,
+        "method_options": results["method_options"],
+        "learning_rate": results["learning_rate"],
+        "weights": results["weights"],
+    }
+
+
+def tensorboard_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's metrics in the HParams table (``final/...`` scalars), from its ``results.json``."""
+    training = results["training"]
+    return {
+        "test_accuracy": results["test"]["accuracy"],
+        "test_loss": results["test"]["loss"],
+        "val_accuracy": results["validation"]["accuracy"],
+        "val_loss": results["validation"]["loss"],
+        "trainable_parameters": results["parameters"]["trainable"],
+        "train_seconds": training["seconds"],
+        "examples_per_s": training["examples_per_s"],
+    }
+
+
+def write_tensorboard_of_finished_run(run_folder: Path, directory: Path) -> None:
+    """TensorBoard events for a run that finished without them (``compare`` reusing it), from its
+    ``metrics.jsonl`` and ``results.json``: the same scalars and HParams entry, without the per-point
+    throughput and memory, which only the live run measured."""
+    from ..engine.tensorboard import write_events
+
+    folder = RunFolder(run_folder)
+    results = json.loads(folder.results.read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in folder.metrics.read_text(encoding="utf-8").splitlines() if line]
+    write_events(directory, records, tensorboard_hparams(results), tensorboard_metrics(results))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
