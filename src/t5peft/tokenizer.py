@@ -17,7 +17,7 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from .errors import T5PeftError
-from .hub import Downloader, download_snapshot, looks_like_hub_id
+from .hub import Downloader, HubUnavailableError, download_snapshot, looks_like_hub_id
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json")
 NUM_EXTRA_IDS = 100
@@ -197,14 +197,29 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, downloader: Downloader | 
     raise TokenizerError(f"{directory}: neither tokenizer.json nor spiece.model found")
 
 
-def copy_tokenizer_files(source: str | os.PathLike, directory: str | os.PathLike) -> list[str]:
-    """Copy the tokenizer files (``TOKENIZER_FILES``) found at a tokenizer's ``source`` (its folder, or a file in
-    it) into ``directory``; returns the names copied."""
-    folder = Path(source)
-    folder = folder if folder.is_dir() else folder.parent
-    copied = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+def load_run_tokenizer(tokenizer: str | None, model: str, *, downloader: Downloader | None = None) -> T5Tokenizer:
+    """A run's tokenizer: ``tokenizer`` if given, else the model's own (a config-only model folder has none)."""
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer, downloader=downloader)
+    try:
+        return load_tokenizer(model, downloader=downloader)
+    except TokenizerError as err:
+        hint = "the model has no tokenizer of its own: pass --tokenizer (tokenizer = ... in an experiment file)"
+        raise TokenizerError(f"{err}; {hint}") from None
+    except HubUnavailableError as err:  # the tokenizer of --model, a Hub id: say which option gives it
+        raise HubUnavailableError(f"the tokenizer of --model {model}: {err} (with --tokenizer)") from None
+
+
+def copy_tokenizer_files(tokenizer: T5Tokenizer, directory: Path) -> list[str]:
+    """Copy the files ``tokenizer`` was read from into ``directory`` (beside a model or an adapter, as Hugging Face
+    users expect: the folder then carries its own tokenizer); the names copied."""
+    source = Path(tokenizer.source)
+    if source.is_file():  # read from one file: that file alone (its folder may hold another tokenizer's files)
+        shutil.copyfile(source, directory / source.name)
+        return [source.name]
+    copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
     for name in copied:
-        shutil.copyfile(folder / name, Path(directory) / name)
+        shutil.copyfile(source / name, directory / name)
     return copied
 
 

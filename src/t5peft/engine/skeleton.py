@@ -56,6 +56,7 @@ from ..data.text2text import Batch
 from ..errors import T5PeftError
 from .clock import TrainingClock
 from .layout import NOT_RESULTS, changed_settings
+from .lock import FolderLock
 from .runtime import Runtime, seed_everything
 from .settings import RunSettings, TrainInterrupted, comparable
 from .state import MetricsLog, Position, load_checkpoint, read_position, save_checkpoint
@@ -111,6 +112,8 @@ class RunSkeleton:
 
     folder_type: ClassVar[type]  # RunFolder or PretrainFolder
     kind: ClassVar[str]  # "a run", "a pretraining run": what an occupied folder holds
+    command: ClassVar[str]  # "t5peft train": the command named to another one that finds the folder locked
+    lock: FolderLock | None = None  # the output folder's, held from start() to the end of run()
     checkpoint_schedule: str  # when checkpoints are written ("one is written at the end of each epoch"), for Ctrl-C
     progress_label: str  # the progress bar's label
 
@@ -179,11 +182,17 @@ class RunSkeleton:
 
     @classmethod
     def start(cls: type[R], cfg: RunSettings, *args: Any, **kwargs: Any) -> R:
-        """Set the run up; if that fails (or is interrupted), remove the folders this call created."""
+        """Lock the output folder and set the run up; if that fails (or is interrupted), unlock and remove the
+        folders this call created."""
         created = _first_missing(Path(cfg.output))
+        lock = FolderLock(Path(cfg.output), cls.command)
         try:
-            return cls(cfg, *args, **kwargs)
+            lock.acquire()
+            run = cls(cfg, *args, **kwargs)
+            run.lock = lock
+            return run
         except BaseException as err:
+            lock.release()
             if created is not None and created.exists():
                 shutil.rmtree(created)
             if isinstance(err, KeyboardInterrupt):
@@ -198,22 +207,26 @@ class RunSkeleton:
     # Running
 
     def run(self) -> dict[str, Any]:
-        """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped."""
-        self.resume_if_asked()
-        self.write_settings()
-        self.open_sinks()
+        """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped.
+        The folder's lock is released at the end, however the run ends; so are the sinks."""
         try:
-            self.runtime.reset_peak_memory()
-            self.fit()
-            results = self.finish()
-            for sink in self.sinks:
-                sink.finish(self.hparams(results), self.final_metrics(results))
-            return results
-        except KeyboardInterrupt:
-            raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
+            self.resume_if_asked()
+            self.write_settings()
+            self.open_sinks()
+            try:
+                self.runtime.reset_peak_memory()
+                self.fit()
+                results = self.finish()
+                for sink in self.sinks:
+                    sink.finish(self.hparams(results), self.final_metrics(results))
+                return results
+            except KeyboardInterrupt:
+                raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
         finally:
             for sink in self.sinks:
                 sink.close()
+            if self.lock is not None:
+                self.lock.release()
 
     def open_sinks(self) -> None:
         """The sinks beside ``metrics.jsonl``: TensorBoard when asked, its events from the resumed step on purged
