@@ -358,7 +358,10 @@ def test_train_without_progress_prints_a_line_per_log_point_and_the_run_folder(f
         f"step {first['step']}/4 (epoch {first['epoch']:.2f}): train loss {first['train_loss']:.4f}, "
         f"validation loss {first['val_loss']:.4f}, accuracy {first['val_accuracy']:.4f}"
     )
-    assert f"  run folder: {out} (base/, checkpoint/, final/, metrics.jsonl, results.json, run_config.json)" in printed
+    assert (
+        f"  run folder: {out} (base/, checkpoint/, final/, metrics.jsonl, paths.json, results.json, run_config.json)"
+        in printed
+    )
 
 
 def test_evaluate_scores_the_runs_test_set_with_a_progress_bar(finished_run, capsys) -> None:
@@ -672,3 +675,22 @@ def test_evaluate_counts_the_scored_reviews_that_the_run_trained_on(
     assert f"{sizes['train']} of the 200 reviews scored also occur in the run's training reviews" in caplog.text
     assert cli_main(["evaluate", str(tmp_path / "run"), "--no-progress"]) == 0  # its own held-out test set
     assert json.loads(capsys.readouterr().out)["overlap"] == {"in_train": 0, "in_validation": 0}
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (IsADirectoryError(21, "Is a directory", "runs/smoke"), "runs/smoke: is a folder; a file was expected here"),
+        (FileExistsError(17, "File exists", "runs/a.txt"), "runs/a.txt: is a file (or a path through one); a folder"),
+        (FileNotFoundError(2, "No such file or directory", "x.csv"), "x.csv: no such file or folder"),
+        (PermissionError(13, "Permission denied", "/root/x"), "/root/x: permission denied"),
+    ],
+)
+def test_os_errors_say_what_was_expected(error, expected, monkeypatch, capsys) -> None:
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr("t5peft.cli.cmd_methods", fail)
+    assert cli_main(["methods"]) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"t5peft methods: error: {expected}") and "Errno" not in lines[0]

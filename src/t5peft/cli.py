@@ -558,6 +558,20 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def described(err: OSError) -> str:
+    """An operating-system error as what was expected, not ``[Errno 21] Is a directory: 'runs/smoke'``."""
+    where = err.filename if err.filename is not None else "a file"
+    if isinstance(err, IsADirectoryError):
+        return f"{where}: is a folder; a file was expected here"
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        return f"{where}: is a file (or a path through one); a folder was expected here"
+    if isinstance(err, FileNotFoundError):
+        return f"{where}: no such file or folder"
+    if isinstance(err, PermissionError):
+        return f"{where}: permission denied"
+    return f"{where}: {err.strerror or err}"
+
+
 def _flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Each setting that the command's options set under another spelling, and its option: ``validation_size`` ->
     ``--validation-size``."""
@@ -696,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t5peft {args.command}: interrupted", file=sys.stderr)
         return 130
     except (T5PeftError, OSError) as err:  # the user's input, files or machine: one line, no traceback
-        print(f"t5peft {args.command}: error: {named_as_typed(str(err), args.flags)}", file=sys.stderr)
+        message = str(err) if isinstance(err, T5PeftError) else described(err)
+        print(f"t5peft {args.command}: error: {named_as_typed(message, args.flags)}", file=sys.stderr)
         return 2
     except Exception as err:
         print(f"t5peft {args.command}: internal error (a bug in t5peft): {type(err).__name__}: {err}", file=sys.stderr)

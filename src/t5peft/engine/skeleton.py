@@ -43,6 +43,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -316,9 +318,11 @@ class RunSkeleton:
         self.bar = self._progress_bar()
         clock = TrainingClock(self.runtime)
         batches = self.batches()
+        ctrl_c = CtrlC()
         try:
             self.before_training()
             for batch in batches:
+                ctrl_c.check()
                 if not clock.running:
                     self.prepare_step(batch)
                     clock.start()
@@ -336,7 +340,9 @@ class RunSkeleton:
                     if pause.stop:
                         self.stopped_by = pause.stop
                         break
+            ctrl_c.check()
         finally:
+            ctrl_c.restore()
             _close(batches)  # a pretraining loader stops its workers
             self.bar.close()
 
@@ -406,6 +412,35 @@ class RunSkeleton:
                 "--resume continues from there"
             )
         return f"interrupted {self.where()}; {checkpoint}"
+
+
+class CtrlC:
+    """Ctrl-C during the loop, taken between steps: the first SIGINT is noted and raised as ``KeyboardInterrupt``
+    at the next :meth:`check` (after the step, or the log point, under way); a second one raises at once.
+
+    Why not Python's own handler: it raises wherever the interpreter is, and a ``KeyboardInterrupt`` raised
+    inside a finalizer (``__del__``, a weakref callback) is printed as "Exception ignored" and lost, so now and
+    then a Ctrl-C did nothing and the run went on to the end. Outside the main thread (where signals cannot be
+    handled) nothing changes."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.installed = threading.current_thread() is threading.main_thread()
+        self.previous = signal.signal(signal.SIGINT, self._note) if self.installed else None
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.installed:  # the handler before (None: one not set from Python, which the default stands for)
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+            self.installed = False
 
 
 def _first_missing(path: Path) -> Path | None:
