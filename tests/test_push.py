@@ -122,6 +122,7 @@ def test_push_of_a_full_run_uploads_the_model_and_its_tokenizer(full_run):
     card = parse_card(api.received["README.md"].decode())
     assert card.data.library_name == "transformers" and "peft" not in card.data.tags
     assert "load_trained(folder)" in card.text and "PeftModel" not in card.text
+    assert 'AutoModelForSeq2SeqLM.from_pretrained("someone/tiny-full")' in card.text
 
 
 def test_every_final_folder_holds_the_card_and_the_run_folder_is_left_as_it_was(lora_run, full_run):

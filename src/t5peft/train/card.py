@@ -205,6 +205,18 @@ def _usage_section(results: dict[str, Any], repo_id: str | None, trains_base: bo
         ]
     elif not trains_base:
         lines += ["This method's file format is t5peft's own: Hugging Face PEFT cannot load it.", ""]
+    else:  # a whole T5 in Hugging Face's checkpoint layout
+        lines += [
+            "With Hugging Face Transformers (the folder is a plain T5 checkpoint with its tokenizer):",
+            "",
+            "```python",
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForSeq2SeqLM.from_pretrained("{repo}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+            "```",
+            "",
+        ]
     words = " or ".join(f"`{w}`" for w in cfg["label_words"])
     lines += [
         f"The input is `{cfg['prefix']}` followed by the review; the model answers {words}. t5peft scores a review "
