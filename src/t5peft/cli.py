@@ -1,4 +1,4 @@
-"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain."""
+"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain | push."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ DESCRIPTION = """\
 T5 from scratch and parameter-efficient fine-tuning on IMDb sentiment.
 
 Commands: train (fine-tune with one method), evaluate (re-score a finished run), predict (label reviews),
-methods (list methods and options), compare (run an experiment file), report (re-render a results JSON).
+methods (list methods and options), compare (run an experiment file), report (re-render a results JSON),
+push (upload a run to the Hugging Face Hub).
 Run 't5peft COMMAND --help' for a command's options.
 """
 
@@ -66,6 +67,28 @@ def _defaults(settings_class: type) -> argparse.Namespace:
         elif f.default_factory is not dataclasses.MISSING:
             values[f.name] = f.default_factory()
     return argparse.Namespace(**values)
+
+
+TENSORBOARD_DEFAULT = "<output>/tensorboard"  # --tensorboard without a folder
+
+
+def _add_tensorboard_argument(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const=TENSORBOARD_DEFAULT,
+        default=None,
+        metavar="DIR",
+        help=f"write TensorBoard events (scalars at every log point, HParams at the end) to DIR (default DIR: {where}; "
+        "needs the extra t5peft[tensorboard])",
+    )
+
+
+def _tensorboard_dir(args: argparse.Namespace, default: Path) -> str | None:
+    """``--tensorboard``'s folder: DIR as given, ``default`` for the bare flag, None without it."""
+    if args.tensorboard is None:
+        return None
+    return str(default) if args.tensorboard == TENSORBOARD_DEFAULT else args.tensorboard
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -160,6 +183,14 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a set with no reviews of a class is a loud warning (recorded in results.json), not an error",
     )
+    _add_tensorboard_argument(p, "<output>/tensorboard")
+    p.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO_ID",
+        help="at the end, upload final/ with its model card to this Hub repository, as t5peft push does "
+        "(default: no upload)",
+    )
 
 
 def _train_config(args: argparse.Namespace):
@@ -170,6 +201,7 @@ def _train_config(args: argparse.Namespace):
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     values.update(method_options=dict(args.option), label_words=tuple(args.label_words), progress=not args.no_progress)
+    values["tensorboard"] = _tensorboard_dir(args, Path(args.output) / "tensorboard")
     return TrainConfig(**values)
 
 
@@ -288,6 +320,7 @@ def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", choices=["auto", "on", "off"], default=d.compile)
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
+    _add_tensorboard_argument(p, "<output>/tensorboard")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -297,6 +330,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain.settings import PretrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if hasattr(args, f.name)}
+    values["tensorboard"] = _tensorboard_dir(args, Path(args.output) / "tensorboard")
     record = pretrain(PretrainConfig(**values, progress=not args.no_progress))
     training, losses = record["training"], record["losses"]
     print(f"pretrained {record['parameters']:,} parameters: {training['steps']:,} steps ({training['stopped_by']})")
@@ -375,7 +409,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .experiments.compare import CompareInterrupted, run_compare
+    from .experiments.console import configure_logging
 
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         run_compare(
             args.config,
@@ -386,6 +422,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             devices=args.devices,
             compile=args.compile,
             rerun_changed=args.rerun_changed,
+            tensorboard=_tensorboard_dir(args, Path(args.output) / "tensorboard"),
         )
     except CompareInterrupted as err:
         print(f"t5peft compare: {err}", file=sys.stderr)
@@ -396,10 +433,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from .train.publish import push_run
+
+    url = push_run(args.run, args.repo_id, private=args.private, revision=args.revision)
+    where = f" (revision {args.revision})" if args.revision else ""
+    print(f"pushed {args.run}/final with its model card to {url}{where}")
+    return 0
+
+
+def _add_push_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a finished run folder (t5peft train --output)")
+    p.add_argument("repo_id", help="the Hub repository, owner/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", default=None, help="a branch to upload to (created if missing; default: main)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .experiments.report import render_report
 
-    for path in render_report(args.results, args.output):
+    for path in render_report(args.results, args.output, html=args.html):
         print(path)
     return 0
 
@@ -484,11 +537,18 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "<output>/superseded/ (nothing is deleted)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars; still one line per finished run")
+    _add_tensorboard_argument(p, "<output>/tensorboard, one run per run folder")
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", help="a comparison's t5_peft_results.json, or the comparison's folder")
     p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write report.html: one self-contained page (figures embedded, the table, per-method curves, "
+        "every run's settings, the environment), viewable offline",
+    )
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -541,8 +601,18 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     parser = OneLineErrors(
         prog="t5peft", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log details (INFO messages) and show the traceback of a bug"
+    volume = parser.add_mutually_exclusive_group()
+    volume.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log details (INFO messages; compare: DEBUG, each launch) and show the traceback of a bug",
+    )
+    volume.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors (compare: failed and interrupted runs, not each finished run or the table)",
     )
     parser.add_argument("--version", action="version", version=f"t5peft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
@@ -597,6 +667,15 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         description=COMPARE_DESCRIPTION,
     )
     command("report", _add_report_arguments, cmd_report, help="re-render the figure and table from a results JSON")
+    command(
+        "push",
+        _add_push_arguments,
+        cmd_push,
+        help="upload a finished run's adapter (or model) and its model card to the Hugging Face Hub",
+        description="Upload final/ of a finished run with a model card (README.md) to REPO_ID. The token comes "
+        "from HF_TOKEN or `hf auth login`; t5peft never writes it anywhere.",
+        formatter_class=HelpFormatter,
+    )
     return parser
 
 
@@ -616,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(commands=[invoked_command(argv) or ""])
     args = parser.parse_args(argv, namespace=argparse.Namespace(argv=argv))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     from .engine.settings import TrainInterrupted  # torch-free
 
     try:

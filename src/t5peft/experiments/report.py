@@ -17,19 +17,25 @@ from .results import collect_results, read_results
 from .table import markdown_table
 
 
-def render_report(results_path: str | Path, output: str | Path | None = None) -> list[Path]:
-    """Write the two figures and the markdown table from a results JSON alone."""
+def render_report(results_path: str | Path, output: str | Path | None = None, *, html: bool = False) -> list[Path]:
+    """Write the two figures and the markdown table from a results JSON alone; ``html``: also the page
+    (:mod:`.html`, ``report.html``)."""
     results_path = Path(results_path)
     results = read_results(results_path)
     folder = Path(output) if output else (results_path if results_path.is_dir() else results_path.parent)
     folder.mkdir(parents=True, exist_ok=True)
     table = folder / TABLE_FILE
     table.write_text(markdown_table(results), encoding="utf-8")
-    return [
+    written = [
         render_figure(results, folder / FIGURE_FILE),
         render_memory_figure(results, folder / MEMORY_FIGURE_FILE),
         table,
     ]
+    if html:
+        from .html import HTML_FILE, write_html
+
+        written.append(write_html(results, folder / HTML_FILE))
+    return written
 
 
 def write_report(

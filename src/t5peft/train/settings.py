@@ -62,6 +62,8 @@ class TrainConfig(SettingsFile):
     progress: bool = True
     skip_empty: bool = False  # leave out rows with empty text (counted in results.json) instead of refusing the data
     allow_missing_classes: bool = False  # a split without reviews of some class: a loud warning, not an error
+    tensorboard: str | None = None  # a folder for TensorBoard events (engine.tensorboard); None: none
+    push_to_hub: str | None = None  # a Hub repository id the finished run is uploaded to (t5peft push)
 
     def __post_init__(self) -> None:
         """Checked before anything is loaded, so a typo costs no data loading."""
