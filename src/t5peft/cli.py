@@ -149,6 +149,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars; one line per log point instead")
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each T5 block's activations in the backward pass: less memory, one more forward",
+    )
 
 
 def _train_config(args: argparse.Namespace):
@@ -259,6 +264,11 @@ def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", choices=["auto", "on", "off"], default=d.compile)
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each T5 block's activations in the backward pass: less memory, one more forward",
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -57,6 +57,7 @@ class TrainConfig(SettingsFile):
     compile: str = "auto"  # auto: torch.compile + CUDA graphs on CUDA, eager on the CPU; or "on" / "off"
     resume: bool = False
     progress: bool = True
+    activation_checkpointing: bool = False  # recompute each T5 block's activations in the backward pass
 
     def __post_init__(self) -> None:
         """Checked before anything is loaded, so a typo costs no data loading."""
