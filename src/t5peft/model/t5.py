@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..hub import Downloader
-from .checkpoint import CheckpointError, check_state_dict, read_checkpoint, write_checkpoint
+from .checkpoint import CheckpointError, check_names, check_part, stream_checkpoint, write_checkpoint
 from .config import T5Config
 
 # --------------------------------------------------------------------------------------------------
@@ -730,12 +730,20 @@ class T5ForConditionalGeneration(nn.Module):
         *,
         downloader: Downloader | None = None,
     ) -> T5ForConditionalGeneration:
-        """Load a Hugging Face T5 checkpoint from a folder or a Hub id, checking every tensor."""
-        config, state, source = read_checkpoint(name_or_path, downloader)
+        """Load a Hugging Face T5 checkpoint from a folder or a Hub id, checking every tensor.
+
+        A sharded checkpoint is read one shard at a time, each shard's tensors converted to ``dtype`` and moved to
+        ``device`` before the next is read: host memory holds the model (if ``device`` is the CPU) plus one shard."""
+        config, stream = stream_checkpoint(name_or_path, downloader)
         with torch.device("meta"):
             model = cls(config)
-        check_state_dict(model, state, source)
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+        check_names(model, stream.names, stream.source)
+        for source, part in stream.parts():
+            check_part(model, part, source)
+            model.load_state_dict(
+                {k: v.to(device=device, dtype=dtype) for k, v in part.items()}, strict=False, assign=True
+            )
+            del part
         if config.tie_word_embeddings:
             model.lm_head.weight = model.shared.weight
         return model.to(device).eval()
