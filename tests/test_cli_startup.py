@@ -45,6 +45,7 @@ LIGHT = [
     ["methods"],
     ["train", "--help"],
     ["pretrain", "--help"],
+    ["plan-memory", "--help"],
 ]
 
 

@@ -1,4 +1,4 @@
-"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain."""
+"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain | plan-memory."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ DESCRIPTION = """\
 T5 from scratch and parameter-efficient fine-tuning on IMDb sentiment.
 
 Commands: train (fine-tune with one method), evaluate (re-score a finished run), predict (label reviews),
-methods (list methods and options), compare (run an experiment file), report (re-render a results JSON).
+methods (list methods and options), compare (run an experiment file), report (re-render a results JSON),
+plan-memory (memory per device of a run, before loading anything).
 Run 't5peft COMMAND --help' for a command's options.
 """
 
@@ -373,6 +374,64 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+PLAN_MEMORY_DESCRIPTION = (
+    "The memory per device a training run needs (weights, gradients, AdamW state, activations), worked out on the "
+    "meta device before anything is loaded or downloaded: --model is a folder with config.json or a name of the T5 "
+    "family (t5-small ... t5-11b, google/t5-v1_1-*, google/flan-t5-*). Activations are counted from one traced "
+    "forward pass of that shape, in float32."
+)
+
+
+def _add_plan_memory_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="folder with config.json, or a T5 family name such as t5-large")
+    p.add_argument("--method", default="lora", help="a method of `t5peft methods`")
+    p.add_argument(
+        "--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE", help="method option"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="global training batch size")
+    p.add_argument("--max-source-length", type=int, default=128, help="source tokens per example")
+    p.add_argument("--target-length", type=int, default=2, help="target tokens per example (IMDb: a label word)")
+    p.add_argument(
+        "--base-dtype", default="fp32", choices=["fp32", "bf16", "nf4", "int8"], help="storage of the frozen weights"
+    )
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="how the world size shares the run")
+    p.add_argument("--world-size", type=int, default=1, help="devices (processes) the run is spread over")
+    p.add_argument("--activation-checkpointing", action="store_true", help="plan with activation checkpointing")
+    p.add_argument("--device-memory", default=None, help="memory of one device, e.g. 80GB or 24GiB: says if it fits")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def cmd_plan_memory(args: argparse.Namespace) -> int:
+    from .engine.memory_plan import MemoryPlanError, PlanSettings, format_plan, parse_size, plan_memory
+    from .engine.runtime import architecture
+
+    if args.base_dtype in ("nf4", "int8"):
+        raise MemoryPlanError(f"--base-dtype {args.base_dtype}: quantized bases are not planned yet (use fp32 or bf16)")
+    device_memory = None if args.device_memory is None else parse_size(args.device_memory)
+    settings = PlanSettings(
+        config=architecture(args.model, MemoryPlanError),
+        model=args.model,
+        method=args.method,
+        options=dict(args.option),
+        batch_size=args.batch_size,
+        source_length=args.max_source_length,
+        target_length=args.target_length,
+        base_dtype=args.base_dtype,
+        strategy=args.strategy,
+        world_size=args.world_size,
+        activation_checkpointing=args.activation_checkpointing,
+    )
+    plan = plan_memory(settings)
+    if args.json:
+        record = plan.as_dict()
+        if device_memory is not None:
+            record.update(device_memory=device_memory, fits=plan.total <= device_memory)
+        print(json.dumps(record, indent=2))
+    else:
+        print(format_plan(plan, device_memory))
+    return 0
+
+
 def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--data", default=None, help="another data source (default: the run's own test set)")
@@ -515,6 +574,14 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         description=COMPARE_DESCRIPTION,
     )
     command("report", _add_report_arguments, cmd_report, help="re-render the figure and table from a results JSON")
+    command(
+        "plan-memory",
+        _add_plan_memory_arguments,
+        cmd_plan_memory,
+        help="memory per device of a training run, before anything is loaded",
+        description=PLAN_MEMORY_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
     return parser
 
 

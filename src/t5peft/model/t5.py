@@ -374,7 +374,7 @@ class T5Block(nn.Module):
 def _mask_dtype(reference: Tensor) -> torch.dtype:
     """The dtype attention runs in: the autocast dtype when autocast is on, else the activations'."""
     device_type = reference.device.type
-    if torch.is_autocast_enabled(device_type):
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):  # meta (shapes only) has no autocast
         return torch.get_autocast_dtype(device_type)
     return reference.dtype
 
