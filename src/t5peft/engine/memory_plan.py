@@ -123,10 +123,11 @@ class ActivationTrace:
         The backward pass runs from the loss through the decoder's blocks, last first, then the encoder's: at its
         start it holds everything saved, the logits' two gradients and ``head_grads``; at each block, ``head_grads``,
         the gradients of the blocks done (``block_grads``) and of this one, the saved tensors of the blocks not done
-        (with checkpointing: the blocks' inputs and this block's, recomputed) and the block's largest intermediate gradient. The forward pass's own peak is in its last block:
-        what the blocks before it saved (with checkpointing, their inputs) plus its live intermediates, which a block
-        saving nothing (checkpointed, or with no gradient through it: the encoder under prefix tuning) still
-        computes. No gradient exists then (the previous step freed them)."""
+        (with checkpointing: the blocks' inputs and this block's, recomputed) and the block's largest intermediate
+        gradient. The forward pass's own peak is in its last block: what the blocks before it saved (with
+        checkpointing, their inputs) plus its live intermediates, which a block saving nothing (checkpointed, or with
+        no gradient through it: the encoder under prefix tuning) still computes. No gradient exists then (the
+        previous step freed them)."""
         before = self.outside - self.head
         if checkpointing:
             forward = before + self.block_inputs + max(self.working_sets)
