@@ -356,6 +356,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             devices=args.devices,
             compile=args.compile,
             rerun_changed=args.rerun_changed,
+            shard=args.shard,
         )
     except CompareInterrupted as err:
         print(f"t5peft compare: {err}", file=sys.stderr)
@@ -367,10 +368,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import render_report
+    from .experiments.config import ExperimentError
 
-    for path in render_report(args.results, args.output):
-        print(path)
+    folders = [Path(p) for p in args.results]
+    if len(folders) == 1 and not folders[0].is_dir():
+        from .experiments.report import render_report
+
+        for path in render_report(args.results[0], args.output):
+            print(path)
+        return 0
+    from .experiments.shards import merge_shares
+
+    if args.output is None:
+        raise ExperimentError("merging compare folders needs --output (a folder for the merged results)")
+    results = merge_shares(folders, args.output)
+    print(results)
     return 0
 
 
@@ -502,11 +514,21 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "<output>/superseded/ (nothing is deleted)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars; still one line per finished run")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="i/N",
+        help="run only the i-th of N shares of the plan (1-based; merge the shares with t5peft report DIR...)",
+    )
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results")
-    p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
+    p.add_argument(
+        "results",
+        nargs="+",
+        help="a results JSON to render again, or compare output folders (the shares of one plan) to merge",
+    )
+    p.add_argument("--output", default=None, help="folder (default: beside the JSON; required to merge folders)")
 
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
@@ -573,7 +595,12 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         help="run an experiment file (every method x lr x seed) and write the report",
         description=COMPARE_DESCRIPTION,
     )
-    command("report", _add_report_arguments, cmd_report, help="re-render the figure and table from a results JSON")
+    command(
+        "report",
+        _add_report_arguments,
+        cmd_report,
+        help="re-render the figure and table from a results JSON, or merge the shares of a compare",
+    )
     command(
         "plan-memory",
         _add_plan_memory_arguments,

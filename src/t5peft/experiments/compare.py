@@ -43,6 +43,7 @@ from .plan import (
 )
 from .pool import Launch, RunOutcome, WorkerPool, parse_devices
 from .report import write_report
+from .shards import parse_shard, select_share
 
 Say = Callable[[str], None]
 
@@ -75,9 +76,10 @@ def continue_command(
     jobs: int,
     devices: str | None,
     progress: bool,
+    shard: str | None = None,
 ) -> str:
     parts = ["t5peft", "compare", "--config", str(config_file), "--output", str(output)]
-    for flag, value in (("--device", device), ("--compile", compile), ("--devices", devices)):
+    for flag, value in (("--device", device), ("--compile", compile), ("--devices", devices), ("--shard", shard)):
         if value is not None:
             parts += [flag, value]
     if jobs != 1 and not (devices and jobs == len(devices.split(","))):
@@ -121,15 +123,18 @@ def run_compare(
     devices: str | None = None,
     compile: str | None = None,
     rerun_changed: bool = False,
+    shard: str | None = None,
     say: Say = print,
 ) -> CompareOutcome:
     """Run the plan of ``config_file`` into ``output`` (see the module doc); ``say`` prints a line.
 
-    ``device`` / ``compile``: None (or ``"auto"`` for device) keeps the experiment file's setting.
+    ``device`` / ``compile``: None (or ``"auto"`` for device) keeps the experiment file's setting. ``shard``
+    (``"i/N"``): only the i-th of N shares of the plan's runs (:mod:`.shards`).
     Raises :class:`RunsFailed` after the other runs when some failed, :class:`CompareInterrupted` on Ctrl-C.
     """
     config_file, output = Path(config_file), Path(output)
     experiment = load_experiment(config_file)
+    share = parse_shard(shard) if shard is not None else None
     visible = parse_devices(devices)
     if visible is not None and device is not None and device not in ("auto", "cuda"):
         raise ExperimentError(f"--devices {devices} spreads runs over GPUs; it cannot be used with --device {device}")
@@ -138,6 +143,9 @@ def run_compare(
         raise ExperimentError(f"--jobs must be at least 1, got {jobs}")
     device = "cuda" if visible is not None else (None if device in (None, "auto") else device)
     requests = build_requests(experiment, output, device=device, compile=compile, progress=progress)
+    plan_runs = [r.name for r in requests]
+    if share is not None:
+        requests = select_share(requests, *share)
     output.mkdir(parents=True, exist_ok=True)
     with _exclusive(output):
         outcome = CompareOutcome(None, [])
@@ -151,11 +159,24 @@ def run_compare(
                 f"moved {shown(request.folder.root)} aside to {shown(target)} (made with {'; '.join(diffs)}); "
                 "running it again"
             )
-        description = {**experiment.describe(), "command_line": {"device": device, "compile": compile}}
+        description = {
+            **experiment.describe(),
+            "command_line": {"device": device, "compile": compile},
+            "plan_runs": plan_runs,
+        }
+        if share is not None:
+            description["shard"] = {"index": share[0], "count": share[1], "runs": [r.name for r in requests]}
         (output / EXPERIMENT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         outcome.reused = [r.name for r in finished(requests)]
         command = continue_command(
-            config_file, output, device=device, compile=compile, jobs=jobs, devices=devices, progress=progress
+            config_file,
+            output,
+            device=device,
+            compile=compile,
+            jobs=jobs,
+            devices=devices,
+            progress=progress,
+            shard=shard,
         )
         pool = WorkerPool(jobs, visible, (output / COMPILE_CACHE).resolve(), progress)
         _run_plan(Plan(description, output, requests), pool, outcome, command, say)
