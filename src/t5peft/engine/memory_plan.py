@@ -26,8 +26,10 @@ Strategies: ``ddp`` replicates weights, gradients and optimizer state on every d
 one more copy of the gradients); ``fsdp`` shards all three over the world size and adds the largest T5 block's
 parameters, gathered whole, twice (the block computing and the next one prefetched).
 
-Activations are counted in float32 (the CPU computes in float32); under bf16 autocast most of them are half that,
-so on CUDA with autocast the activation line is an upper bound.
+Activations are counted as the CPU computes them: in float32, and with attention's probabilities kept for the backward
+pass (``scaled_dot_product_attention``'s math kernel, [batch, heads, queries, keys] per layer, the largest tensors at
+long sources). On CUDA, bf16 autocast halves most of them and the fused attention kernels keep no probabilities, so
+there the activation line is an upper bound (how far, the GPU check of issue 17 is to measure).
 """
 
 from __future__ import annotations
@@ -368,12 +370,11 @@ def format_plan(plan: MemoryPlan, device_memory: int | None) -> str:
         lines.append(f"  gathered blocks    {_gib(plan.gathered_blocks)}  (FSDP: largest block unsharded, x2)")
     other = "off" if s.activation_checkpointing else "on"
     lines += [
-        f"  activations        {_gib(plan.activations)}  (float32; checkpointing {other}: "
-        f"{plan.activations_other / 2**30:.2f} GiB)",
+        f"  activations        {_gib(plan.activations)}  (float32, attention as the CPU saves it; checkpointing "
+        f"{other}: {plan.activations_other / 2**30:.2f} GiB)",
         f"  backward workspace {_gib(plan.workspace)}  (logits' gradients, a block's gradient or recomputation)",
         f"  optimizer step     {_gib(plan.optimizer_step)}  (AdamW temporaries, once the activations are freed)",
-        f"  total              {_gib(plan.total)}  (weights + AdamW state + gradients + the larger of activations "
-        "and workspace, or the optimizer step)",
+        f"  total              {_gib(plan.total)}",
     ]
     if device_memory is not None:
         verdict = "fits" if plan.total <= device_memory else "does NOT fit"
