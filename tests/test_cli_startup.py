@@ -56,6 +56,7 @@ LIGHT = [
     ["train", "--help"],
     ["pretrain", "--help"],
     ["push", "--help"],
+    ["plan-memory", "--help"],
 ]
 
 

@@ -1,4 +1,4 @@
-"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain | push."""
+"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain | push | plan-memory."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ T5 from scratch and parameter-efficient fine-tuning on IMDb sentiment.
 
 Commands: train (fine-tune with one method), evaluate (re-score a finished run), predict (label reviews),
 methods (list methods and options), compare (run an experiment file), report (re-render a results JSON),
-push (upload a run to the Hugging Face Hub).
+push (upload a run to the Hugging Face Hub), plan-memory (memory per device of a run, before loading anything).
 Run 't5peft COMMAND --help' for a command's options.
 """
 
@@ -191,6 +191,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="at the end, upload final/ with its model card to this Hub repository, as t5peft push does "
         "(default: no upload)",
     )
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each T5 block's activations in the backward pass: less memory, one more forward",
+    )
 
 
 def _train_config(args: argparse.Namespace):
@@ -321,6 +326,11 @@ def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
     _add_tensorboard_argument(p, "<output>/tensorboard")
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each T5 block's activations in the backward pass: less memory, one more forward",
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -423,6 +433,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             compile=args.compile,
             rerun_changed=args.rerun_changed,
             tensorboard=_tensorboard_dir(args, Path(args.output) / "tensorboard"),
+            shard=args.shard,
         )
     except CompareInterrupted as err:
         print(f"t5peft compare: {err}", file=sys.stderr)
@@ -450,10 +461,84 @@ def _add_push_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import render_report
+    from .experiments.config import ExperimentError
 
-    for path in render_report(args.results, args.output, html=args.html):
-        print(path)
+    paths = [Path(p) for p in args.results]
+    if len(paths) == 1 and (not paths[0].is_dir() or args.output is None):  # a results JSON or a compare folder
+        from .experiments.report import render_report
+
+        for path in render_report(paths[0], args.output, html=args.html):
+            print(path)
+        return 0
+    from .experiments.shards import merge_shares
+
+    if args.output is None:
+        raise ExperimentError("merging compare folders needs --output (a folder for the merged results)")
+    results = merge_shares(paths, args.output)
+    print(results)
+    if args.html:
+        from .experiments.report import render_report
+
+        for path in render_report(results, args.output, html=True):
+            print(path)
+    return 0
+
+
+PLAN_MEMORY_DESCRIPTION = (
+    "The memory per device a training run needs (weights, gradients, AdamW state, activations), worked out on the "
+    "meta device before anything is loaded or downloaded: --model is a folder with config.json or a name of the T5 "
+    "family (t5-small ... t5-11b, google/t5-v1_1-*, google/flan-t5-*). Activations are counted from one traced "
+    "forward pass of that shape, in float32."
+)
+
+
+def _add_plan_memory_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="folder with config.json, or a T5 family name such as t5-large")
+    p.add_argument("--method", default="lora", help="a method of `t5peft methods`")
+    p.add_argument(
+        "--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE", help="method option"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="global training batch size")
+    p.add_argument("--max-source-length", type=int, default=128, help="source tokens per example")
+    p.add_argument("--target-length", type=int, default=2, help="target tokens per example (IMDb: a label word)")
+    p.add_argument(
+        "--base-dtype", default="fp32", choices=["fp32", "bf16", "nf4", "int8"], help="storage of the frozen weights"
+    )
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="how the world size shares the run")
+    p.add_argument("--world-size", type=int, default=1, help="devices (processes) the run is spread over")
+    p.add_argument("--activation-checkpointing", action="store_true", help="plan with activation checkpointing")
+    p.add_argument("--device-memory", default=None, help="memory of one device, e.g. 80GB or 24GiB: says if it fits")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def cmd_plan_memory(args: argparse.Namespace) -> int:
+    from .engine.memory_plan import MemoryPlanError, PlanSettings, format_plan, parse_size, plan_memory
+    from .engine.runtime import architecture
+
+    if args.base_dtype in ("nf4", "int8"):
+        raise MemoryPlanError(f"--base-dtype {args.base_dtype}: quantized bases are not planned yet (use fp32 or bf16)")
+    device_memory = None if args.device_memory is None else parse_size(args.device_memory)
+    settings = PlanSettings(
+        config=architecture(args.model, MemoryPlanError),
+        model=args.model,
+        method=args.method,
+        options=dict(args.option),
+        batch_size=args.batch_size,
+        source_length=args.max_source_length,
+        target_length=args.target_length,
+        base_dtype=args.base_dtype,
+        strategy=args.strategy,
+        world_size=args.world_size,
+        activation_checkpointing=args.activation_checkpointing,
+    )
+    plan = plan_memory(settings)
+    if args.json:
+        record = plan.as_dict()
+        if device_memory is not None:
+            record.update(device_memory=device_memory, fits=plan.total <= device_memory)
+        print(json.dumps(record, indent=2))
+    else:
+        print(format_plan(plan, device_memory))
     return 0
 
 
@@ -538,11 +623,22 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars; still one line per finished run")
     _add_tensorboard_argument(p, "<output>/tensorboard, one run per run folder")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="i/N",
+        help="run only the i-th of N shares of the plan (1-based; merge the shares with t5peft report DIR... --output)",
+    )
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", help="a comparison's t5_peft_results.json, or the comparison's folder")
-    p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
+    p.add_argument(
+        "results",
+        nargs="+",
+        help="a comparison's t5_peft_results.json or its folder, to render again; or the folders of the shares of "
+        "one plan (compare --shard) to merge into --output",
+    )
+    p.add_argument("--output", default=None, help="folder (default: beside the JSON; required to merge folders)")
     p.add_argument(
         "--html",
         action="store_true",
@@ -666,7 +762,12 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         help="run an experiment file (every method x lr x seed) and write the report",
         description=COMPARE_DESCRIPTION,
     )
-    command("report", _add_report_arguments, cmd_report, help="re-render the figure and table from a results JSON")
+    command(
+        "report",
+        _add_report_arguments,
+        cmd_report,
+        help="re-render the figure and table from a results JSON, or merge the shares of a compare",
+    )
     command(
         "push",
         _add_push_arguments,
@@ -674,6 +775,13 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         help="upload a finished run's adapter (or model) and its model card to the Hugging Face Hub",
         description="Upload final/ of a finished run with a model card (README.md) to REPO_ID. The token comes "
         "from HF_TOKEN or `hf auth login`; t5peft never writes it anywhere.",
+    )
+    command(
+        "plan-memory",
+        _add_plan_memory_arguments,
+        cmd_plan_memory,
+        help="memory per device of a training run, before anything is loaded",
+        description=PLAN_MEMORY_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
     return parser

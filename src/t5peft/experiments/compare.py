@@ -42,6 +42,7 @@ from .plan import (
 )
 from .pool import Launch, RunOutcome, WorkerPool, parse_devices
 from .report import write_report
+from .shards import parse_shard, select_share
 
 Say = Callable[[str], None]
 
@@ -75,11 +76,12 @@ def continue_command(
     devices: str | None,
     progress: bool,
     tensorboard: str | Path | None = None,
+    shard: str | None = None,
 ) -> str:
     parts = ["t5peft", "compare", "--config", str(config_file), "--output", str(output)]
     if tensorboard is not None:
         parts += ["--tensorboard", str(tensorboard)]
-    for flag, value in (("--device", device), ("--compile", compile), ("--devices", devices)):
+    for flag, value in (("--device", device), ("--compile", compile), ("--devices", devices), ("--shard", shard)):
         if value is not None:
             parts += [flag, value]
     if jobs != 1 and not (devices and jobs == len(devices.split(","))):
@@ -100,6 +102,7 @@ def run_compare(
     compile: str | None = None,
     rerun_changed: bool = False,
     tensorboard: str | Path | None = None,
+    shard: str | None = None,
     say: Say | None = None,
 ) -> CompareOutcome:
     """Run the plan of ``config_file`` into ``output`` (see the module doc); ``say`` prints a line (None: the
@@ -107,11 +110,13 @@ def run_compare(
 
     ``device`` / ``compile``: None (or ``"auto"`` for device) keeps the experiment file's setting.
     ``tensorboard``: a folder for the runs' TensorBoard events (None: the experiment file's ``tensorboard`` key).
+    ``shard`` (``"i/N"``): only the i-th of N shares of the plan's runs (:mod:`.shards`).
     Raises :class:`RunsFailed` after the other runs when some failed, :class:`CompareInterrupted` on Ctrl-C.
     """
     config_file, output = Path(config_file), Path(output)
     info: Say = say or log.info
     experiment = load_experiment(config_file)
+    share = parse_shard(shard) if shard is not None else None
     visible = parse_devices(devices)
     if visible is not None and device is not None and device not in ("auto", "cuda"):
         raise ExperimentError(f"--devices {devices} spreads runs over GPUs; it cannot be used with --device {device}")
@@ -127,6 +132,9 @@ def run_compare(
     requests = build_requests(
         experiment, output, device=device, compile=compile, progress=progress, tensorboard=tensorboard_root
     )
+    plan_runs = [r.name for r in requests]
+    if share is not None:
+        requests = select_share(requests, *share)
     with FolderLock(output, "t5peft compare"):
         outcome = CompareOutcome(None, [])
         changed = check_existing(requests)
@@ -139,13 +147,20 @@ def run_compare(
                 f"moved {shown(request.folder.root)} aside to {shown(target)} (made with {'; '.join(diffs)}); "
                 "running it again"
             )
-        description = {**experiment.describe(), "command_line": {"device": device, "compile": compile}}
+        description = {
+            **experiment.describe(),
+            "command_line": {"device": device, "compile": compile},
+            "plan_runs": plan_runs,
+        }
+        if share is not None:
+            description["shard"] = {"index": share[0], "count": share[1], "runs": [r.name for r in requests]}
         (output / EXPERIMENT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         outcome.reused = [r.name for r in finished(requests)]
         if outcome.reused:
             left = len(requests) - len(outcome.reused)
             info(
-                f"all {len(requests)} runs of the plan are finished and reused; nothing to train (the report is "
+                f"all {len(requests)} runs of the {'plan' if share is None else 'share'} are finished and reused; "
+                "nothing to train (the report is "
                 "rewritten from their folders)"
                 if not left
                 else f"{len(outcome.reused)} of the {len(requests)} runs are finished and reused; {left} to run"
@@ -160,6 +175,7 @@ def run_compare(
             devices=devices,
             progress=progress,
             tensorboard=tensorboard,
+            shard=shard,
         )
         pool = WorkerPool(jobs, visible, (output / COMPILE_CACHE).resolve(), progress)
         _run_plan(Plan(description, output, requests), pool, outcome, command, say)

@@ -229,6 +229,7 @@ class Pretraining(RunSkeleton):
         self._check_export()
         self.config_dropout = self.model.config.dropout_rate  # written to the exported config.json
         self.model.set_dropout(cfg.dropout)
+        self.model.set_activation_checkpointing(cfg.activation_checkpointing)
         self.runtime.place(self.model).train()
         self._setup_optimizer()
 

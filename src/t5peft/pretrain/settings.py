@@ -62,6 +62,7 @@ class PretrainConfig(SettingsFile):
     resume: bool = False
     progress: bool = True
     tensorboard: str | None = None  # a folder for TensorBoard events (engine.tensorboard); None: none
+    activation_checkpointing: bool = False  # recompute each T5 block's activations in the backward pass
 
     def __post_init__(self) -> None:
         check_run_settings(self, PretrainError)

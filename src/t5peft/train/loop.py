@@ -190,6 +190,7 @@ class Run(RunSkeleton):
         cfg = self.cfg
         model = build_model(cfg.model, cfg.init, cfg.seed, TrainError)
         model.set_dropout(cfg.dropout)
+        model.set_activation_checkpointing(cfg.activation_checkpointing)
         torch.manual_seed(cfg.seed)  # method initialisation is seeded on its own, whatever came before
         self.model = apply_method(model, cfg.method, config=self.method_config)
         self.method = self.model.peft.method

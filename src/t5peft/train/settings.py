@@ -64,6 +64,7 @@ class TrainConfig(SettingsFile):
     allow_missing_classes: bool = False  # a split without reviews of some class: a loud warning, not an error
     tensorboard: str | None = None  # a folder for TensorBoard events (engine.tensorboard); None: none
     push_to_hub: str | None = None  # a Hub repository id the finished run is uploaded to (t5peft push)
+    activation_checkpointing: bool = False  # recompute each T5 block's activations in the backward pass
 
     def __post_init__(self) -> None:
         """Checked before anything is loaded, so a typo costs no data loading."""
