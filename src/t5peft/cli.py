@@ -68,6 +68,7 @@ def _defaults(settings_class: type) -> argparse.Namespace:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .engine.settings import BASE_DTYPES, QUANTIZE_SCHEMES
     from .methods.registry import method_names
     from .train.settings import TrainConfig
 
@@ -149,6 +150,19 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars; one line per log point instead")
+    p.add_argument(
+        "--base-dtype",
+        choices=list(BASE_DTYPES),
+        default=d.base_dtype,
+        help="adapter methods: store the frozen base weights in bf16 (trained ones and AdamW stay float32)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=list(QUANTIZE_SCHEMES),
+        default=d.quantize,
+        help="adapter methods: quantize the frozen q, k, v, o, wi weights with torchao (nf4: QLoRA's 4-bit "
+        "NormalFloat with double quantization; int8: per-row); wo, embeddings and lm_head stay unquantized",
+    )
 
 
 def _train_config(args: argparse.Namespace):
