@@ -343,6 +343,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
             f"{declaration.name:12s} lr {declaration.default_lr:g}  peft_type {file_format.peft_type}{claims}  "
             f"options: {options or '-'}"
         )
+    print(
+        "\nevery method but full also takes --base-dtype bf16 (frozen weights stored in bf16) and --quantize nf4|int8 "
+        "(frozen q, k, v, o, wi quantized with torchao, dequantized on the fly; wo, embeddings and lm_head kept)"
+    )
     return 0
 
 

@@ -27,9 +27,8 @@ def store_base(
     if trains_base and (base_dtype != "fp32" or quantize != "none"):
         raise error(f"method {peft.name!r} trains base weights: the base must stay float32 (--base-dtype fp32)")
     if quantize != "none" and device.type not in QUANTIZE_DEVICES:
-        raise error(
-            f"--quantize {quantize}: torchao's quantized weights run on {'/'.join(QUANTIZE_DEVICES)}, not {device}"
-        )
+        where = "/".join(QUANTIZE_DEVICES)
+        raise error(f"--quantize {quantize}: torchao's quantized weights run on {where}, not on {device}")
     try:
         counts = store_frozen(model, base_dtype, quantize)
     except StorageError as err:

@@ -179,12 +179,14 @@ def store_frozen(
     dtype = BASE_DTYPES[base_dtype]
     leaves = set(QUANTIZED_LEAVES) | ({"wo"} if quantize_wo else set())
     counts = {"quantized": 0, "cast": 0}
+    quantized_leaves: set[str] = set()
     replaced: dict[int, nn.Parameter] = {}
     for name, leaf, param in list(_frozen_weights(model)):
         stored = param.to(dtype)
         if quantize != "none" and leaf in leaves:
             stored = quantize_weight(stored, quantize, name)
             counts["quantized"] += param.numel()
+            quantized_leaves.add(leaf)
         elif stored is param:
             continue
         else:
@@ -192,7 +194,7 @@ def store_frozen(
         replaced[id(param)] = nn.Parameter(stored, requires_grad=False)
     _replace(model, replaced)
     if base_dtype != "fp32" or quantize != "none":
-        model.base_storage = storage_record(base_dtype, quantize, sorted(leaves) if quantize != "none" else [])
+        model.base_storage = storage_record(base_dtype, quantize, sorted(quantized_leaves))
     if dtype != torch.float32:
         for module in model.modules():
             if isinstance(module, Embedding) and module.weight.dtype == dtype:
