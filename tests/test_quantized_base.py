@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import logits, random_batch
 from safetensors.torch import load_file
-from tiny_runs import tiny_run_config
 
+from helpers import logits, random_batch
 from t5peft import T5Config, T5ForConditionalGeneration
 from t5peft.cli import main
 from t5peft.engine.precision import store_base
@@ -29,6 +28,7 @@ from t5peft.model import storage
 from t5peft.model.storage import base_bytes, dense, is_quantized, store_frozen
 from t5peft.train.loop import Run, train
 from t5peft.train.settings import TrainError
+from tiny_runs import tiny_run_config
 
 pytest.importorskip("torchao")
 
@@ -67,7 +67,7 @@ def dequantized_copy(model: T5ForConditionalGeneration) -> T5ForConditionalGener
 
 
 def test_settings_choices_match_the_storage():
-    assert BASE_DTYPES == tuple(storage.BASE_DTYPES)
+    assert tuple(storage.BASE_DTYPES) == BASE_DTYPES
     assert QUANTIZE_SCHEMES == storage.QUANTIZE_SCHEMES
 
 
