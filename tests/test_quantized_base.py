@@ -204,6 +204,19 @@ def test_a_quantized_base_takes_its_bytes_from_the_quantized_tensors():
     assert storage.tensor_bytes(int8.encoder.block[0].layer[0].SelfAttention.q.weight) == n + rows * (4 + 1)
 
 
+@pytest.mark.parametrize("base_dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("quantize", ["none", "nf4", "int8"])
+def test_bytes_counted_on_the_meta_device_equal_the_stored_tensors(base_dtype, quantize):
+    """The count the README's memory table comes from (shapes only, on the meta device) against the bytes of the
+    tensors store_frozen makes, LoRA on q and v trained (float32) and everything else frozen."""
+    with torch.device("meta"):
+        meta = T5ForConditionalGeneration(T5Config(**QUANT_T5))
+    apply_method(meta, "lora", target_modules=["q", "v"])
+    model = lora_model(target_modules=["q", "v"])
+    store_frozen(model, base_dtype, quantize)
+    assert storage.planned_bytes(meta, base_dtype, quantize) == base_bytes(model)
+
+
 def test_merging_into_a_quantized_base_is_refused():
     model = lora_model()
     store_frozen(model, quantize="nf4")

@@ -164,6 +164,29 @@ def quantize_weight(weight: Tensor, scheme: str, name: str = "weight") -> Tensor
     return quantization.Int8Tensor.from_hp(weight.detach(), granularity=quantization.PerRow())
 
 
+def _check_choices(base_dtype: str, quantize: str) -> None:
+    if base_dtype not in BASE_DTYPES:
+        raise StorageError(f"base_dtype must be one of {', '.join(BASE_DTYPES)}, got {base_dtype!r}")
+    if quantize not in QUANTIZE_SCHEMES:
+        raise StorageError(f"quantize must be one of {', '.join(QUANTIZE_SCHEMES)}, got {quantize!r}")
+
+
+def _plan(
+    model: nn.Module, base_dtype: str, quantize: str, quantize_wo: bool
+) -> Iterator[tuple[str, str, nn.Parameter, str]]:
+    """``(name, leaf, parameter, what)`` for every frozen T5 weight: ``what`` is "quantize", "cast" or "keep"; the one
+    rule both :func:`store_frozen` and :func:`planned_bytes` follow."""
+    _check_choices(base_dtype, quantize)
+    leaves = set(QUANTIZED_LEAVES) | ({"wo"} if quantize_wo else set())
+    for name, leaf, param in list(_frozen_weights(model)):
+        if quantize != "none" and leaf in leaves:
+            yield name, leaf, param, "quantize"
+        elif param.dtype != BASE_DTYPES[base_dtype]:
+            yield name, leaf, param, "cast"
+        else:
+            yield name, leaf, param, "keep"
+
+
 @torch.no_grad()
 def store_frozen(
     model: nn.Module, base_dtype: str = "fp32", quantize: str = "none", *, quantize_wo: bool = False
@@ -172,25 +195,18 @@ def store_frozen(
 
     Call it once the method is applied (so that its trained parameters are known and stay float32) and the model is
     on its device. ``fp32`` + ``none`` leaves the model untouched."""
-    if base_dtype not in BASE_DTYPES:
-        raise StorageError(f"base_dtype must be one of {', '.join(BASE_DTYPES)}, got {base_dtype!r}")
-    if quantize not in QUANTIZE_SCHEMES:
-        raise StorageError(f"quantize must be one of {', '.join(QUANTIZE_SCHEMES)}, got {quantize!r}")
-    dtype = BASE_DTYPES[base_dtype]
-    leaves = set(QUANTIZED_LEAVES) | ({"wo"} if quantize_wo else set())
+    dtype = BASE_DTYPES.get(base_dtype)
     counts = {"quantized": 0, "cast": 0}
     quantized_leaves: set[str] = set()
     replaced: dict[int, nn.Parameter] = {}
-    for name, leaf, param in list(_frozen_weights(model)):
-        stored = param.to(dtype)
-        if quantize != "none" and leaf in leaves:
-            stored = quantize_weight(stored, quantize, name)
-            counts["quantized"] += param.numel()
-            quantized_leaves.add(leaf)
-        elif stored is param:
+    for name, leaf, param, what in _plan(model, base_dtype, quantize, quantize_wo):
+        if what == "keep":
             continue
-        else:
-            counts["cast"] += param.numel()
+        stored = param.to(dtype)  # quantize what the base dtype holds: the same bits when the base is re-created
+        if what == "quantize":
+            stored = quantize_weight(stored, quantize, name)
+            quantized_leaves.add(leaf)
+        counts["quantized" if what == "quantize" else "cast"] += param.numel()
         replaced[id(param)] = nn.Parameter(stored, requires_grad=False)
     _replace(model, replaced)
     if base_dtype != "fp32" or quantize != "none":
@@ -200,6 +216,36 @@ def store_frozen(
             if isinstance(module, Embedding) and module.weight.dtype == dtype:
                 module.compute_dtype = torch.float32
     return counts
+
+
+def quantized_bytes(shape: torch.Size, scheme: str, dtype: torch.dtype) -> int:
+    """Bytes torchao stores for a weight of ``shape`` quantized from ``dtype`` (checked against the tensors it makes:
+    tests/test_quantized_base.py). NF4: 4 bits per weight, an int8 scale per block of 64, a ``dtype`` factor per
+    group of 256 blocks, the scales' mean and the 16 code values; int8: a byte per weight, a float32 scale and an
+    int8 zero point per row."""
+    n, size = shape.numel(), torch.empty((), dtype=dtype).element_size()
+    if scheme == "nf4":
+        return n // 2 + n // NF4_BLOCK + size * (n // (NF4_BLOCK * NF4_SCALER_BLOCK)) + size + 16 * size
+    return n + shape[0] * (4 + 1)  # torchao keeps int8 scales in float32 whatever the weight's dtype
+
+
+def planned_bytes(
+    model: nn.Module, base_dtype: str = "fp32", quantize: str = "none", *, quantize_wo: bool = False
+) -> int:
+    """Bytes the frozen base of ``model`` takes once stored so (:func:`store_frozen`), counted from shapes alone:
+    ``model`` may live on the meta device (a t5-11b costs nothing to count). Trained parameters count as float32."""
+    dtype = BASE_DTYPES.get(base_dtype)
+    total = 0
+    for _, _, param, what in _plan(model, base_dtype, quantize, quantize_wo):
+        if what == "quantize":
+            total += quantized_bytes(param.shape, quantize, dtype)
+        elif what == "cast":
+            total += param.numel() * torch.empty((), dtype=dtype).element_size()
+        else:
+            total += param.numel() * param.element_size()
+    seen = {id(p) for _, _, p, _ in _plan(model, base_dtype, quantize, quantize_wo)}
+    rest = [p for p in model.parameters() if id(p) not in seen and not p.requires_grad]
+    return total + sum(p.numel() * p.element_size() for p in rest)
 
 
 def storage_record(base_dtype: str, quantize: str, modules: list[str]) -> dict[str, Any]:
