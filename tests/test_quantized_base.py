@@ -22,6 +22,8 @@ from t5peft import T5Config, T5ForConditionalGeneration
 from t5peft.cli import main
 from t5peft.engine.precision import store_base
 from t5peft.engine.settings import BASE_DTYPES, QUANTIZE_SCHEMES
+from t5peft.experiments.config import ExperimentError, parse_experiment
+from t5peft.experiments.results import base_precision, counted_memory
 from t5peft.methods import apply_method, merge_method
 from t5peft.methods.base import MethodConfigError
 from t5peft.model import storage
@@ -351,3 +353,43 @@ def test_help_and_methods_document_the_base_storage():
         [sys.executable, "-m", "t5peft", "methods"], capture_output=True, text=True, timeout=60, check=True
     )
     assert "--quantize nf4|int8" in methods.stdout and "--base-dtype bf16" in methods.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Experiment files, results and the table
+
+
+def test_experiment_rows_on_a_stored_base(tmp_path):
+    values = {
+        "experiment": {"methods": ["lora", "lora@nf4", "ia3"], "seeds": [0]},
+        "methods": {"ia3": {"base_dtype": "bf16"}, "lora@nf4": {"lr": 1e-3}},
+    }
+    experiment = parse_experiment(values, "x.toml")
+    rows = {m.name: m for m in experiment.methods}
+    assert list(rows) == ["lora", "lora@nf4", "ia3@bf16"]  # [methods.ia3] base_dtype = "bf16" names its row
+    qlora = experiment.run_config(rows["lora@nf4"], 0, tmp_path)
+    assert (qlora.method, qlora.quantize, qlora.base_dtype, qlora.lr) == ("lora", "nf4", "fp32", 1e-3)
+    assert experiment.run_config(rows["ia3@bf16"], 0, tmp_path).base_dtype == "bf16"
+    assert [r.name for r in experiment.runs()] == ["lora-seed0", "lora_nf4-seed0", "ia3_bf16-seed0"]
+    with pytest.raises(ExperimentError, match=r"x.toml \[experiment\] methods: 'lora@nf5': unknown base storage"):
+        parse_experiment({"experiment": {"methods": ["lora@nf5"]}}, "x.toml")
+    with pytest.raises(ExperimentError, match=r"\[methods.lora@nf4\]: quantize = 'int8' contradicts the row name"):
+        parse_experiment({"experiment": {"methods": ["lora@nf4"]}, "methods": {"lora@nf4": {"quantize": "int8"}}}, "x")
+    with pytest.raises(ExperimentError, match="a second 'lora@nf4' row"):
+        parse_experiment(
+            {"experiment": {"methods": ["lora@nf4", "lora"]}, "methods": {"lora": {"quantize": "nf4"}}}, "x"
+        )
+    with pytest.raises(ExperimentError, match="method 'full' trains every weight"):
+        parse_experiment({"experiment": {"methods": ["full@nf4"]}}, "x.toml")
+
+
+def test_counted_memory_takes_a_stored_base_at_its_stored_bytes():
+    parameters = {"trainable": 1000, "total": 101_000}
+    fp32 = counted_memory(parameters)
+    assert fp32["weights"] == 4 * 101_000
+    stored = {"base_dtype": "fp32", "quantize": "nf4", "frozen_bytes": 60_000}
+    nf4 = counted_memory(parameters, stored)
+    assert nf4["weights"] == 60_000 + 4 * 1000 and nf4["training_state"] == fp32["training_state"]
+    assert counted_memory(parameters, {**stored, "quantize": "none", "frozen_bytes": 400_000}) == fp32
+    assert base_precision(stored) == "nf4" and base_precision(None) == "fp32"
+    assert base_precision({**stored, "base_dtype": "bf16"}) == "nf4 (bf16 rest)"
