@@ -17,17 +17,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import logits, random_batch
+from helpers import logits, perturb, random_batch
 from t5peft import T5Config, T5ForConditionalGeneration
 from t5peft.cli import main
 from t5peft.engine.precision import store_base
 from t5peft.engine.settings import BASE_DTYPES, QUANTIZE_SCHEMES
 from t5peft.experiments.config import ExperimentError, parse_experiment
 from t5peft.experiments.results import base_precision, counted_memory
-from t5peft.methods import apply_method, merge_method
+from t5peft.methods import apply_method, load_adapter, merge_method, save_trained
 from t5peft.methods.base import MethodConfigError
 from t5peft.model import storage
 from t5peft.model.storage import base_bytes, dense, is_quantized, store_frozen
+from t5peft.model.t5 import load_pretrained
 from t5peft.train.loop import Run, train
 from t5peft.train.settings import TrainError
 from tiny_runs import tiny_run_config
@@ -393,3 +394,29 @@ def test_counted_memory_takes_a_stored_base_at_its_stored_bytes():
     assert counted_memory(parameters, {**stored, "quantize": "none", "frozen_bytes": 400_000}) == fp32
     assert base_precision(stored) == "nf4" and base_precision(None) == "fp32"
     assert base_precision({**stored, "base_dtype": "bf16"}) == "nf4 (bf16 rest)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Interop: a QLoRA adapter is a LoRA adapter
+
+
+def test_a_qlora_adapter_loads_in_peft_on_the_unquantized_base(tmp_path):
+    """Trained-looking LoRA weights saved from an NF4 base: the folder records the base's quantization in
+    base_quantization.json beside PEFT's two files, and PEFT loads the adapter onto the transformers T5 of the same
+    (unquantized) checkpoint with the logits t5peft gives on that base."""
+    from oracles import peft_load
+
+    base_dir = tmp_path / "base"
+    quant_model(3).save_pretrained(base_dir)
+    model = load_pretrained(base_dir)
+    apply_method(model, "lora", target_modules=["q", "v", "wi"])
+    perturb(model)
+    store_frozen(model, quantize="nf4")
+    adapter = tmp_path / "adapter"
+    save_trained(model, adapter)
+    record = json.loads((adapter / "base_quantization.json").read_text())
+    assert record["quantization_config"]["load_in_4bit"] and record["library"] == "torchao"
+    assert "quantiz" not in (adapter / "adapter_config.json").read_text()  # PEFT's config stays PEFT's
+    ours = load_adapter(load_pretrained(base_dir), adapter)
+    batch = random_batch(0, QUANT_T5["vocab_size"])
+    torch.testing.assert_close(logits(peft_load(base_dir, adapter), batch), logits(ours, batch), rtol=1e-5, atol=1e-5)
