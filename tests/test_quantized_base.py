@@ -32,6 +32,7 @@ from t5peft.model import storage
 from t5peft.model.storage import base_bytes, dense, is_quantized, store_frozen
 from t5peft.model.t5 import load_pretrained
 from t5peft.train.loop import Run, train
+from t5peft.train.runs import load_run
 from t5peft.train.settings import TrainError
 from tiny_runs import tiny_run_config
 
@@ -288,6 +289,8 @@ def test_lora_on_an_nf4_base_learns_real_reviews_in_30_steps(imdb_dir, t5_small_
     saved = json.loads((tmp_path / "run" / "final" / "base_quantization.json").read_text())
     assert saved["quantize"] == "nf4" and saved["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
     assert saved["quantized_modules"] == sorted(QUANTIZED)
+    reloaded = load_run(tmp_path / "run").model  # evaluate / predict meet the adapter with the base it trained on
+    assert sum(p.numel() for p in reloaded.parameters() if is_quantized(p)) == record["quantized_weights"]
 
 
 def test_an_nf4_run_resumed_after_its_first_epoch_ends_bit_identical(

@@ -29,6 +29,7 @@ base from the full-precision weights it was made from, cast to the base dtype fi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,8 +60,18 @@ _INT8_TYPES: tuple[type, ...] = ()
 
 
 def _torchao() -> Any:
+    """torchao's quantization API. Its import warns about CUDA kernels it cannot load (mxfp8, cutlass) and torch about
+    an enum it registers: t5peft uses neither, so those two loggers are quieted while it loads."""
     global _NF4_TYPES, _INT8_TYPES
-    import torchao.quantization as quantization
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization as quantization
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
     _NF4_TYPES, _INT8_TYPES = (quantization.NF4Tensor,), (quantization.Int8Tensor,)
     return quantization

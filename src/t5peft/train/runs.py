@@ -13,6 +13,7 @@ import torch
 from ..data.sources import LabeledTexts, load_split
 from ..data.text2text import TaskFormat, encode_split
 from ..engine.layout import RunFolder
+from ..engine.precision import store_base
 from ..engine.runtime import resolve_device
 from ..methods import load_trained
 from ..model.t5 import T5ForConditionalGeneration
@@ -41,7 +42,11 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
     base = folder.base if folder.base.is_dir() else cfg.model
     model = load_trained(folder.final, base)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    return TrainedRun(cfg, model.to(resolve_device(device, TrainError)).eval(), tokenizer, cfg.task_format())
+    resolved = resolve_device(device, TrainError)
+    model.to(resolved)
+    if model.peft is not None:  # the base stored as the run trained on it (a QLoRA adapter meets its NF4 base)
+        store_base(model, cfg.base_dtype, cfg.quantize, resolved, TrainError)
+    return TrainedRun(cfg, model.eval(), tokenizer, cfg.task_format())
 
 
 def evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size: int | None) -> LabeledTexts:
