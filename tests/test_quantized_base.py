@@ -8,6 +8,7 @@ multiples of 64 x 256 (blocks of 64, their scales quantized in groups of 256), w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from t5peft.engine.settings import BASE_DTYPES, QUANTIZE_SCHEMES
 from t5peft.engine.step import TrainStep, make_loss_fn
 from t5peft.experiments.config import ExperimentError, parse_experiment
 from t5peft.experiments.results import base_precision, counted_memory
-from t5peft.methods import apply_method, load_adapter, merge_method, save_trained
+from t5peft.methods import apply_method, get_method_class, load_adapter, merge_method, method_names, save_trained
 from t5peft.methods.base import MethodConfigError
 from t5peft.model import storage
 from t5peft.model.storage import base_bytes, dense, is_quantized, store_frozen
@@ -467,3 +468,29 @@ def test_the_compiled_step_on_a_stored_base_trains_as_eager(base_dtype, quantize
             runner(as_batch(batch))
         losses.append(runner.read_loss()[0])
     assert abs(losses[0] - losses[1]) <= 8 * 3 * torch.finfo(torch.float32).eps * abs(losses[0])
+
+
+ADAPTER_METHODS = [m for m in method_names() if m != "full"]
+
+
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_every_adapter_method_trains_on_an_nf4_base_with_a_bf16_rest(method):
+    """Every method's gradients on the stored base equal those on its dequantized float32 copy: the methods compute
+    through storage.linear / storage.dense, whatever the storage (default options, dropouts 0, trained tensors
+    perturbed so that none is at its initial value)."""
+    model = quant_model(0)
+    model.set_dropout(0.0)
+    options = {f.name: 0.0 for f in dataclasses.fields(get_method_class(method).config_class) if "dropout" in f.name}
+    torch.manual_seed(1)
+    apply_method(model, method, **options)
+    perturb(model)
+    store_frozen(model, "bf16", "nf4")
+    assert any(is_quantized(p) for p in model.parameters())
+    reference = dequantized_copy(model)
+    batch = random_batch(0, QUANT_T5["vocab_size"])
+    for m in (model, reference):
+        m(**batch).loss.backward()
+    grads = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
