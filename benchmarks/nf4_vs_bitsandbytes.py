@@ -1,10 +1,9 @@
 """How torchao's NF4 (what t5peft uses) and bitsandbytes' NF4 (what transformers + peft use) differ on one tensor.
 
 Both quantize in blocks of 64 with the same 16 NormalFloat code values and double-quantize the block scales, but not
-identically (bitsandbytes keeps an 8-bit dynamic-map code per scale in groups of 256 and subtracts the scales' mean,
-torchao an int8 per scale with a float factor per group of 256 and the mean): the dequantized weights can differ by
-one code step where a weight sits near the midpoint of two codes, and by a scale's rounding everywhere else. Prints the maximum difference, in units of the
-block absmax, and the share of weights that differ. Needs ``pip install bitsandbytes`` (not a t5peft dependency).
+identically, so the dequantized weights differ by one code step where a weight sits near the midpoint of two codes,
+and by a scale's rounding everywhere else. Prints the maximum difference in units of the block absmax, and the share
+of weights that differ. Needs ``pip install bitsandbytes==0.50.2`` (not a t5peft dependency: a comparison only).
 
     python benchmarks/nf4_vs_bitsandbytes.py
 """

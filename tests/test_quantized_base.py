@@ -27,7 +27,15 @@ from t5peft.engine.settings import BASE_DTYPES, QUANTIZE_SCHEMES
 from t5peft.engine.step import TrainStep, make_loss_fn
 from t5peft.experiments.config import ExperimentError, parse_experiment
 from t5peft.experiments.results import base_precision, counted_memory
-from t5peft.methods import apply_method, get_method_class, load_adapter, merge_method, method_names, save_trained
+from t5peft.methods import (
+    apply_method,
+    count_parameters,
+    get_method_class,
+    load_adapter,
+    merge_method,
+    method_names,
+    save_trained,
+)
 from t5peft.methods.base import MethodConfigError
 from t5peft.model import storage
 from t5peft.model.storage import base_bytes, dense, is_quantized, store_frozen
@@ -167,7 +175,9 @@ def test_logits_of_a_stored_base_stay_within_the_measured_tolerance(base_dtype, 
 
 def test_only_q_k_v_o_wi_are_quantized_by_default_and_wo_on_request():
     model = lora_model(target_modules=["q", "v"])
+    before = count_parameters(model)
     counts = store_frozen(model, quantize="nf4")
+    assert count_parameters(model) == before  # a quantized weight still counts its weights
     quantized = {n.rsplit(".", 2)[-2] for n, p in model.named_parameters() if is_quantized(p)}
     assert quantized == set(QUANTIZED)
     assert counts["quantized"] == sum(p.numel() for p in model.parameters() if is_quantized(p))
@@ -290,6 +300,7 @@ def test_lora_on_an_nf4_base_learns_real_reviews_in_30_steps(imdb_dir, t5_small_
     saved = json.loads((tmp_path / "run" / "final" / "base_quantization.json").read_text())
     assert saved["quantize"] == "nf4" and saved["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
     assert saved["quantized_modules"] == sorted(QUANTIZED)
+    assert saved["quantization_config"]["llm_int8_skip_modules"] == ["lm_head", "shared", "wo"]
     reloaded = load_run(tmp_path / "run").model  # evaluate / predict meet the adapter with the base it trained on
     assert sum(p.numel() for p in reloaded.parameters() if is_quantized(p)) == record["quantized_weights"]
 

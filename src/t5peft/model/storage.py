@@ -264,6 +264,7 @@ def storage_record(base_dtype: str, quantize: str, modules: list[str]) -> dict[s
     the base's ``quantization_config`` in the form a transformers user would recreate it with (bitsandbytes' keys
     for NF4 / int8; the weights were made with torchao, whose NF4 values differ slightly: README, "Quantized base")."""
     config: dict[str, Any] | None = None
+    skipped = sorted({"wo", "lm_head", "shared"} - set(modules))  # kept unquantized (transformers' module names)
     if quantize == "nf4":
         config = {
             "quant_method": "bitsandbytes",
@@ -271,13 +272,13 @@ def storage_record(base_dtype: str, quantize: str, modules: list[str]) -> dict[s
             "bnb_4bit_quant_type": "nf4",
             "bnb_4bit_use_double_quant": True,
             "bnb_4bit_compute_dtype": "float32",
-            "llm_int8_skip_modules": sorted(set(LOW_PRECISION_LEAVES) - set(modules)),
+            "llm_int8_skip_modules": skipped,
         }
     elif quantize == "int8":
         config = {
             "quant_method": "bitsandbytes",
             "load_in_8bit": True,
-            "llm_int8_skip_modules": sorted(set(LOW_PRECISION_LEAVES) - set(modules)),
+            "llm_int8_skip_modules": skipped,
         }
     return {
         "base_dtype": base_dtype,
