@@ -505,3 +505,31 @@ def test_every_adapter_method_trains_on_an_nf4_base_with_a_bf16_rest(method):
     for name, param in model.named_parameters():
         if param.requires_grad:
             torch.testing.assert_close(param.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_qlora_row_in_the_summary_table_and_figure_2():
+    """A LoRA row and its QLoRA row (fake records as the results file holds them): the summary keeps them apart,
+    counts the QLoRA row's frozen weights at their stored bytes, and the table and figure 2 say so."""
+    pytest.importorskip("matplotlib")
+    from t5peft.experiments.figures import build_memory_figure
+    from t5peft.experiments.table import markdown_table
+    from test_report import BASE, fake_run, results_of
+
+    lora = [fake_run("lora", seed, 1e-3, 0.7, 0.7) for seed in (0, 1)]
+    qlora = [{**run, "method": "lora@nf4"} for run in lora]
+    stored_bytes = BASE // 2  # what the run's base_storage says its frozen weights take as stored
+    for run in qlora:
+        run["base_storage"] = {"base_dtype": "fp32", "quantize": "nf4", "frozen_bytes": stored_bytes}
+    plan = [{"name": n, "lr": 1e-3, "options": {}, "overrides": {}} for n in ("lora", "lora@nf4")]
+    results = results_of(lora + qlora, plan)
+    summary = results["summary"]
+    assert list(summary) == ["lora", "lora@nf4"]
+    assert summary["lora"]["base_precision"] == "fp32" and summary["lora@nf4"]["base_precision"] == "nf4"
+    trainable = summary["lora"]["trainable_parameters"]
+    assert summary["lora"]["counted_memory_bytes"]["weights"] == 4 * (BASE + trainable)
+    assert summary["lora@nf4"]["counted_memory_bytes"]["weights"] == stored_bytes + 4 * trainable
+    table = markdown_table(results)
+    assert "| lora@nf4 |" in table and "- lora@nf4: nf4, all weights counted" in table
+    figure = build_memory_figure(results)
+    caption = " ".join(t.get_text() for t in figure.texts)
+    assert "stored in" in caption and "NF4" in caption
