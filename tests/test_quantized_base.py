@@ -234,6 +234,14 @@ def test_bytes_counted_on_the_meta_device_equal_the_stored_tensors(base_dtype, q
     assert storage.planned_bytes(meta, base_dtype, quantize) == base_bytes(model)
 
 
+def test_a_trained_weight_of_another_dtype_is_an_error_not_a_silent_missing_gradient():
+    layer = storage.Linear(4, 3, bias=False).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="a trained torch.bfloat16 weight met a torch.float32 input"):
+        layer(torch.ones(2, 4))
+    layer.weight.requires_grad_(False)
+    assert layer(torch.ones(2, 4)).dtype == torch.float32
+
+
 def test_merging_into_a_quantized_base_is_refused():
     model = lora_model()
     store_frozen(model, quantize="nf4")

@@ -113,6 +113,8 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     dequantized on the fly (it must be frozen)."""
     if not is_quantized(weight) and (weight.dtype == x.dtype or torch.is_autocast_enabled(x.device.type)):
         return F.linear(x, weight)
+    if weight.requires_grad:  # _StoredLinear gives the weight no gradient: never for one that is trained
+        raise RuntimeError(f"a trained {weight.dtype} weight met a {x.dtype} input (only frozen weights are stored)")
     return _StoredLinear.apply(x, weight)
 
 
