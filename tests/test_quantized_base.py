@@ -445,6 +445,10 @@ def test_a_qlora_adapter_loads_in_peft_on_the_unquantized_base(tmp_path):
     ours = load_adapter(load_pretrained(base_dir), adapter)
     batch = random_batch(0, QUANT_T5["vocab_size"])
     torch.testing.assert_close(logits(peft_load(base_dir, adapter), batch), logits(ours, batch), rtol=1e-5, atol=1e-5)
+    # and the folder (PEFT's layout) loaded onto the base quantized again is the trained model, to the bit
+    again = load_adapter(load_pretrained(base_dir), adapter)
+    store_frozen(again, quantize="nf4")
+    assert torch.equal(logits(again, batch), logits(model, batch))
 
 
 # ---------------------------------------------------------------------------------------------------------
