@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -134,13 +135,16 @@ def test_seed_config_is_the_setup_of_record(in_repo):
 
 def test_all_methods_config_covers_every_method(in_repo):
     experiment = load_experiment(REPO / "configs" / "all-methods.toml")
-    assert [m.name for m in experiment.methods] == method_names() and experiment.seeds == [0, 1, 2]
+    assert [m.name for m in experiment.methods] == [*method_names(), "lora@nf4"] and experiment.seeds == [0, 1, 2]
     seed = load_experiment(REPO / "configs" / "seed.toml")
     plan = experiment.run_config(experiment.methods[0], 0, Path("x"))
     assert plan == seed.run_config(seed.methods[0], 0, Path("x"))  # the setup of record
     for method in experiment.methods:
         cfg = experiment.run_config(method, 0, Path("x"))
-        assert cfg.learning_rate == get_method_class(method.name).default_lr, method.name
+        assert cfg.learning_rate == get_method_class(method.method).default_lr, method.name
+    by_name = {m.name: m for m in experiment.methods}
+    lora, qlora = (experiment.run_config(by_name[n], 0, Path("x")) for n in ("lora", "lora@nf4"))
+    assert qlora.quantize == "nf4" and dataclasses.replace(qlora, quantize="none") == lora  # QLoRA: only the base
 
 
 def test_seed_notebook_config_is_what_the_notebook_ran(in_repo):

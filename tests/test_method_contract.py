@@ -101,7 +101,8 @@ for declaration in METHODS:
 assert method_for_file({"peft_type": "LORA", "use_dora": True}, "x") is get_declaration("dora")
 with contextlib.redirect_stdout(io.StringIO()) as out:
     cmd_methods(None)
-assert out.getvalue().count("\\n") == len(method_names()), out.getvalue()
+lines = out.getvalue().splitlines()  # a line per method, then a blank line and the note on the base storage
+assert [line.split()[0] for line in lines[:-2]] == method_names() and "--quantize" in lines[-1], lines
 print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

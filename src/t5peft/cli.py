@@ -92,6 +92,7 @@ def _tensorboard_dir(args: argparse.Namespace, default: Path) -> str | None:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .engine.settings import BASE_DTYPES, QUANTIZE_SCHEMES
     from .methods.registry import method_names
     from .train.settings import TrainConfig
 
@@ -195,6 +196,19 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--activation-checkpointing",
         action="store_true",
         help="recompute each T5 block's activations in the backward pass: less memory, one more forward",
+    )
+    p.add_argument(
+        "--base-dtype",
+        choices=list(BASE_DTYPES),
+        default=d.base_dtype,
+        help="adapter methods: store the frozen base weights in bf16 (trained ones and AdamW stay float32)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=list(QUANTIZE_SCHEMES),
+        default=d.quantize,
+        help="adapter methods: quantize the frozen q, k, v, o, wi weights with torchao (nf4: QLoRA's 4-bit "
+        "NormalFloat with double quantization; int8: per-row); wo, embeddings and lm_head stay unquantized",
     )
 
 
@@ -414,6 +428,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
             f"{declaration.name:12s} lr {declaration.default_lr:g}  peft_type {file_format.peft_type}{claims}  "
             f"options: {options or '-'}"
         )
+    print(
+        "\nevery method but full also takes --base-dtype bf16 (frozen weights stored in bf16) and --quantize nf4|int8 "
+        "(frozen q, k, v, o, wi quantized with torchao, dequantized on the fly; wo, embeddings and lm_head kept)"
+    )
     return 0
 
 

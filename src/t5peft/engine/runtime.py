@@ -52,8 +52,9 @@ class Runtime:
     """The device of a run, its precision policy (bf16 autocast or float32) and whether its step is compiled.
 
     The one place that knows where tensors live: the skeleton places the model (:meth:`place`), waits for the
-    device (:meth:`sync`) and reads its memory through it. A bf16 base (frozen weights stored in bf16) and a
-    process group (DDP / FSDP wrapping, the rank that writes) belong here when they come (issue 17).
+    device (:meth:`sync`) and reads its memory through it. How the frozen base is stored (bf16, NF4, int8) is
+    :mod:`.precision`'s, called once the model is placed; a process group (DDP / FSDP wrapping, the rank that
+    writes) belongs here when it comes (issue 17).
     """
 
     device: torch.device

@@ -17,6 +17,8 @@ from ..errors import T5PeftError
 INITS = ("pretrained", "random")
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, float32 on the CPU
 COMPILE_SETTINGS = ("auto", "on", "off")  # auto: compiled (+ CUDA graph) on CUDA, eager on the CPU
+BASE_DTYPES = ("fp32", "bf16")  # how the frozen base of an adapter method is stored (engine.precision)
+QUANTIZE_SCHEMES = ("none", "nf4", "int8")  # its attention / feed-forward input weights quantized with torchao
 SEED_LIMIT = 2**32  # numpy's generator takes seeds in [0, 2**32)
 
 T = TypeVar("T")
@@ -105,3 +107,14 @@ def check_run_settings(cfg: RunSettings, error: type[T5PeftError]) -> None:
         raise error(f"dropout must be in [0, 1), got {cfg.dropout}")
     if not 0 <= cfg.seed < SEED_LIMIT:
         raise error(f"seed must be in [0, 2**32), got {cfg.seed}")
+
+
+def check_storage(base_dtype: str, quantize: str, method: str, error: type[T5PeftError]) -> None:
+    """The checks that need only the settings: known choices, and no low-precision base under full fine-tuning."""
+    if base_dtype not in BASE_DTYPES:
+        raise error(f"base_dtype must be one of {', '.join(BASE_DTYPES)}, got {base_dtype!r}")
+    if quantize not in QUANTIZE_SCHEMES:
+        raise error(f"quantize must be one of {', '.join(QUANTIZE_SCHEMES)}, got {quantize!r}")
+    if method == "full" and (base_dtype != "fp32" or quantize != "none"):
+        flag = f"--quantize {quantize}" if quantize != "none" else f"--base-dtype {base_dtype}"
+        raise error(f"{flag} stores the frozen base, but method 'full' trains every weight: use an adapter method")

@@ -33,9 +33,10 @@ writes a log point (``log_point``, which calls ``log_metrics``), a snapshot (``w
 Where the next pieces plug in: a process group (torchrun, DDP / FSDP) in :class:`~.runtime.Runtime` and
 ``Runtime.place`` (wrapping the model), with the writing rank deciding in the few methods that write:
 ``write_settings``, ``log_metrics`` (through its sinks), ``save_checkpoint``, the progress bar (``_progress_bar``)
-and the subclass's ``finish``. A precision policy (a bf16 base) in ``Runtime.place``. TensorBoard (:mod:`.tensorboard`)
-is one more entry in ``sinks`` (``open_sinks``): every log point goes to each sink, and once the run is finished
-its settings (``hparams``) and final metrics (``final_metrics``).
+and the subclass's ``finish``. How the frozen base is stored (bf16 / quantized): ``engine.precision.store_base``,
+which the fine-tuning run calls once its model is placed. TensorBoard (:mod:`.tensorboard`) is one more entry in
+``sinks`` (``open_sinks``): every log point goes to each sink, and once the run is finished its settings
+(``hparams``) and final metrics (``final_metrics``).
 """
 
 from __future__ import annotations

@@ -117,12 +117,35 @@ def format_lr(lr: float) -> str:
     return f"{lr:g}"
 
 
+DEFAULTS = ("fp32", "none")  # base_dtype and quantize of a float32 base
+# A row ``<method>@<variant>`` (``lora@nf4``) is the method on a stored base: the variant sets these settings
+STORAGE_VARIANTS = {
+    "bf16": {"base_dtype": "bf16"},
+    "nf4": {"quantize": "nf4"},
+    "int8": {"quantize": "int8"},
+    "nf4-bf16": {"quantize": "nf4", "base_dtype": "bf16"},
+    "int8-bf16": {"quantize": "int8", "base_dtype": "bf16"},
+}
+
+
+def row_name(method: str, base_dtype: str = "fp32", quantize: str = "none") -> str:
+    """The row a run belongs to: the method, with ``@`` and its base storage when that is not float32."""
+    for variant, settings in STORAGE_VARIANTS.items():
+        if settings == {k: v for k, v in (("quantize", quantize), ("base_dtype", base_dtype)) if v not in DEFAULTS}:
+            return f"{method}@{variant}"
+    return method
+
+
 @dataclass
 class MethodPlan:
-    name: str
+    name: str  # the row: the method's name, or ``<method>@<variant>`` on a stored base (STORAGE_VARIANTS)
     lr: float | list[float] | None = None  # a list: a sweep, each value its own runs
     options: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    method: str = ""  # the registered method (default: name)
+
+    def __post_init__(self) -> None:
+        self.method = self.method or self.name
 
     @property
     def is_sweep(self) -> bool:
@@ -144,7 +167,7 @@ class PlannedRun:
     @property
     def name(self) -> str:
         """The run's folder name: ``lora-seed0``, or ``lora-lr0.001-seed0`` in a sweep."""
-        stem = self.method.name.replace("+", "_")
+        stem = self.method.name.replace("+", "_").replace("@", "_")
         lr = f"-lr{format_lr(self.lr)}" if self.method.is_sweep and self.lr is not None else ""
         return f"{stem}{lr}-seed{self.seed}"
 
@@ -169,7 +192,7 @@ class Experiment:
     def run_config(self, plan: MethodPlan, seed: int, output: Path, lr: float | None = None) -> TrainConfig:
         """The settings of one run; ``lr`` picks one value of a sweep (default: the plan's only value)."""
         values = {**self.train, **plan.overrides}
-        values.update(method=plan.name, method_options=dict(plan.options), seed=seed, output=str(output))
+        values.update(method=plan.method, method_options=dict(plan.options), seed=seed, output=str(output))
         chosen = lr if lr is not None else plan.learning_rates[0]
         if chosen is not None:
             values["lr"] = chosen
@@ -187,7 +210,8 @@ class Experiment:
             "shared": self.shared,
             "seeds": self.seeds,
             "methods": [
-                {"name": m.name, "lr": m.lr, "options": m.options, "overrides": m.overrides} for m in self.methods
+                {"name": m.name, "method": m.method, "lr": m.lr, "options": m.options, "overrides": m.overrides}
+                for m in self.methods
             ],
             "train": self.train,
         }
@@ -260,8 +284,14 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
         raise ExperimentError(f"{source} [experiment]: seeds {seeds} lists a seed twice")
     declarations = {}
     for name in names:  # a typo in the list is the list's fault, not the correctly spelled table's
+        method, _, variant = str(name).partition("@")
+        if variant and variant not in STORAGE_VARIANTS:
+            raise ExperimentError(
+                f"{source} [experiment] methods: {name!r}: unknown base storage {variant!r} "
+                f"(after @: {', '.join(STORAGE_VARIANTS)})"
+            )
         try:
-            declarations[name] = get_declaration(name)
+            declarations[name] = get_declaration(method)
         except MethodConfigError as err:
             raise ExperimentError(f"{source} [experiment] methods: {err}") from None
     sections = values.get("methods", {})
@@ -271,16 +301,26 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
     plans = []
     for name in names:
         where = f"{source} [methods.{name}]"
+        method, _, variant = str(name).partition("@")
         declaration = declarations[name]
         section = dict(sections.get(name, {}))
         lr = _check_lr(section.pop("lr", None), where)
         options = section.pop("options", {})
         _check_keys(section, train_keys, where)
+        for key, value in STORAGE_VARIANTS.get(variant, {}).items():
+            if section.get(key, value) != value:
+                raise ExperimentError(f"{where}: {key} = {section[key]!r} contradicts the row name {name!r}")
+            section[key] = value
         try:
-            declaration.config_class.from_options(options, name)
+            declaration.config_class.from_options(options, method)
         except (MethodConfigError, TypeError) as err:
             raise ExperimentError(f"{where} options: {err}") from None
-        plans.append(MethodPlan(name, lr, options, _resolve_paths(section, folder, where)))
+        settings = {**train, **section}
+        # [methods.lora] quantize = "nf4" makes the row lora@nf4, as if it had been named so
+        row = row_name(method, settings.get("base_dtype", "fp32"), settings.get("quantize", "none"))
+        if row in [p.name for p in plans]:
+            raise ExperimentError(f"{where}: a second {row!r} row (its base storage makes it {row!r})")
+        plans.append(MethodPlan(row, lr, options, _resolve_paths(section, folder, where), method))
     shared = find_shared(folder) if folder is not None and SHARED in str(values) else None
     experiment = Experiment(
         head.get("name", Path(source).stem),

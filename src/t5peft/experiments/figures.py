@@ -376,7 +376,13 @@ def build_memory_figure(results: dict[str, Any]):
     ax.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(quantities))
     counted = (
         f"Counted from each method's parameter counts, in fp32: {BYTES_PER_WEIGHT} B per weight, and "
-        f"{BYTES_PER_GRADIENT} B gradient + {BYTES_PER_ADAMW_STATE} B AdamW moments per trainable parameter."
+        f"{BYTES_PER_GRADIENT} B gradient + {BYTES_PER_ADAMW_STATE} B AdamW moments per trainable parameter"
+        + (
+            "; a row on a stored base (name@bf16, @nf4, @int8) counts its frozen weights at the bytes they are "
+            "stored in (bf16: 2 B; NF4: 0.5 B + scales, 0.516 B per weight; int8: 1 B + a scale per row)."
+            if any(s.get("base_precision", "fp32") != "fp32" for s in summary.values())
+            else "."
+        )
     )
     measured = (
         " Measured: the CUDA allocator's peak in each run (weights, training state, activations and workspace)."

@@ -21,13 +21,16 @@ from typing import Any
 
 from ..engine.layout import RunFolder
 from ..errors import T5PeftError
+from .config import row_name
 from .layout import RESULTS_FILE
 from .share import method_share, read_stretches, run_share
 
 SCHEMA_VERSION = 2
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 
-# Counted memory: t5peft keeps every parameter in float32 (bf16 is autocast only) and trains with AdamW.
+# Counted memory: t5peft keeps every parameter in float32 (bf16 is autocast only) and trains with AdamW, unless the
+# frozen base is stored in bf16 or quantized (--base-dtype / --quantize): then the base counts the bytes it is stored
+# in (runs record them: results.json "base_storage"), e.g. 0.516 B per NF4 weight (4 bits + the scales).
 BYTES_PER_WEIGHT = 4
 BYTES_PER_GRADIENT = 4
 BYTES_PER_ADAMW_STATE = 8  # exp_avg + exp_avg_sq, float32 each
@@ -52,8 +55,10 @@ def run_record(run_folder: Path, root: Path | None = None) -> dict[str, Any]:
     folder = Path(run_folder)
     if root is not None and folder.resolve().is_relative_to(Path(root).resolve()):
         folder = folder.resolve().relative_to(Path(root).resolve())
+    config = r["config"]
     return {
-        "method": r["method"],
+        # the row: the method, and its base storage when that is not float32 ("lora@nf4")
+        "method": row_name(r["method"], config.get("base_dtype", "fp32"), config.get("quantize", "none")),
         "seed": r["seed"],
         "folder": str(folder),
         "weights": r["weights"],
@@ -75,6 +80,7 @@ def run_record(run_folder: Path, root: Path | None = None) -> dict[str, Any]:
             "trainable_percent": params["trainable_percent"],
         },
         "memory": r["memory"],
+        "base_storage": r.get("base_storage"),
         "training": r["training"],
         "evaluation_seconds": r["test"]["seconds"],
         "adapter_file_bytes": r["adapter_file_bytes"],
@@ -94,11 +100,13 @@ def _mean_std(values: list[float]) -> dict[str, float | int]:
     }
 
 
-def counted_memory(parameters: dict[str, int]) -> dict[str, int]:
-    """Bytes of the weights (all parameters), and of the gradients and AdamW moments of the trainable ones."""
+def counted_memory(parameters: dict[str, int], base_storage: dict[str, Any] | None = None) -> dict[str, int]:
+    """Bytes of the weights (all parameters; a stored base at the bytes it is stored in), and of the gradients and
+    AdamW moments of the trainable ones."""
     trainable, total = parameters["trainable"], parameters["total"]
+    frozen = BYTES_PER_WEIGHT * (total - trainable) if base_storage is None else base_storage["frozen_bytes"]
     memory = {
-        "weights": BYTES_PER_WEIGHT * total,
+        "weights": frozen + BYTES_PER_WEIGHT * trainable,
         "trainable_weights": BYTES_PER_WEIGHT * trainable,
         "gradients": BYTES_PER_GRADIENT * trainable,
         "optimizer_state": BYTES_PER_ADAMW_STATE * trainable,
@@ -106,6 +114,13 @@ def counted_memory(parameters: dict[str, int]) -> dict[str, int]:
     memory["training_state"] = memory["trainable_weights"] + memory["gradients"] + memory["optimizer_state"]
     memory["total"] = memory["weights"] + memory["gradients"] + memory["optimizer_state"]
     return memory
+
+
+def base_precision(base_storage: dict[str, Any] | None) -> str:
+    """How a row's frozen base was stored, as the table shows it: fp32, bf16, nf4, int8, nf4 (bf16 scales)..."""
+    if base_storage is None or base_storage["quantize"] == "none":
+        return base_storage["base_dtype"] if base_storage else "fp32"
+    return base_storage["quantize"] + (" (bf16 rest)" if base_storage["base_dtype"] == "bf16" else "")
 
 
 def _planned(experiment: dict[str, Any]) -> dict[str, list[float] | None]:
@@ -180,7 +195,8 @@ def summarize(runs: list[dict[str, Any]], sweeps: dict[str, dict[str, Any]] | No
             "trainable_parameters": trainable,
             "trainable_percent": mine[0]["parameters"]["trainable_percent"],
             "fewer_parameters_than_full": full_count / trainable if trainable else None,
-            "counted_memory_bytes": counted_memory(mine[0]["parameters"]),
+            "counted_memory_bytes": counted_memory(mine[0]["parameters"], mine[0].get("base_storage")),
+            "base_precision": base_precision(mine[0].get("base_storage")),
             "peak_memory_bytes": _mean_std([r["memory"][memory_key] for r in mine]),
             "peak_memory_kind": memory_key,
             "training_seconds": _mean_std([r["training"]["seconds"] for r in mine]),

@@ -70,6 +70,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {len(s['seeds'])} |"
         )
     lines += ["", _sharing_note(results["summary"])]
+    lines += _storage_lines(results["summary"])
     if sweeps:
         lines += _sweep_lines(sweeps)
     if results.get("not_finished"):
@@ -82,6 +83,19 @@ def markdown_table(results: dict[str, Any]) -> str:
             for r in ranks
         ]
     return "\n".join(lines) + "\n"
+
+
+def _storage_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """Rows on a stored base (``lora@nf4``): how the base was stored and the bytes its weights are counted at."""
+    stored = {m: s for m, s in summary.items() if s.get("base_precision", "fp32") != "fp32"}
+    if not stored:
+        return []
+    lines = ["", "Base precision of every row is fp32 but (frozen weights counted at the bytes they are stored in):"]
+    lines += [
+        f"- {m}: {s['base_precision']}, all weights counted {human_bytes(s['counted_memory_bytes']['weights'])}"
+        for m, s in stored.items()
+    ]
+    return lines
 
 
 def _sweep_lines(sweeps: dict[str, dict[str, Any]]) -> list[str]:

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.storage import linear
 from .base import (
     AdditiveLinear,
     Method,
@@ -101,9 +102,9 @@ class AdaLoraLinear(AdditiveLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
-            return F.linear(x, self.weight)
+            return linear(x, self.weight)
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_A * self.lora_E), self.lora_B)
-        return torch.add(F.linear(x, self.weight), update, alpha=self.scale)
+        return torch.add(linear(x, self.weight), update, alpha=self.scale)
 
     def kept(self) -> tuple[Tensor, Tensor, Tensor]:
         """``A``, ``E``, ``B`` restricted to the kept triplets (the saved form)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..model.storage import has_quantized_weights
 from .base import Method, MethodConfig, MethodConfigError
 from .registry import get_declaration
 
@@ -66,6 +67,11 @@ def merge_method(model: T5ForConditionalGeneration) -> T5ForConditionalGeneratio
     module) is refused with its reason."""
     if model.peft is None:
         raise MethodConfigError("the model has no method applied: there is nothing to merge")
+    if has_quantized_weights(model):
+        raise MethodConfigError(
+            "the base is quantized: merging into it would round the update away; load the base unquantized "
+            "(load_pretrained), load the adapter onto it (load_adapter) and merge that"
+        )
     return model.peft.method.merge(model)
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..model.storage import Linear
 from .declaration import MethodConfig, MethodConfigError, MethodDeclaration
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ def merge_wrapped_linears(model: T5ForConditionalGeneration, wrapper: type[nn.Mo
         raise RuntimeError(f"nothing to merge: the model has no {wrapper.__name__} layers")
     for name, module in wrapped:
         module.merge()
-        plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+        plain = Linear(module.in_features, module.out_features, bias=False, device="meta")
         plain.weight = module.weight
         replace_module(model, name, plain)
     return detach_method(model)

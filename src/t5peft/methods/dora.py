@@ -28,9 +28,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.storage import dense, linear
 from .base import Method, linear_targets, merge_wrapped_linears
 from .declarations.dora import DECLARATION
 from .lora import LoraLinear, inject_lora
@@ -50,10 +50,10 @@ class DoraLinear(LoraLinear):
     def weight_norm(self) -> Tensor:
         """``||W + s B A||`` per output feature (row of the weight), without gradient."""
         with torch.no_grad():
-            return torch.linalg.norm(self.weight + self.delta_weight(), dim=1)
+            return torch.linalg.norm(dense(self.weight, self.lora_A.weight.dtype) + self.delta_weight(), dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.linear(x, self.weight)
+        out = linear(x, self.weight)
         if self.merged:
             return out
         scale = (self.lora_magnitude_vector / self.weight_norm()).to(out.dtype)
@@ -61,7 +61,7 @@ class DoraLinear(LoraLinear):
             dropped, base = x, out
         else:
             dropped = self.lora_dropout(x)
-            base = F.linear(dropped, self.weight)
+            base = linear(dropped, self.weight)
         update = self.lora_B(self.lora_A(dropped)) * self.scaling
         return out + (scale - 1) * base + scale * update
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_STORAGE = "base_quantization.json"  # how the base it was trained on was stored (bf16 / NF4 / int8), if not fp32
 MODEL_CONFIG = "config.json"
 
 
@@ -100,6 +101,9 @@ def save_adapter(model: T5ForConditionalGeneration, directory: str | os.PathLike
         "revision": None,
     }
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    storage = getattr(model, "base_storage", None)
+    if storage is not None:  # a separate file: PEFT's LoraConfig has no field for it and warns about unknown ones
+        (directory / BASE_STORAGE).write_text(json.dumps(storage, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     # our version goes in the tensor file's metadata: PEFT warns about config fields it does not know
     save_file(tensors, directory / ADAPTER_WEIGHTS, metadata={"format": "pt", "t5peft_version": __version__})
     return directory

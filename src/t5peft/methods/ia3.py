@@ -30,9 +30,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.storage import linear
 from .base import Method, find_linear_targets, linear_targets, merge_wrapped_linears, replace_module, resolve_targets
 from .declarations.ia3 import DECLARATION, IA3Config
 
@@ -62,11 +62,11 @@ class IA3Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
-            return F.linear(x, self.weight)
+            return linear(x, self.weight)
         scale = self.ia3_l.view(-1)
         if self.is_feedforward:
-            return F.linear(x * scale.to(x.dtype), self.weight)
-        out = F.linear(x, self.weight)
+            return linear(x * scale.to(x.dtype), self.weight)
+        out = linear(x, self.weight)
         return out * scale.to(out.dtype)
 
     @torch.no_grad()

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.storage import linear
 from .base import (
     AdditiveLinear,
     Method,
@@ -56,7 +56,7 @@ class LoraLinear(AdditiveLinear):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.linear(x, self.weight)
+        out = linear(x, self.weight)
         if self.merged:
             return out
         return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling

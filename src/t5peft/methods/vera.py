@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.storage import linear
 from .base import (
     AdditiveLinear,
     Method,
@@ -106,7 +107,7 @@ class VeraLinear(AdditiveLinear):
         return (self.vera_lambda_b[:, None] * b) @ (self.vera_lambda_d[:, None] * a)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.linear(x, self.weight)
+        out = linear(x, self.weight)
         if self.merged:
             return out
         a, b = self.sliced()

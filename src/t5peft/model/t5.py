@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from ..hub import Downloader
 from .checkpoint import CheckpointError, check_names, check_part, stream_checkpoint, write_checkpoint
 from .config import T5Config
+from .storage import Embedding, Linear
 
 # --------------------------------------------------------------------------------------------------
 # Building blocks
@@ -74,8 +75,8 @@ def _activation(name: str) -> nn.Module:
 class T5DenseActDense(nn.Module):
     def __init__(self, config: T5Config) -> None:
         super().__init__()
-        self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.wi = Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = Linear(config.d_ff, config.d_model, bias=False)
         self.dropout = nn.Dropout(config.dropout_rate)
         self.act = _activation(config.dense_act_fn)
 
@@ -86,9 +87,9 @@ class T5DenseActDense(nn.Module):
 class T5DenseGatedActDense(nn.Module):
     def __init__(self, config: T5Config) -> None:
         super().__init__()
-        self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.wi_0 = Linear(config.d_model, config.d_ff, bias=False)
+        self.wi_1 = Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = Linear(config.d_ff, config.d_model, bias=False)
         self.dropout = nn.Dropout(config.dropout_rate)
         self.act = _activation(config.dense_act_fn)
 
@@ -139,10 +140,10 @@ class T5Attention(nn.Module):
         self.d_kv = config.d_kv
         self.dropout = config.dropout_rate
         inner = config.inner_dim
-        self.q = nn.Linear(config.d_model, inner, bias=False)
-        self.k = nn.Linear(config.d_model, inner, bias=False)
-        self.v = nn.Linear(config.d_model, inner, bias=False)
-        self.o = nn.Linear(inner, config.d_model, bias=False)
+        self.q = Linear(config.d_model, inner, bias=False)
+        self.k = Linear(config.d_model, inner, bias=False)
+        self.v = Linear(config.d_model, inner, bias=False)
+        self.o = Linear(inner, config.d_model, bias=False)
         self.has_relative_attention_bias = has_relative_attention_bias
         if has_relative_attention_bias:
             self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
@@ -540,13 +541,14 @@ class T5ForConditionalGeneration(nn.Module):
     def __init__(self, config: T5Config) -> None:
         super().__init__()
         self.config = config
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.shared = Embedding(config.vocab_size, config.d_model)
         self.encoder = T5Stack(config, is_decoder=False)
         self.decoder = T5Stack(config, is_decoder=True)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.shared.weight
         self.peft = None  # set by t5peft.methods.apply_method
+        self.base_storage: dict | None = None  # how the frozen base is stored, if not float32 (model.storage)
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ..data.text2text import (
 )
 from ..engine.env import environment
 from ..engine.layout import NOT_RESULTS, PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder, resolved_paths
+from ..engine.precision import store_base
 from ..engine.runtime import build_model
 from ..engine.skeleton import Pause, RunSkeleton
 from ..engine.state import Position
@@ -196,11 +197,14 @@ class Run(RunSkeleton):
         self.method = self.model.peft.method
 
     def _place_model(self) -> None:
-        """Keep a random base beside the run (it cannot be fetched again), then move the model to its device."""
+        """Keep a random base beside the run (it cannot be fetched again, and a quantized one cannot be written),
+        move the model to its device, and store its frozen base as asked (bf16 / quantized: ``engine.precision``).
+        A resumed run re-creates the stored base the same way from the same full-precision weights."""
         if self.cfg.init == "random" and not self.model.peft.trains_base:
             save_base(self.model, self.folder.base)
             self.model.config.name_or_path = str(self.folder.base)  # the adapter's config points at it
         self.runtime.place(self.model)
+        self.base_storage = store_base(self.model, self.cfg.base_dtype, self.cfg.quantize, self.device, TrainError)
         self.scorer = Scorer(self.model, self.first_tokens, self.bf16, self.compiled)
 
     def _setup_optimizer(self) -> None:
@@ -367,6 +371,7 @@ class Run(RunSkeleton):
                 "eval_batch_size": self.eval_batch_size,
             },
             "memory": self.runtime.memory_report(),
+            "base_storage": self.base_storage,
             "adapter_file_bytes": weights_file.stat().st_size,
             "method_report": self.method.report(self.model),
             "data": self.data.info,

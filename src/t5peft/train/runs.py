@@ -15,6 +15,7 @@ import torch
 from ..data.sources import DataError, LabeledTexts, load_split, shared_rows, source_kind
 from ..data.text2text import TaskFormat, encode_split
 from ..engine.layout import RunFolder, located
+from ..engine.precision import store_base
 from ..engine.runtime import resolve_device
 from ..methods import load_trained
 from ..model.t5 import T5ForConditionalGeneration
@@ -48,7 +49,11 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
     model = load_trained(folder.final, base)
     carried = any((folder.final / name).is_file() for name in TOKENIZER_FILES)  # since 0.2: copied at the end
     tokenizer = load_tokenizer(folder.final) if carried else load_run_tokenizer(cfg.tokenizer, cfg.model)
-    return TrainedRun(cfg, model.to(resolve_device(device, TrainError)).eval(), tokenizer, cfg.task_format())
+    resolved = resolve_device(device, TrainError)
+    model.to(resolved)
+    if model.peft is not None:  # the base stored as the run trained on it (a QLoRA adapter meets its NF4 base)
+        store_base(model, cfg.base_dtype, cfg.quantize, resolved, TrainError)
+    return TrainedRun(cfg, model.eval(), tokenizer, cfg.task_format())
 
 
 def relocated(cfg: TrainConfig, paths: dict[str, Any]) -> TrainConfig:

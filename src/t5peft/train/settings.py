@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..engine.settings import SettingsFile, check_run_settings
+from ..engine.settings import SettingsFile, check_run_settings, check_storage
 from ..errors import T5PeftError
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ class TrainConfig(SettingsFile):
     tensorboard: str | None = None  # a folder for TensorBoard events (engine.tensorboard); None: none
     push_to_hub: str | None = None  # a Hub repository id the finished run is uploaded to (t5peft push)
     activation_checkpointing: bool = False  # recompute each T5 block's activations in the backward pass
+    base_dtype: str = "fp32"  # "bf16": the frozen weights of an adapter method stored in bf16 (trained ones: float32)
+    quantize: str = "none"  # "nf4" / "int8": the frozen q, k, v, o, wi weights quantized (torchao); see model.storage
 
     def __post_init__(self) -> None:
         """Checked before anything is loaded, so a typo costs no data loading."""
@@ -81,6 +83,7 @@ class TrainConfig(SettingsFile):
             value = getattr(self, name)
             if value is not None and value < 2:
                 raise TrainError(f"{name} must be at least 2 (a review of each class), got {value}")
+        check_storage(self.base_dtype, self.quantize, self.method, TrainError)
         self.label_words = tuple(self.label_words)
         self.task_format()
 
