@@ -147,6 +147,13 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=d.compile,
         help="torch.compile the step (+ CUDA graphs on CUDA); auto: on for CUDA, off on the CPU",
     )
+    p.add_argument(
+        "--strategy",
+        choices=["auto", "ddp", "fsdp"],
+        default=d.strategy,
+        help="under torchrun: ddp (DistributedDataParallel; auto with more than one rank) or fsdp (FSDP2 per T5 "
+        "block); --batch-size stays the global batch",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars; one line per log point instead")
 

@@ -125,6 +125,23 @@ class CheckpointFiles:
         """JSON: the position (steps, epochs, metric lines, time), the scheduler, numpy's and Python's RNG."""
         return self.root / "state.json"
 
+    # A checkpoint of a run on many ranks (engine.distributed) holds its weights and AdamW state in
+    # torch.distributed.checkpoint's sharded format instead of trainable/optimizer.safetensors, and one RNG
+    # state per rank; the rest is as above.
+
+    @property
+    def sharded(self) -> Path:
+        """torch.distributed.checkpoint's folder: the trainable weights and AdamW's moments, each rank's part."""
+        return self.root / "sharded"
+
+    def rank_rng(self, rank: int) -> Path:
+        """Rank ``rank``'s torch / CUDA generator states and numpy's key."""
+        return self.root / f"rng.rank{rank}.safetensors"
+
+    def rank_rng_meta(self, rank: int) -> Path:
+        """Rank ``rank``'s numpy and Python generator states (JSON)."""
+        return self.root / f"rng.rank{rank}.json"
+
 
 # A checkpoint written by ``t5peft pretrain`` carries this record beside its weights; fine-tuning from it labels
 # every result with PRETRAINED_HERE (never "pretrained", which means weights from elsewhere, such as t5-small).

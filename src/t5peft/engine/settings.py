@@ -17,6 +17,7 @@ from ..errors import T5PeftError
 INITS = ("pretrained", "random")
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, float32 on the CPU
 COMPILE_SETTINGS = ("auto", "on", "off")  # auto: compiled (+ CUDA graph) on CUDA, eager on the CPU
+STRATEGIES = ("auto", "ddp", "fsdp")  # auto: DDP when torchrun starts more than one rank, none in one process
 SEED_LIMIT = 2**32  # numpy's generator takes seeds in [0, 2**32)
 
 T = TypeVar("T")

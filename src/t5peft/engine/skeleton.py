@@ -30,10 +30,11 @@ The loop (``fit``): for each batch of ``batches()``, the step (compiled and capt
 writes a log point (``log_point``, which calls ``log_metrics``), a snapshot (``write_snapshot``) and a checkpoint
 (``save_checkpoint``), and may end the run.
 
-Where the next pieces plug in: a process group (torchrun, DDP / FSDP) in :class:`~.runtime.Runtime` and
-``Runtime.place`` (wrapping the model), with the writing rank deciding in the few methods that write:
-``write_settings``, ``log_metrics`` (through its sinks), ``save_checkpoint``, the progress bar (``_progress_bar``)
-and the subclass's ``finish``. A precision policy (a bf16 base) in ``Runtime.place``. A metrics sink (TensorBoard)
+Many processes (torchrun): ``Runtime.dist`` (:class:`~.distributed.Distribution`) joins the process group when the
+runtime is resolved; the run's training forward goes through ``Runtime.wrap`` (DDP / FSDP), and the writing rank
+(``dist.is_writer``) is asked in the few methods that write: ``write_settings``, the metrics log (only the writer has
+sinks), ``save_checkpoint`` (every rank takes part in a sharded checkpoint), the progress bar (``_progress_bar``) and
+the subclass's ``finish``. A precision policy (a bf16 base) in ``Runtime.place``. A metrics sink (TensorBoard)
 is one more entry in ``sinks``: every log point goes to each sink.
 """
 
@@ -54,10 +55,11 @@ from tqdm import tqdm
 from ..data.text2text import Batch
 from ..errors import T5PeftError
 from .clock import TrainingClock
+from .distributed import Distribution
 from .layout import changed_settings
 from .runtime import Runtime, seed_everything
 from .settings import RunSettings, TrainInterrupted, comparable
-from .state import MetricsLog, Position, load_checkpoint, read_position, save_checkpoint
+from .state import MetricsLog, Position, read_position, resume, write_checkpoint
 from .step import TrainStep
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class RunSkeleton:
     kind: ClassVar[str]  # "a run", "a pretraining run": what an occupied folder holds
     checkpoint_schedule: str  # when checkpoints are written ("one is written at the end of each epoch"), for Ctrl-C
     progress_label: str  # the progress bar's label
+    distributable: ClassVar[bool] = False  # whether the kind of run may run on many ranks (torchrun)
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -118,12 +121,14 @@ class RunSkeleton:
         self.folder: Folder = self.folder_type(Path(cfg.output))
         self.check_settings()
         self.check_output_folder()
-        self.runtime = Runtime.resolve(cfg.device, cfg.precision, cfg.compile, self.error)
+        strategy = getattr(cfg, "strategy", "auto")
+        self.runtime = Runtime.resolve(cfg.device, cfg.precision, cfg.compile, self.error, strategy)
+        self.check_distribution()
         seed_everything(cfg.seed)
         self.folder.root.mkdir(parents=True, exist_ok=True)
         self.position = Position()
         self.metrics = MetricsLog(self.folder.metrics)
-        self.sinks: list[MetricsSink] = [self.metrics]
+        self.sinks: list[MetricsSink] = [self.metrics] if self.dist.is_writer else []
         self.bar: tqdm | None = None
         self.compile_seconds = 0.0
         self.stopped_by: str | None = None
@@ -141,11 +146,29 @@ class RunSkeleton:
     def compiled(self) -> bool:
         return self.runtime.compiled
 
+    @property
+    def dist(self) -> Distribution:
+        return self.runtime.dist
+
     # ----------------------------------------------------------------------------------------------
     # Setting up
 
     def check_settings(self) -> None:
         """Checks of the settings that need more than the settings themselves (default: none)."""
+
+    def check_distribution(self) -> None:
+        """A run on many ranks: the kind of run allows it, and the global batch divides over the ranks."""
+        dist = self.dist
+        if not dist.distributed:
+            return
+        if not self.distributable:
+            dist.close()
+            raise self.error(f"{self.kind} runs in one process; start it without torchrun")
+        try:
+            dist.check_batch_size(self.cfg.batch_size, self.error)
+        except T5PeftError:
+            dist.close()
+            raise
 
     def check_output_folder(self) -> None:
         path = self.folder.run_config
@@ -189,30 +212,38 @@ class RunSkeleton:
 
     def run(self) -> dict[str, Any]:
         """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped."""
-        self.resume_if_asked()
-        self.write_settings()
         try:
-            self.runtime.reset_peak_memory()
-            self.fit()
-            return self.finish()
-        except KeyboardInterrupt:
-            raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
+            self.resume_if_asked()
+            self.write_settings()
+            try:
+                self.runtime.reset_peak_memory()
+                self.fit()
+                return self.finish()
+            except KeyboardInterrupt:
+                raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
+        finally:
+            self.dist.close()
 
     def resume_if_asked(self) -> None:
         checkpoint = self.folder.checkpoint
         if not (self.cfg.resume and checkpoint.exists()):
-            self.metrics.restart(0)
+            self._restart_metrics(0)
             return
-        self.position, method_state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+        self.position, method_state = resume(checkpoint, self.model, self.optimizer, self.scheduler, self.dist)
         if self.step.method is not None:
             self.step.method.load_training_state(method_state)
         self.step.step = self.position.global_step
         self.step.reset_loss(self.position.running_loss_sum, self.position.running_loss_steps)
-        self.metrics.restart(self.position.metric_lines)
+        self._restart_metrics(self.position.metric_lines)
         log.info("resumed %s at step %d", self.folder.root, self.position.global_step)
 
+    def _restart_metrics(self, lines: int) -> None:
+        if self.dist.is_writer:
+            self.metrics.restart(lines)
+
     def write_settings(self) -> None:
-        self.folder.run_config.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        if self.dist.is_writer:
+            self.folder.run_config.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
 
     def finish(self) -> dict[str, Any]:
         """What the run leaves once trained (test results, an exported checkpoint); returned by :meth:`run`."""
@@ -265,8 +296,9 @@ class RunSkeleton:
                 self.before_step(pos.train_seconds + clock.elapsed())
                 self.step(batch)
                 pos.global_step += 1
-                pos.train_examples += batch.rows
-                pos.train_tokens += batch.tokens
+                rows, tokens = batch.counted
+                pos.train_examples += rows
+                pos.train_tokens += tokens
                 self.bar.update(1)
                 clock.tick(pos.global_step)
                 pause = self.pause_after(pos.global_step, pos.train_seconds + clock.elapsed())
@@ -292,7 +324,7 @@ class RunSkeleton:
         return tqdm(
             total=self.total_steps,
             initial=self.position.global_step,
-            disable=not self.cfg.progress,
+            disable=not (self.cfg.progress and self.dist.is_writer),
             desc=self.progress_label,
             unit="step",
             dynamic_ncols=True,
@@ -322,7 +354,9 @@ class RunSkeleton:
         pos = self.position
         pos.running_loss_sum, pos.running_loss_steps = self.step.read_loss()
         method_state = self.step.method.training_state() if self.step.method is not None else {}
-        save_checkpoint(self.folder.checkpoint, self.model, self.optimizer, self.scheduler, method_state, pos)
+        write_checkpoint(
+            self.folder.checkpoint, self.model, self.optimizer, self.scheduler, method_state, pos, self.dist
+        )
 
     # ----------------------------------------------------------------------------------------------
     # Interruption

@@ -9,6 +9,7 @@ choice of its reviews in :mod:`.rows`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -24,10 +25,12 @@ from ..data.text2text import (
     EncodedSplit,
     StaticShape,
     TaskFormat,
+    batch_indices,
+    collate,
     encode_split,
     label_token_ids,
     steps_per_epoch,
-    train_batches,
+    target_lengths,
 )
 from ..engine.env import environment
 from ..engine.layout import PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder
@@ -104,6 +107,7 @@ class Run(RunSkeleton):
 
     folder_type = RunFolder
     kind = "a run"
+    distributable = True
     checkpoint_schedule = "one is written at the end of each epoch"
     cfg: TrainConfig
     folder: RunFolder
@@ -132,8 +136,9 @@ class Run(RunSkeleton):
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.data = prepare_data(cfg, self.tokenizer, self.task)
+        local_batch = self.dist.local_batch_size(cfg.batch_size)  # this rank's part of each global batch
         self.static = (
-            StaticShape.for_split(self.data.train, cfg.batch_size, cfg.max_source_length) if self.compiled else None
+            StaticShape.for_split(self.data.train, local_batch, cfg.max_source_length) if self.compiled else None
         )
 
     def _setup_model(self) -> None:
@@ -147,9 +152,11 @@ class Run(RunSkeleton):
     def _place_model(self) -> None:
         """Keep a random base beside the run (it cannot be fetched again), then move the model to its device."""
         if self.cfg.init == "random" and not self.model.peft.trains_base:
-            save_base(self.model, self.folder.base)
+            if self.dist.is_writer:
+                save_base(self.model, self.folder.base)
             self.model.config.name_or_path = str(self.folder.base)  # the adapter's config points at it
         self.runtime.place(self.model)
+        self.forward = self.runtime.wrap(self.model)  # DDP / FSDP on many ranks; the model itself in one process
         self.scorer = Scorer(self.model, self.first_tokens, self.bf16, self.compiled)
 
     def _setup_optimizer(self) -> None:
@@ -169,6 +176,8 @@ class Run(RunSkeleton):
             max_grad_norm=cfg.max_grad_norm,
             bf16=self.bf16,
             compile=self.compiled,
+            forward=self.forward,
+            dist=self.dist,
         )
 
     @property
@@ -185,9 +194,19 @@ class Run(RunSkeleton):
         return f"{self.cfg.method} seed {self.cfg.seed}"
 
     def batches(self) -> Iterator[Batch]:
-        cfg, pad = self.cfg, self.tokenizer.pad_token_id
+        """Each global batch (``data.text2text.train_batches``' order), as this rank's part of it: the whole batch
+        in one process."""
+        cfg, pad, dist, split = self.cfg, self.tokenizer.pad_token_id, self.dist, self.data.train
+        lengths = target_lengths(split)
         for epoch in range(self.position.epochs_done, cfg.epochs):
-            for batch in train_batches(self.data.train, cfg.batch_size, cfg.seed, epoch, pad, static=self.static):
+            for indices in batch_indices(len(split), cfg.batch_size, cfg.seed, epoch):
+                part = dist.shard(indices)
+                batch = dataclasses.replace(
+                    collate(split, part, pad, self.static),
+                    loss_weight=dist.loss_weight(indices, part, lengths),
+                    global_rows=len(indices),
+                    global_tokens=sum(len(split.source_ids[i]) for i in indices),
+                )
                 yield batch.to(self.device)
 
     def pause_after(self, step: int, train_seconds: float) -> Pause | None:
@@ -257,8 +276,9 @@ class Run(RunSkeleton):
             self.bf16,
             scorer=self.scorer,
             max_source_length=self.cfg.max_source_length,
-            progress=progress,
+            progress=progress and self.dist.is_writer,
             desc=desc,
+            dist=self.dist,
         )
 
     def final_validation(self) -> EvalResult:
@@ -268,14 +288,20 @@ class Run(RunSkeleton):
         return self.evaluate_split(self.data.validation, "validation")
 
     def finish(self) -> dict[str, Any]:
-        """Write what the method trained to ``final/``, test it, and write ``results.json``."""
-        weights_file = save_trained(self.model, self.folder.final)
+        """Write what the method trained to ``final/``, test it, and write ``results.json`` (the writer rank writes;
+        every rank tests its part)."""
+        weights_file = None
+        with self.dist.full_weights(self.model):
+            if self.dist.is_writer:
+                weights_file = save_trained(self.model, self.folder.final)
         test = self.evaluate_split(self.data.test, "test", progress=self.cfg.progress)
         results = self.results(test, self.final_validation(), weights_file)
-        self.folder.results.write_text(json.dumps(results, indent=2) + "\n")
+        if self.dist.is_writer:
+            self.folder.results.write_text(json.dumps(results, indent=2) + "\n")
         return results
 
-    def results(self, test: EvalResult, validation: EvalResult, weights_file: Path) -> dict[str, Any]:
+    def results(self, test: EvalResult, validation: EvalResult, weights_file: Path | None) -> dict[str, Any]:
+        """The results (every rank computes them: the memory of every rank is gathered; the writer has the file)."""
         pos = self.position
         return {
             "method": self.cfg.method,
@@ -300,8 +326,9 @@ class Run(RunSkeleton):
                 "compile_seconds": self.compile_seconds,
                 "eval_batch_size": self.eval_batch_size,
             },
+            "distribution": self.dist.describe(),
             "memory": self.runtime.memory_report(),
-            "adapter_file_bytes": weights_file.stat().st_size,
+            "adapter_file_bytes": weights_file.stat().st_size if weights_file is not None else None,
             "method_report": self.method.report(self.model),
             "data": self.data.info,
             "environment": environment(self.device),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..engine.settings import SettingsFile, check_run_settings
+from ..engine.settings import STRATEGIES, SettingsFile, check_run_settings
 from ..errors import T5PeftError
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ class TrainConfig(SettingsFile):
     compile: str = "auto"  # auto: torch.compile + CUDA graphs on CUDA, eager on the CPU; or "on" / "off"
     resume: bool = False
     progress: bool = True
+    strategy: str = "auto"  # under torchrun: "ddp" (auto when more than one rank) or "fsdp"; see engine.distributed
 
     def __post_init__(self) -> None:
         """Checked before anything is loaded, so a typo costs no data loading."""
@@ -73,6 +74,8 @@ class TrainConfig(SettingsFile):
             value = getattr(self, name)
             if value is not None and value < 2:
                 raise TrainError(f"{name} must be at least 2 (a review of each class), got {value}")
+        if self.strategy not in STRATEGIES:
+            raise TrainError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         self.label_words = tuple(self.label_words)
         self.task_format()
 
