@@ -170,10 +170,12 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.loop import train
+    from .train.loop import Run
 
-    results = train(_train_config(args))
-    _print_summary(results)
+    run = Run.start(_train_config(args))
+    results = run.run()
+    if run.dist.is_writer:  # under torchrun, one summary
+        _print_summary(results)
     return 0
 
 

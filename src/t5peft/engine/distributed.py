@@ -230,14 +230,20 @@ class Distribution:
 
 
 def shard_model(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
-    """FSDP2: each T5 block its own unit, the rest (embeddings, final norms, head) on the root; on CUDA with bf16,
-    FSDP's own mixed precision (bf16 compute, float32 gradients reduced)."""
+    """FSDP2: each T5 block its own unit, the rest (shared embedding, head) on the root; on CUDA with bf16, FSDP's
+    own mixed precision (bf16 compute, float32 gradients reduced).
+
+    The first block of each stack holds the stack's relative position bias table, which the stack reads before it
+    calls any block; so the first block is sharded with its stack (and the stack's final norm), as one unit that
+    the stack's forward gathers, and every later block is its own unit.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     options = {"mp_policy": policy} if policy is not None else {}
     for stack in (model.encoder, model.decoder):
-        for block in stack.block:
+        for block in list(stack.block)[1:]:
             fully_shard(block, **options)
+        fully_shard(stack, **options)
     fully_shard(model, **options)
     return model

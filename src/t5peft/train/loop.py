@@ -228,7 +228,7 @@ class Run(RunSkeleton):
     def validate(self, step: int, epoch: float, train_loss: float) -> EvalResult:
         result = self.evaluate_split(self.data.validation, "validation")
         self.last_validation = (step, result)
-        if not self.cfg.progress:  # without a progress bar, one line per log point
+        if not self.cfg.progress and self.dist.is_writer:  # without a progress bar, one line per log point
             print(
                 f"step {step}/{self.total_steps} (epoch {epoch:.2f}): train loss {train_loss:.4f}, "
                 f"validation loss {result.loss:.4f}, accuracy {result.accuracy:.4f}",
