@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 # Settings that do not change what a run computes: a run resumed, reused or compared with other values of these
-# is the same run. (``data_workers``: pretraining batches are a function of seed and step, whoever builds them.)
-NOT_RESULTS = frozenset({"progress", "resume", "data_workers"})
+# is the same run. (``data_workers``: pretraining batches are a function of seed and step, whoever builds them.
+# ``strategy``: how many ranks share each global batch and how, which changes float32 reduction order only, so a
+# run resumes on another world size or strategy; the world size itself is not a setting.)
+NOT_RESULTS = frozenset({"progress", "resume", "data_workers", "strategy"})
 
 
 def changed_settings(
