@@ -278,3 +278,36 @@ def test_an_indivisible_global_batch_under_torchrun_is_one_line(imdb_dir, t5_sma
         "t5peft train: error: --batch-size 7 (the global batch) does not divide evenly over 2 ranks; use a multiple of 2"
     }
     assert not run.exists()
+
+
+def _drifted_rank(rank: int, store: str, queue) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        model = torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+            model.bias.fill_(0.5 if rank == 0 else 0.5 + 2**-20)  # one value, one rank, off by 2**-20
+        dist = Distribution(world_size=2, rank=rank, strategy="ddp", backend="gloo")
+        try:
+            dist.check_replicas(model, T5PeftError)
+            queue.put((rank, None))
+        except T5PeftError as err:
+            queue.put((rank, str(err)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_that_drift_apart_are_an_error(tmp_path):
+    """Replicas are compared bit for bit at every checkpoint and at the end: one weight off by 2**-20 on one rank
+    is an error naming the rank and the tensor, on every rank."""
+    context = torch.multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_drifted_rank, args=(r, str(tmp_path / "store"), queue)) for r in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=LAUNCH_TIMEOUT)
+    assert all(worker.exitcode == 0 for worker in workers)
+    reports = dict(queue.get(timeout=5) for _ in workers)
+    message = "rank 1 holds other values than rank 0 for bias (and 0 more): the ranks no longer train one model"
+    assert reports == {0: message, 1: message}

@@ -192,6 +192,29 @@ class Distribution:
         tdist.all_gather(parts, mine)
         return [part.tolist() for part in parts]
 
+    def check_replicas(self, model: nn.Module, error: type[T5PeftError]) -> None:
+        """Raise ``error`` unless every rank holds the same replicated state, bit for bit: the trainable weights
+        under DDP and the buffers (AdaLoRA's rank masks) under any strategy. Ranks that drifted apart would
+        otherwise go on quietly, each training its own model."""
+        if not self.distributed:
+            return
+        named = [(f"buffer {name}", b) for name, b in model.named_buffers()]
+        if self.strategy == "ddp":
+            named += [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            return
+        device = self.collective_device(next(t for _, t in named).device)
+        sums = torch.stack([t.detach().to(device, torch.float64).sum() for _, t in named])
+        parts = [torch.empty_like(sums) for _ in range(self.world_size)]
+        tdist.all_gather(parts, sums)
+        for rank, part in enumerate(parts):
+            differ = (part != parts[0]).nonzero().flatten().tolist()
+            if differ:
+                raise error(
+                    f"rank {rank} holds other values than rank 0 for {named[differ[0]][0]} (and {len(differ) - 1} "
+                    "more): the ranks no longer train one model"
+                )
+
     def barrier(self) -> None:
         if self.distributed:
             tdist.barrier()

@@ -351,6 +351,7 @@ class RunSkeleton:
         self.position.metric_lines += 1
 
     def save_checkpoint(self) -> None:
+        self.dist.check_replicas(self.model, self.error)
         pos = self.position
         pos.running_loss_sum, pos.running_loss_steps = self.step.read_loss()
         method_state = self.step.method.training_state() if self.step.method is not None else {}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,9 @@ def _load_sharded(
 
     model_state, optimizer_state = _distributed_state(model, optimizer)  # the templates DCP loads into, in place
     state = {"model": model_state, "optimizer": optimizer_state["state"]}
-    dcp.load(state, checkpoint_id=files.sharded)
+    with warnings.catch_warnings():  # in one process DCP warns that it loads without a process group: meant here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.load(state, checkpoint_id=files.sharded)
     groups = json.loads(files.optimizer_groups.read_text())["param_groups"]
     set_state_dict(
         model,

@@ -290,6 +290,7 @@ class Run(RunSkeleton):
     def finish(self) -> dict[str, Any]:
         """Write what the method trained to ``final/``, test it, and write ``results.json`` (the writer rank writes;
         every rank tests its part)."""
+        self.dist.check_replicas(self.model, TrainError)
         weights_file = None
         with self.dist.full_weights(self.model):
             if self.dist.is_writer:
