@@ -274,9 +274,8 @@ def test_an_indivisible_global_batch_under_torchrun_is_one_line(imdb_dir, t5_sma
     result = launch(cli_args(imdb_dir, t5_small_dir, run, batch_size=7))
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("t5peft train: error:")]
-    assert errors and set(errors) == {
-        "t5peft train: error: --batch-size 7 (the global batch) does not divide evenly over 2 ranks; use a multiple of 2"
-    }
+    expected = "--batch-size 7 (the global batch) does not divide evenly over 2 ranks; use a multiple of 2"
+    assert errors and set(errors) == {f"t5peft train: error: {expected}"}
     assert not run.exists()
 
 
