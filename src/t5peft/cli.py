@@ -539,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TrainInterrupted as err:  # Ctrl-C in train or pretrain: where it stopped, and the command that continues
+        if err.quiet:
+            return 130
         print(f"t5peft {args.command}: {err}", file=sys.stderr)
         again = _resume_command(argv) if err.resumable else shlex.join(["t5peft", *argv])
         print(f"to continue: {again}", file=sys.stderr)

@@ -40,6 +40,8 @@ from .settings import STRATEGIES
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT_VARIABLE = "T5PEFT_DIST_TIMEOUT"  # seconds a collective may wait for the other ranks (default 600)
+# what gloo and NCCL say when the rank at the other end of a collective is gone
+LOST_RANK_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator")
 
 
 def launched() -> bool:
@@ -214,6 +216,18 @@ class Distribution:
                     f"rank {rank} holds other values than rank 0 for {named[differ[0]][0]} (and {len(differ) - 1} "
                     "more): the ranks no longer train one model"
                 )
+
+    def lost_contact(self, err: BaseException) -> str | None:
+        """What a collective's failure says when another rank stopped (killed, crashed, Ctrl-C) rather than this
+        one failing: the backend's words, in one line; None for any other error (which is then reported as
+        itself)."""
+        if not self.distributed or not isinstance(err, RuntimeError):
+            return None
+        text = str(err)
+        if isinstance(err, tdist.DistError) or any(sign in text for sign in LOST_RANK_SIGNS):
+            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+            return first.split("] ", 1)[-1].split(". ", 1)[0][:200]  # gloo prefixes the source file and line
+        return None
 
     def barrier(self) -> None:
         if self.distributed:

@@ -29,10 +29,11 @@ class TrainInterrupted(T5PeftError):
 
     exit_code = 130
 
-    def __init__(self, message: str, output: Path, resumable: bool) -> None:
+    def __init__(self, message: str, output: Path, resumable: bool, quiet: bool = False) -> None:
         super().__init__(message)
         self.output = output
         self.resumable = resumable  # the run folder holds the run's settings: ``--resume`` continues it
+        self.quiet = quiet  # a rank other than the writer of a run on many ranks: the writer says it
 
 
 class RunSettings(Protocol):

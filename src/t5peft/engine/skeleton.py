@@ -220,7 +220,16 @@ class RunSkeleton:
                 self.fit()
                 return self.finish()
             except KeyboardInterrupt:
-                raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
+                quiet = not self.dist.is_writer  # under torchrun every rank gets Ctrl-C; one says where it stopped
+                raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True, quiet=quiet) from None
+            except RuntimeError as err:
+                lost = self.dist.lost_contact(err)
+                if lost is None:
+                    raise
+                raise self.error(
+                    f"rank {self.dist.rank} stopped: another rank left the run ({lost}); torchrun's report names it; "
+                    f"{self.resume_hint()}"
+                ) from err
         finally:
             self.dist.close()
 
@@ -372,15 +381,16 @@ class RunSkeleton:
 
     def where_stopped(self) -> str:
         """Where an interrupted run stopped and which checkpoint it can resume from."""
+        return f"interrupted {self.where()}; {self.resume_hint()}"
+
+    def resume_hint(self) -> str:
+        """Which checkpoint ``--resume`` continues from."""
         saved = read_position(self.folder.checkpoint)
         if saved is None:
-            checkpoint = f"no checkpoint yet ({self.checkpoint_schedule}); --resume starts it over"
-        else:
-            checkpoint = (
-                f"checkpoint: {self.folder.checkpoint} ({self.describe_checkpoint(saved)}); "
-                "--resume continues from there"
-            )
-        return f"interrupted {self.where()}; {checkpoint}"
+            return f"no checkpoint yet ({self.checkpoint_schedule}); --resume starts it over"
+        return (
+            f"checkpoint: {self.folder.checkpoint} ({self.describe_checkpoint(saved)}); --resume continues from there"
+        )
 
 
 def _first_missing(path: Path) -> Path | None:
