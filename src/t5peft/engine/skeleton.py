@@ -59,7 +59,7 @@ from .distributed import Distribution
 from .layout import changed_settings
 from .runtime import Runtime, seed_everything
 from .settings import RunSettings, TrainInterrupted, comparable
-from .state import MetricsLog, Position, read_position, resume, write_checkpoint
+from .state import MetricsLog, Position, read_position, resume, save_checkpoint
 from .step import TrainStep
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ class RunSkeleton:
         pos = self.position
         pos.running_loss_sum, pos.running_loss_steps = self.step.read_loss()
         method_state = self.step.method.training_state() if self.step.method is not None else {}
-        write_checkpoint(
+        save_checkpoint(
             self.folder.checkpoint, self.model, self.optimizer, self.scheduler, method_state, pos, self.dist
         )
 

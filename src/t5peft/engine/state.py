@@ -107,7 +107,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(
+def _save_whole(
     directory: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -199,18 +199,18 @@ def _distributed_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer)
     return get_state_dict(model, optimizer, options=_dcp_options())
 
 
-def write_checkpoint(
+def save_checkpoint(
     directory: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     method_state: dict[str, torch.Tensor],
     position: Position,
-    dist: Distribution,
+    dist: Distribution | None = None,
 ) -> None:
-    """The checkpoint of a run: :func:`save_checkpoint` in one process, the sharded kind on many ranks."""
-    if not dist.distributed:
-        save_checkpoint(directory, model, optimizer, scheduler, method_state, position)
+    """The checkpoint of a run: safetensors files in one process, the sharded kind on many ranks (``dist``)."""
+    if dist is None or not dist.distributed:
+        _save_whole(directory, model, optimizer, scheduler, method_state, position)
         return
     import torch.distributed.checkpoint as dcp
 
