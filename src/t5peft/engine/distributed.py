@@ -250,20 +250,29 @@ class Distribution:
 
     @contextlib.contextmanager
     def full_weights(self, model: nn.Module) -> Iterator[None]:
-        """Within: ``model``'s parameters are whole tensors on every rank (FSDP unshards; others have them)."""
+        """Within: ``model``'s parameters are whole float32 tensors on every rank, for saving them in the usual
+        layout. Under FSDP each sharded parameter is gathered (``DTensor.full_tensor``: in its stored dtype, not
+        FSDP's compute dtype) and put in place, a parameter shared by several modules once, and the shards are put
+        back on the way out; other strategies hold whole parameters already."""
         if self.strategy != "fsdp":
             yield
             return
-        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
 
-        sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
-        for module in sharded:
-            module.unshard()
+        swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+        whole: dict[int, nn.Parameter] = {}
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if isinstance(param, DTensor):
+                    if id(param) not in whole:
+                        whole[id(param)] = nn.Parameter(param.full_tensor(), requires_grad=param.requires_grad)
+                    swapped.append((module, name, param))
+                    module._parameters[name] = whole[id(param)]
         try:
             yield
         finally:
-            for module in sharded:
-                module.reshard()
+            for module, name, param in swapped:
+                module._parameters[name] = param
 
 
 def shard_model(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
