@@ -29,7 +29,7 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as tdist
@@ -56,6 +56,12 @@ def _env_int(name: str, error: type[T5PeftError]) -> int:
         raise error(f"environment variable {name}={os.environ[name]!r} is not an integer") from None
 
 
+def writer_process() -> bool:
+    """Whether this process is the one that writes the run folder: every process but torchrun's ranks other than 0
+    (known from the environment, before any process group exists)."""
+    return not launched() or os.environ["RANK"] == "0"
+
+
 def rank_device(device: torch.device) -> torch.device:
     """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun; anything else is kept."""
     if device.type == "cuda" and device.index is None and launched():
@@ -72,6 +78,9 @@ class Distribution:
     local_rank: int = 0
     strategy: str = "none"
     backend: str | None = None  # "gloo" or "nccl" when this run joined a process group
+    # the group of the run's small host-side agreements (Ctrl-C): gloo, so that under NCCL they never wait for the
+    # GPU; None: the default group (gloo already)
+    control: object | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def single(cls) -> Distribution:
@@ -96,7 +105,8 @@ class Distribution:
             timeout = dt.timedelta(seconds=float(os.environ.get(TIMEOUT_VARIABLE, "600")))
             tdist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
         resolved = strategy if strategy != "auto" else ("ddp" if world > 1 else "none")
-        return cls(world, rank, local, resolved, backend)
+        control = tdist.new_group(backend="gloo") if backend == "nccl" else None
+        return cls(world, rank, local, resolved, backend, control)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -106,7 +116,7 @@ class Distribution:
 
     @property
     def is_writer(self) -> bool:
-        """The rank that writes the run's files and shows its progress."""
+        """The rank that writes the run's files and shows its progress (and holds the folder's lock)."""
         return self.rank == 0
 
     def describe(self) -> dict[str, object]:
@@ -228,6 +238,14 @@ class Distribution:
             first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
             return first.split("] ", 1)[-1].split(". ", 1)[0][:200]  # gloo prefixes the source file and line
         return None
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (a collective on many ranks: every rank asks at the same point)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], dtype=torch.int32)
+        tdist.all_reduce(value, op=tdist.ReduceOp.MAX, group=self.control)  # on the CPU: no wait for the GPU
+        return bool(value.item())
 
     def barrier(self) -> None:
         if self.distributed:

@@ -43,6 +43,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,8 +57,9 @@ from tqdm import tqdm
 from ..data.text2text import Batch
 from ..errors import T5PeftError
 from .clock import TrainingClock
-from .distributed import Distribution
+from .distributed import Distribution, writer_process
 from .layout import changed_settings
+from .lock import FolderLock
 from .runtime import Runtime, seed_everything
 from .settings import RunSettings, TrainInterrupted, comparable
 from .state import MetricsLog, Position, read_position, resume, save_checkpoint
@@ -105,6 +108,8 @@ class RunSkeleton:
 
     folder_type: ClassVar[type]  # RunFolder or PretrainFolder
     kind: ClassVar[str]  # "a run", "a pretraining run": what an occupied folder holds
+    command: ClassVar[str]  # "t5peft train": the command named to another one that finds the folder locked
+    lock: FolderLock | None = None  # the output folder's, held from start() to the end of run()
     checkpoint_schedule: str  # when checkpoints are written ("one is written at the end of each epoch"), for Ctrl-C
     progress_label: str  # the progress bar's label
     distributable: ClassVar[bool] = False  # whether the kind of run may run on many ranks (torchrun)
@@ -192,11 +197,20 @@ class RunSkeleton:
 
     @classmethod
     def start(cls: type[R], cfg: RunSettings, *args: Any, **kwargs: Any) -> R:
-        """Set the run up; if that fails (or is interrupted), remove the folders this call created."""
+        """Lock the output folder and set the run up; if that fails (or is interrupted), unlock and remove the
+        folders this call created."""
         created = _first_missing(Path(cfg.output))
+        # under torchrun the writer rank holds the lock for the run's ranks (the others write no file of the folder)
+        lock = FolderLock(Path(cfg.output), cls.command) if writer_process() else None
         try:
-            return cls(cfg, *args, **kwargs)
+            if lock is not None:
+                lock.acquire()
+            run = cls(cfg, *args, **kwargs)
+            run.lock = lock
+            return run
         except BaseException as err:
+            if lock is not None:
+                lock.release()
             if created is not None and created.exists():
                 shutil.rmtree(created)
             if isinstance(err, KeyboardInterrupt):
@@ -211,7 +225,8 @@ class RunSkeleton:
     # Running
 
     def run(self) -> dict[str, Any]:
-        """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped."""
+        """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped.
+        The folder's lock is released and the process group left at the end, however the run ends."""
         try:
             self.resume_if_asked()
             self.write_settings()
@@ -232,6 +247,8 @@ class RunSkeleton:
                 ) from err
         finally:
             self.dist.close()
+            if self.lock is not None:
+                self.lock.release()
 
     def resume_if_asked(self) -> None:
         checkpoint = self.folder.checkpoint
@@ -296,9 +313,11 @@ class RunSkeleton:
         self.bar = self._progress_bar()
         clock = TrainingClock(self.runtime)
         batches = self.batches()
+        ctrl_c = CtrlC(self.dist)
         try:
             self.before_training()
             for batch in batches:
+                ctrl_c.check()
                 if not clock.running:
                     self.prepare_step(batch)
                     clock.start()
@@ -317,7 +336,9 @@ class RunSkeleton:
                     if pause.stop:
                         self.stopped_by = pause.stop
                         break
+            ctrl_c.check()
         finally:
+            ctrl_c.restore()
             _close(batches)  # a pretraining loader stops its workers
             self.bar.close()
 
@@ -391,6 +412,38 @@ class RunSkeleton:
         return (
             f"checkpoint: {self.folder.checkpoint} ({self.describe_checkpoint(saved)}); --resume continues from there"
         )
+
+
+class CtrlC:
+    """Ctrl-C during the loop, taken between steps: the first SIGINT is noted and raised as ``KeyboardInterrupt``
+    at the next :meth:`check` (after the step, or the log point, under way); a second one raises at once.
+
+    Why not Python's own handler: it raises wherever the interpreter is, and a ``KeyboardInterrupt`` raised
+    inside a finalizer (``__del__``, a weakref callback) is printed as "Exception ignored" and lost, so now and
+    then a Ctrl-C did nothing and the run went on to the end. Outside the main thread (where signals cannot be
+    handled) nothing changes."""
+
+    def __init__(self, dist: Distribution | None = None) -> None:
+        self.dist = dist if dist is not None else Distribution.single()
+        self.pressed = False
+        self.installed = threading.current_thread() is threading.main_thread()
+        self.previous = signal.signal(signal.SIGINT, self._note) if self.installed else None
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed; on many ranks, if it reached any of them, on all of
+        them at the same step (so none goes on into a step the others have left)."""
+        if self.dist.any(self.pressed):
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.installed:  # the handler before (None: one not set from Python, which the default stands for)
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+            self.installed = False
 
 
 def _first_missing(path: Path) -> Path | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..data.files import EmptyTextError
 from ..data.sources import DataError, LabeledTexts, is_single_split_file, load_split, shared_rows, split_validation
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,30 @@ class RunTexts:
     def overlap(self) -> dict[str, int]:
         return data_overlap(self.train, self.validation, self.test)
 
+    def splits(self) -> dict[str, LabeledTexts]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+    def class_counts(self, class_names: tuple[str, ...]) -> dict[str, dict[str, int]]:
+        """Reviews of each class in each set, by class name."""
+        return {
+            name: {word: texts.labels.count(index) for index, word in enumerate(class_names)}
+            for name, texts in self.splits().items()
+        }
+
+    def missing_classes(self, class_names: tuple[str, ...]) -> list[str]:
+        """One line per set that lacks a class: a classifier trained or scored on one class says nothing."""
+        problems = []
+        for name, counts in self.class_counts(class_names).items():
+            absent = [word for word, count in counts.items() if count == 0]
+            if absent:
+                origin = self.splits()[name].origin
+                problems.append(f"the {name} set ({origin}) has no {' or '.join(map(repr, absent))} reviews")
+        return problems
+
+    def skipped_empty(self) -> dict[str, dict[str, object]]:
+        """The empty rows left out of the training and the test source (``skip_empty``)."""
+        return {"train": self.train.skipped_empty.as_dict(), "test": self.test.skipped_empty.as_dict()}
+
 
 @dataclass(frozen=True)
 class RowSelection:
@@ -63,6 +88,7 @@ class RowSelection:
     validation_size: int
     train_size: int | None
     test_size: int | None
+    skip_empty: bool = False
 
     @property
     def test_seed(self) -> int:
@@ -76,14 +102,14 @@ class RowSelection:
     def texts(self) -> RunTexts:
         """Train, validation and test reviews (seeded, stratified subsets)."""
         if self.holds_out_test:
-            pool, test = self._hold_out_test(load_split(self.data, "train"))
+            pool, test = self._hold_out_test(self._load(self.data, "train"))
             test_from = (
                 f"held out from {self.data}, a single file: {len(test):,} of its {len(pool) + len(test):,} rows "
                 f"(stratified, seed {self.test_seed}), disjoint from the training and validation rows "
                 "(--test-data tests on another file)"
             )
         else:
-            pool, whole = load_split(self.data, "train"), self.test_split()
+            pool, whole = self._load(self.data, "train"), self.test_split()
             test = sample(whole, self.test_size, self.test_seed, "test_size")
             test_from = f"the test split of {self.test_data or self.data}"
             if len(test) < len(whole):
@@ -96,14 +122,21 @@ class RowSelection:
     def test_set(self) -> LabeledTexts:
         """The test set of the run, exactly as its training scored it: same source, size, seed (or hold-out)."""
         if self.holds_out_test:
-            return self._hold_out_test(load_split(self.data, "train"))[1]
+            return self._hold_out_test(self._load(self.data, "train"))[1]
         return sample(self.test_split(), self.test_size, self.test_seed, "test_size")
 
     def test_split(self) -> LabeledTexts:
         """All the test rows the run could have drawn from: the test split of its test source, or its hold-out."""
         if self.holds_out_test:
             return self.test_set()
-        return load_split(self.test_data or self.data, "test")
+        return self._load(self.test_data or self.data, "test")
+
+    def _load(self, source: str, split: str) -> LabeledTexts:
+        try:
+            return load_split(source, split, skip_empty=self.skip_empty)
+        except EmptyTextError as err:
+            hint = "--skip-empty (skip_empty = true in an experiment file) leaves such rows out, counted"
+            raise EmptyTextError(f"{err}; {hint}") from None
 
     def _hold_out_test(self, whole: LabeledTexts) -> tuple[LabeledTexts, LabeledTexts]:
         """``(rest, test)``: a seeded, stratified test set taken out of a single data file, disjoint from the rest."""
