@@ -58,6 +58,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def python_path() -> str:
+    """The tests' folder (for ``dist_worker``) before what the environment already had."""
+    return os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def launch(
     args: list[str], nproc: int = 2, module: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
@@ -69,7 +74,7 @@ def launch(
         **os.environ,
         "GLOO_SOCKET_IFNAME": "lo",
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(HERE),
+        "PYTHONPATH": python_path(),
         **(env or {}),
     }
     return subprocess.run(
@@ -231,7 +236,7 @@ def test_one_process_checkpoint_resumes_on_two_ranks(strategy, imdb_dir, t5_smal
         capture_output=True,
         text=True,
         timeout=LAUNCH_TIMEOUT,
-        env={**os.environ, "PYTHONPATH": str(HERE)},
+        env={**os.environ, "PYTHONPATH": python_path()},
     )
     assert worker.returncode == 0, worker.stderr[-3000:]
     assert (run / "checkpoint" / "trainable.safetensors").is_file()
