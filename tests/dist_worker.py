@@ -37,6 +37,8 @@ def main(settings: Path) -> None:
         assert run.stopped_by == STOPPED, run.stopped_by
     finally:
         run.dist.close()
+        if run.lock is not None:
+            run.lock.release()
 
 
 if __name__ == "__main__":
