@@ -2,16 +2,17 @@
 trains at the same global batch, up to float32 reduction order; evaluation split over the ranks gives the
 one-process numbers exactly; checkpoints resume with another world size; the bad inputs of a launch.
 
-Tolerances. What "up to reduction order" allows was measured (2026-12-03, this project's 2-core CPU machine,
-tiny T5, 32 reviews, 8 steps of global batch 8, lr 3e-3, dropout 0, one thread per process) against a one-process
-run whose only change is the order of the rows inside each batch (the same sums taken in another order): that
-moved the final weights (full fine-tuning) by at most 5.1e-6 and the logged losses by at most 9.5e-7. Two ranks,
-largest difference from the one-process run (losses / weights): DDP LoRA 4.8e-7 / 8.5e-7, FSDP LoRA 4.8e-7 /
-8.5e-7, DDP full 9.5e-7 / 8.3e-6, FSDP full 1.3e-6 / 8.3e-6, DDP AdaLoRA 1.9e-6 / 5.3e-8 (the same ranks kept); resumed 2 -> 1 process 9.5e-7 / 8.3e-6 (DDP and
-FSDP), 1 process -> 2 ranks 4.8e-7 / 2.4e-7 (DDP), 8.3e-7 / 4.8e-7 (FSDP); compiled DDP against the eager
-one-process run 6.0e-7 / 1.5e-5. The bounds: weights 5e-5, ten times the reordered run's difference (3.4 times the
-largest measured); losses 4e-6, four float32 ulps at 8 (twice the largest measured). For scale: LoRA's own
-dropout left on (the two ranks then draw other masks than one process) moved the logged losses by 3e-2.
+Tolerances. What "up to reduction order" allows was measured (2026-12-03, this project's 2-core CPU machine, tiny
+T5, 32 reviews, 8 steps of global batch 8, lr 3e-3, dropout 0, one thread per process) against a one-process run
+whose only change is the order of the rows inside each batch (the same sums taken in another order): that moved the
+final weights (full fine-tuning) by at most 5.1e-6 and the logged losses by at most 9.5e-7. Two ranks, largest
+difference from the one-process run (losses / weights): DDP LoRA 4.8e-7 / 8.5e-7, FSDP LoRA 4.8e-7 / 8.5e-7, DDP
+full 9.5e-7 / 8.3e-6, FSDP full 1.3e-6 / 8.3e-6, DDP AdaLoRA 1.9e-6 / 5.3e-8 (the same ranks kept); resumed 2 -> 1
+process 9.5e-7 / 8.3e-6 (DDP and FSDP), 1 process -> 2 ranks 4.8e-7 / 2.4e-7 (DDP), 8.3e-7 / 4.8e-7 (FSDP); compiled
+DDP against the eager one-process run 6.0e-7 / 1.5e-5. The bounds: weights 5e-5, ten times the reordered run's
+difference (3.4 times the largest measured); losses 4e-6, four float32 ulps at 8 (twice the largest measured). For
+scale: LoRA's own dropout left on (the two ranks then draw other masks than one process) moved the logged losses by
+3e-2.
 """
 
 from __future__ import annotations
