@@ -381,7 +381,7 @@ def rank_pid(launcher: int, rank: int) -> int:
 def test_a_rank_that_stops_stops_the_run_within_seconds(stop, imdb_dir, t5_small_dir, tmp_path):
     """A rank killed (SIGKILL): the other stops within seconds, with one line saying another rank left (torchrun's
     report names the rank that failed). Ctrl-C (SIGINT to every process of the job): one line, the writer's, says
-    where the run stopped. Measured here: about 4 s and 6 s."""
+    where the run stopped. Measured (2026-12-03, 2 CPU cores under load): 1.8 s and 3.9 s."""
     process, first = start_long_run(imdb_dir, t5_small_dir, tmp_path / "run")
     try:
         assert first.startswith("step 2/"), first
