@@ -172,6 +172,13 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=d.compile,
         help="torch.compile the step (+ CUDA graphs on CUDA); auto: on for CUDA, off on the CPU",
     )
+    p.add_argument(
+        "--strategy",
+        choices=["auto", "ddp", "fsdp"],
+        default=d.strategy,
+        help="under torchrun: ddp (DistributedDataParallel; auto with more than one rank) or fsdp (FSDP2 per T5 "
+        "block); --batch-size stays the global batch",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars; one line per log point instead")
     p.add_argument(
@@ -225,10 +232,12 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.loop import train
+    from .train.loop import Run
 
-    results = train(_train_config(args))
-    _print_summary(results)
+    run = Run.start(_train_config(args))
+    results = run.run()
+    if run.dist.is_writer:  # under torchrun, one summary
+        _print_summary(results)
     return 0
 
 
@@ -828,6 +837,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TrainInterrupted as err:  # Ctrl-C in train or pretrain: where it stopped, and the command that continues
+        if err.quiet:
+            return 130
         print(f"t5peft {args.command}: {err}", file=sys.stderr)
         again = _resume_command(argv) if err.resumable else shlex.join(["t5peft", *argv])
         print(f"to continue: {again}", file=sys.stderr)

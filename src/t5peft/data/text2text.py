@@ -103,10 +103,21 @@ class Batch:
     labels: torch.Tensor  # target ids, -100 where padded (and in every empty filler row)
     rows: int  # real examples; rows after these are fillers of a static-shape batch
     tokens: int  # real source tokens (counted on the host, so counting never waits for the device)
+    # one rank's part of a global batch (engine.distributed): its share of the batch's target tokens, which its mean
+    # loss is weighted by, and the rows and source tokens of the whole global batch, which the run counts
+    loss_weight: float = 1.0
+    global_rows: int | None = None
+    global_tokens: int | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         move = [t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels)]
-        return Batch(*move, self.rows, self.tokens)
+        return Batch(*move, self.rows, self.tokens, self.loss_weight, self.global_rows, self.global_tokens)
+
+    @property
+    def counted(self) -> tuple[int, int]:
+        """The examples and source tokens this step trains on, over all ranks."""
+        rows = self.rows if self.global_rows is None else self.global_rows
+        return rows, self.tokens if self.global_tokens is None else self.global_tokens
 
     @property
     def size(self) -> int:
@@ -170,21 +181,36 @@ def train_batches(
     static: StaticShape | None = None,
 ) -> Iterator[Batch]:
     """Batches of one epoch in shuffled order, skipping the first ``start`` batches (resume)."""
-    order = epoch_order(len(split), seed, epoch)
+    for indices in batch_indices(len(split), batch_size, seed, epoch, start):
+        yield collate(split, indices, pad_id, static)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, epoch: int, start: int = 0) -> Iterator[list[int]]:
+    """The rows of each batch of one epoch (:func:`train_batches`), skipping the first ``start`` batches."""
+    order = epoch_order(n, seed, epoch)
     for first in range(start * batch_size, len(order), batch_size):
-        yield collate(split, order[first : first + batch_size], pad_id, static)
+        yield order[first : first + batch_size]
+
+
+def target_lengths(split: EncodedSplit) -> list[int]:
+    """The number of target tokens of each example (what its loss is averaged over)."""
+    return [len(split.target_ids[label]) for label in split.labels]
 
 
 def eval_batches(
     split: EncodedSplit, batch_size: int, pad_id: int, static: StaticShape | None = None
 ) -> Iterator[tuple[list[int], Batch]]:
     """Batches with the original indices of their rows: length-sorted (less padding) unless shapes are static."""
-    order = list(range(len(split)))
-    if static is None:
-        order.sort(key=lambda i: len(split.source_ids[i]))
-    for first in range(0, len(order), batch_size):
-        indices = order[first : first + batch_size]
+    for indices in eval_groups(split, batch_size, sort=static is None):
         yield indices, collate(split, indices, pad_id, static)
+
+
+def eval_groups(split: EncodedSplit, batch_size: int, sort: bool = True) -> list[list[int]]:
+    """The rows of each evaluation batch (:func:`eval_batches`); ``sort``: by source length."""
+    order = list(range(len(split)))
+    if sort:
+        order.sort(key=lambda i: len(split.source_ids[i]))
+    return [order[first : first + batch_size] for first in range(0, len(order), batch_size)]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -12,9 +12,11 @@ from typing import Any
 from .lock import LOCK_FILE
 
 # Settings that do not change what a run computes: a run resumed, reused or compared with other values of these
-# is the same run. (``data_workers``: pretraining batches are a function of seed and step, whoever builds them.)
-# ``tensorboard`` and ``push_to_hub``: where a copy of the metrics or of the result goes.
-NOT_RESULTS = frozenset({"progress", "resume", "data_workers", "tensorboard", "push_to_hub"})
+# is the same run. (``data_workers``: pretraining batches are a function of seed and step, whoever builds them.
+# ``tensorboard`` and ``push_to_hub``: where a copy of the metrics or of the result goes. ``strategy``: how many
+# ranks share each global batch and how, which changes float32 reduction order only, so a run resumes on another
+# world size or strategy; the world size itself is not a setting.)
+NOT_RESULTS = frozenset({"progress", "resume", "data_workers", "tensorboard", "push_to_hub", "strategy"})
 
 
 def resolved_paths(settings: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
@@ -151,6 +153,23 @@ class CheckpointFiles:
     def state(self) -> Path:
         """JSON: the position (steps, epochs, metric lines, time), the scheduler, numpy's and Python's RNG."""
         return self.root / "state.json"
+
+    # A checkpoint of a run on many ranks (engine.distributed) holds its weights and AdamW state in
+    # torch.distributed.checkpoint's sharded format instead of trainable/optimizer.safetensors, and one RNG
+    # state per rank; the rest is as above.
+
+    @property
+    def sharded(self) -> Path:
+        """torch.distributed.checkpoint's folder: the trainable weights and AdamW's moments, each rank's part."""
+        return self.root / "sharded"
+
+    def rank_rng(self, rank: int) -> Path:
+        """Rank ``rank``'s torch / CUDA generator states and numpy's key."""
+        return self.root / f"rng.rank{rank}.safetensors"
+
+    def rank_rng_meta(self, rank: int) -> Path:
+        """Rank ``rank``'s numpy and Python generator states (JSON)."""
+        return self.root / f"rng.rank{rank}.json"
 
 
 # A checkpoint written by ``t5peft pretrain`` carries this record beside its weights; fine-tuning from it labels

@@ -4,7 +4,7 @@ model it starts from (:func:`build_model`)."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from ..model.checkpoint import CheckpointError, resolve_model_dir
 from ..model.config import T5Config
 from ..model.family import FAMILY, canonical_name, family_config
 from ..model.t5 import T5ForConditionalGeneration, load_pretrained
+from .distributed import Distribution, rank_device
 from .env import memory_report
 from .step import resolve_compile
 
@@ -53,19 +54,24 @@ class Runtime:
 
     The one place that knows where tensors live: the skeleton places the model (:meth:`place`), waits for the
     device (:meth:`sync`) and reads its memory through it. How the frozen base is stored (bf16, NF4, int8) is
-    :mod:`.precision`'s, called once the model is placed; a process group (DDP / FSDP wrapping, the rank that
-    writes) belongs here when it comes (issue 17).
+    :mod:`.precision`'s, called once the model is placed. ``dist`` is the process group and strategy
+    (:class:`~.distributed.Distribution`: one process unless torchrun started the run).
     """
 
     device: torch.device
     bf16: bool
     compiled: bool
+    dist: Distribution = field(default_factory=Distribution.single)
 
     @classmethod
-    def resolve(cls, device: str, precision: str, compile: str, error: type[T5PeftError]) -> Runtime:
-        """From the ``device`` / ``precision`` / ``compile`` settings (``auto``: what suits the device)."""
-        resolved = resolve_device(device, error)
-        return cls(resolved, use_bf16(precision, resolved, error), resolve_compile(compile, resolved))
+    def resolve(
+        cls, device: str, precision: str, compile: str, error: type[T5PeftError], strategy: str = "auto"
+    ) -> Runtime:
+        """From the ``device`` / ``precision`` / ``compile`` / ``strategy`` settings (``auto``: what suits the
+        device and the launch); under torchrun this joins the process group."""
+        resolved = rank_device(resolve_device(device, error))
+        dist = Distribution.start(strategy, resolved, error)
+        return cls(resolved, use_bf16(precision, resolved, error), resolve_compile(compile, resolved), dist)
 
     @property
     def cuda(self) -> bool:
@@ -80,6 +86,10 @@ class Runtime:
         """Move ``model`` to the device (in place; also returned)."""
         return model.to(self.device)
 
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training forward goes through (DDP, FSDP or ``model``: :meth:`Distribution.wrap`)."""
+        return self.dist.wrap(model, self.device, self.bf16)
+
     def sync(self) -> None:
         """Wait until the device has done the work queued so far."""
         if self.cuda:
@@ -90,7 +100,13 @@ class Runtime:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def memory_report(self) -> dict[str, Any]:
-        return memory_report(self.device)
+        """This process's peak memory; with more than one rank also ``per_rank``, every rank's, in rank order."""
+        report = memory_report(self.device)
+        if self.dist.distributed:
+            names = sorted(report)
+            values = self.dist.gather_ints([int(report[name]) for name in names], self.device)
+            report["per_rank"] = [dict(zip(names, row, strict=True)) for row in values]
+        return report
 
 
 def build_model(model: str, init: str, seed: int, error: type[T5PeftError]) -> T5ForConditionalGeneration:

@@ -19,6 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, float32 on
 COMPILE_SETTINGS = ("auto", "on", "off")  # auto: compiled (+ CUDA graph) on CUDA, eager on the CPU
 BASE_DTYPES = ("fp32", "bf16")  # how the frozen base of an adapter method is stored (engine.precision)
 QUANTIZE_SCHEMES = ("none", "nf4", "int8")  # its attention / feed-forward input weights quantized with torchao
+STRATEGIES = ("auto", "ddp", "fsdp")  # auto: DDP when torchrun starts more than one rank, none in one process
 SEED_LIMIT = 2**32  # numpy's generator takes seeds in [0, 2**32)
 
 T = TypeVar("T")
@@ -30,10 +31,11 @@ class TrainInterrupted(T5PeftError):
 
     exit_code = 130
 
-    def __init__(self, message: str, output: Path, resumable: bool) -> None:
+    def __init__(self, message: str, output: Path, resumable: bool, quiet: bool = False) -> None:
         super().__init__(message)
         self.output = output
         self.resumable = resumable  # the run folder holds the run's settings: ``--resume`` continues it
+        self.quiet = quiet  # a rank other than the writer of a run on many ranks: the writer says it
 
 
 class RunSettings(Protocol):

@@ -30,13 +30,14 @@ The loop (``fit``): for each batch of ``batches()``, the step (compiled and capt
 writes a log point (``log_point``, which calls ``log_metrics``), a snapshot (``write_snapshot``) and a checkpoint
 (``save_checkpoint``), and may end the run.
 
-Where the next pieces plug in: a process group (torchrun, DDP / FSDP) in :class:`~.runtime.Runtime` and
-``Runtime.place`` (wrapping the model), with the writing rank deciding in the few methods that write:
-``write_settings``, ``log_metrics`` (through its sinks), ``save_checkpoint``, the progress bar (``_progress_bar``)
-and the subclass's ``finish``. How the frozen base is stored (bf16 / quantized): ``engine.precision.store_base``,
-which the fine-tuning run calls once its model is placed. TensorBoard (:mod:`.tensorboard`) is one more entry in
-``sinks`` (``open_sinks``): every log point goes to each sink, and once the run is finished its settings
-(``hparams``) and final metrics (``final_metrics``).
+Many processes (torchrun): ``Runtime.dist`` (:class:`~.distributed.Distribution`) joins the process group when the
+runtime is resolved; the run's training forward goes through ``Runtime.wrap`` (DDP / FSDP), and the writing rank
+(``dist.is_writer``) is asked in the few methods that write: ``write_settings``, the metrics log (only the writer has
+sinks), ``save_checkpoint`` (every rank takes part in a sharded checkpoint), the progress bar (``_progress_bar``) and
+the subclass's ``finish``. How the frozen base is stored (bf16 / quantized): ``engine.precision.store_base``, which
+the fine-tuning run calls once its model is placed. TensorBoard (:mod:`.tensorboard`) is one more entry in ``sinks``
+(``open_sinks``): every log point goes to each sink, and once the run is finished its settings (``hparams``) and
+final metrics (``final_metrics``).
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ from tqdm import tqdm
 from ..data.text2text import Batch
 from ..errors import T5PeftError
 from .clock import TrainingClock
+from .distributed import Distribution, writer_process
 from .layout import NOT_RESULTS, changed_settings
 from .lock import FolderLock
 from .runtime import Runtime, seed_everything
 from .settings import RunSettings, TrainInterrupted, comparable
-from .state import MetricsLog, Position, load_checkpoint, read_position, save_checkpoint
+from .state import MetricsLog, Position, read_position, resume, save_checkpoint
 from .step import TrainStep
 from .tensorboard import TensorBoardSink
 from .tensorboard import check_available as check_tensorboard
@@ -119,6 +121,7 @@ class RunSkeleton:
     lock: FolderLock | None = None  # the output folder's, held from start() to the end of run()
     checkpoint_schedule: str  # when checkpoints are written ("one is written at the end of each epoch"), for Ctrl-C
     progress_label: str  # the progress bar's label
+    distributable: ClassVar[bool] = False  # whether the kind of run may run on many ranks (torchrun)
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -132,14 +135,16 @@ class RunSkeleton:
         self.folder: Folder = self.folder_type(Path(cfg.output))
         self.check_settings()
         self.check_output_folder()
-        self.runtime = Runtime.resolve(cfg.device, cfg.precision, cfg.compile, self.error)
+        strategy = getattr(cfg, "strategy", "auto")
+        self.runtime = Runtime.resolve(cfg.device, cfg.precision, cfg.compile, self.error, strategy)
+        self.check_distribution()
         seed_everything(cfg.seed)
         if cfg.tensorboard:
             check_tensorboard()  # a missing package fails before anything is loaded
         self.folder.root.mkdir(parents=True, exist_ok=True)
         self.position = Position()
         self.metrics = MetricsLog(self.folder.metrics)
-        self.sinks: list[MetricsSink] = [self.metrics]
+        self.sinks: list[MetricsSink] = [self.metrics] if self.dist.is_writer else []
         self.bar: tqdm | None = None
         self.compile_seconds = 0.0
         self.stopped_by: str | None = None
@@ -157,11 +162,29 @@ class RunSkeleton:
     def compiled(self) -> bool:
         return self.runtime.compiled
 
+    @property
+    def dist(self) -> Distribution:
+        return self.runtime.dist
+
     # ----------------------------------------------------------------------------------------------
     # Setting up
 
     def check_settings(self) -> None:
         """Checks of the settings that need more than the settings themselves (default: none)."""
+
+    def check_distribution(self) -> None:
+        """A run on many ranks: the kind of run allows it, and the global batch divides over the ranks."""
+        dist = self.dist
+        if not dist.distributed:
+            return
+        if not self.distributable:
+            dist.close()
+            raise self.error(f"{self.kind} runs in one process; start it without torchrun")
+        try:
+            dist.check_batch_size(self.cfg.batch_size, self.error)
+        except T5PeftError:
+            dist.close()
+            raise
 
     def check_output_folder(self) -> None:
         path = self.folder.run_config
@@ -188,14 +211,17 @@ class RunSkeleton:
         """Lock the output folder and set the run up; if that fails (or is interrupted), unlock and remove the
         folders this call created."""
         created = _first_missing(Path(cfg.output))
-        lock = FolderLock(Path(cfg.output), cls.command)
+        # under torchrun the writer rank holds the lock for the run's ranks (the others write no file of the folder)
+        lock = FolderLock(Path(cfg.output), cls.command) if writer_process() else None
         try:
-            lock.acquire()
+            if lock is not None:
+                lock.acquire()
             run = cls(cfg, *args, **kwargs)
             run.lock = lock
             return run
         except BaseException as err:
-            lock.release()
+            if lock is not None:
+                lock.release()
             if created is not None and created.exists():
                 shutil.rmtree(created)
             if isinstance(err, KeyboardInterrupt):
@@ -211,7 +237,8 @@ class RunSkeleton:
 
     def run(self) -> dict[str, Any]:
         """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped.
-        The folder's lock is released at the end, however the run ends; so are the sinks."""
+        The folder's lock is released, the sinks closed and the process group left at the end, however the run
+        ends."""
         try:
             self.resume_if_asked()
             self.write_settings()
@@ -224,17 +251,27 @@ class RunSkeleton:
                     sink.finish(self.hparams(results), self.final_metrics(results))
                 return results
             except KeyboardInterrupt:
-                raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
+                quiet = not self.dist.is_writer  # under torchrun every rank gets Ctrl-C; one says where it stopped
+                raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True, quiet=quiet) from None
+            except RuntimeError as err:
+                lost = self.dist.lost_contact(err)
+                if lost is None:
+                    raise
+                raise self.error(
+                    f"rank {self.dist.rank} stopped: another rank left the run ({lost}); torchrun's report names it; "
+                    f"{self.resume_hint()}"
+                ) from err
         finally:
             for sink in self.sinks:
                 sink.close()
+            self.dist.close()
             if self.lock is not None:
                 self.lock.release()
 
     def open_sinks(self) -> None:
         """The sinks beside ``metrics.jsonl``: TensorBoard when asked, its events from the resumed step on purged
         (the metrics log is cut back to the same point)."""
-        if self.cfg.tensorboard:
+        if self.cfg.tensorboard and self.dist.is_writer:  # one writer under torchrun
             resumed = self.position.global_step
             self.sinks.append(
                 TensorBoardSink(self.cfg.tensorboard, self.measures, purge_step=resumed + 1 if resumed else None)
@@ -264,18 +301,23 @@ class RunSkeleton:
     def resume_if_asked(self) -> None:
         checkpoint = self.folder.checkpoint
         if not (self.cfg.resume and checkpoint.exists()):
-            self.metrics.restart(0)
+            self._restart_metrics(0)
             return
-        self.position, method_state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+        self.position, method_state = resume(checkpoint, self.model, self.optimizer, self.scheduler, self.dist)
         if self.step.method is not None:
             self.step.method.load_training_state(method_state)
         self.step.step = self.position.global_step
         self.step.reset_loss(self.position.running_loss_sum, self.position.running_loss_steps)
-        self.metrics.restart(self.position.metric_lines)
+        self._restart_metrics(self.position.metric_lines)
         log.info("resumed %s at step %d", self.folder.root, self.position.global_step)
 
+    def _restart_metrics(self, lines: int) -> None:
+        if self.dist.is_writer:
+            self.metrics.restart(lines)
+
     def write_settings(self) -> None:
-        self.folder.run_config.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        if self.dist.is_writer:
+            self.folder.run_config.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
 
     def finish(self) -> dict[str, Any]:
         """What the run leaves once trained (test results, an exported checkpoint); returned by :meth:`run`."""
@@ -319,7 +361,7 @@ class RunSkeleton:
         self.bar = self._progress_bar()
         clock = TrainingClock(self.runtime)
         batches = self.batches()
-        ctrl_c = CtrlC()
+        ctrl_c = CtrlC(self.dist)
         try:
             self.before_training()
             for batch in batches:
@@ -330,8 +372,9 @@ class RunSkeleton:
                 self.before_step(pos.train_seconds + clock.elapsed())
                 self.step(batch)
                 pos.global_step += 1
-                pos.train_examples += batch.rows
-                pos.train_tokens += batch.tokens
+                rows, tokens = batch.counted
+                pos.train_examples += rows
+                pos.train_tokens += tokens
                 self.bar.update(1)
                 clock.tick(pos.global_step)
                 pause = self.pause_after(pos.global_step, pos.train_seconds + clock.elapsed())
@@ -359,7 +402,7 @@ class RunSkeleton:
         return tqdm(
             total=self.total_steps,
             initial=self.position.global_step,
-            disable=not self.cfg.progress,
+            disable=not (self.cfg.progress and self.dist.is_writer),
             desc=self.progress_label,
             unit="step",
             dynamic_ncols=True,
@@ -386,10 +429,13 @@ class RunSkeleton:
         self.position.metric_lines += 1
 
     def save_checkpoint(self) -> None:
+        self.dist.check_replicas(self.model, self.error)
         pos = self.position
         pos.running_loss_sum, pos.running_loss_steps = self.step.read_loss()
         method_state = self.step.method.training_state() if self.step.method is not None else {}
-        save_checkpoint(self.folder.checkpoint, self.model, self.optimizer, self.scheduler, method_state, pos)
+        save_checkpoint(
+            self.folder.checkpoint, self.model, self.optimizer, self.scheduler, method_state, pos, self.dist
+        )
 
     # ----------------------------------------------------------------------------------------------
     # Interruption
@@ -404,15 +450,16 @@ class RunSkeleton:
 
     def where_stopped(self) -> str:
         """Where an interrupted run stopped and which checkpoint it can resume from."""
+        return f"interrupted {self.where()}; {self.resume_hint()}"
+
+    def resume_hint(self) -> str:
+        """Which checkpoint ``--resume`` continues from."""
         saved = read_position(self.folder.checkpoint)
         if saved is None:
-            checkpoint = f"no checkpoint yet ({self.checkpoint_schedule}); --resume starts it over"
-        else:
-            checkpoint = (
-                f"checkpoint: {self.folder.checkpoint} ({self.describe_checkpoint(saved)}); "
-                "--resume continues from there"
-            )
-        return f"interrupted {self.where()}; {checkpoint}"
+            return f"no checkpoint yet ({self.checkpoint_schedule}); --resume starts it over"
+        return (
+            f"checkpoint: {self.folder.checkpoint} ({self.describe_checkpoint(saved)}); --resume continues from there"
+        )
 
 
 class CtrlC:
@@ -424,7 +471,8 @@ class CtrlC:
     then a Ctrl-C did nothing and the run went on to the end. Outside the main thread (where signals cannot be
     handled) nothing changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, dist: Distribution | None = None) -> None:
+        self.dist = dist if dist is not None else Distribution.single()
         self.pressed = False
         self.installed = threading.current_thread() is threading.main_thread()
         self.previous = signal.signal(signal.SIGINT, self._note) if self.installed else None
@@ -435,7 +483,9 @@ class CtrlC:
         self.pressed = True
 
     def check(self) -> None:
-        if self.pressed:
+        """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed; on many ranks, if it reached any of them, on all of
+        them at the same step (so none goes on into a step the others have left)."""
+        if self.dist.any(self.pressed):
             raise KeyboardInterrupt
 
     def restore(self) -> None:

@@ -11,6 +11,10 @@ files and the rest in JSON (no pickle anywhere):
   written up to this point;
 * ``method.safetensors``: method state kept outside parameters (AdaLoRA's importance averages).
 
+A run on many ranks (:mod:`.distributed`) writes the weights and AdamW's state with
+``torch.distributed.checkpoint`` instead (``sharded/``: each rank writes its part, under FSDP a shard), and one
+RNG state per rank; :func:`resume` reads either kind into a run of any world size and strategy (DCP reshards).
+
 It is written to a temporary folder and renamed into place, so a kill while saving leaves the previous
 checkpoint intact. ``metrics.jsonl`` gets one line per log point; a resumed run cuts it back to the lines its
 checkpoint had counted, so the log of a resumed run is the log of a run that went through.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import T5PeftError
+from .distributed import Distribution
 from .layout import CheckpointFiles
 
 
@@ -101,7 +107,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(
+def _save_whole(
     directory: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -174,6 +180,145 @@ def _load_checkpoint(
     _restore_rng(load_file(files.rng), meta["rng"])
     method_state = load_file(files.method)
     return Position(**meta["position"]), method_state
+
+
+# --------------------------------------------------------------------------------------------------
+# Many ranks: torch.distributed.checkpoint
+
+
+def _dcp_options(full: bool = False):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full)
+
+
+def _distributed_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The trainable weights and AdamW's state, keyed by parameter name (under FSDP: this rank's shards)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(model, optimizer, options=_dcp_options())
+
+
+def save_checkpoint(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    method_state: dict[str, torch.Tensor],
+    position: Position,
+    dist: Distribution | None = None,
+) -> None:
+    """The checkpoint of a run: safetensors files in one process, the sharded kind on many ranks (``dist``)."""
+    if dist is None or not dist.distributed:
+        _save_whole(directory, model, optimizer, scheduler, method_state, position)
+        return
+    import torch.distributed.checkpoint as dcp
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    if dist.is_writer:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    files = CheckpointFiles(tmp)
+    model_state, optimizer_state = _distributed_state(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state["state"]}, checkpoint_id=files.sharded)
+    rng_tensors, rng_meta = _rng_states()
+    _save_tensors(rng_tensors, files.rank_rng(dist.rank))
+    files.rank_rng_meta(dist.rank).write_text(json.dumps(rng_meta))
+    if dist.is_writer:
+        files.optimizer_groups.write_text(json.dumps({"param_groups": optimizer_state["param_groups"]}))
+        _save_tensors(method_state, files.method)
+        meta = {"position": asdict(position), "scheduler": scheduler.state_dict(), **dist.describe()}
+        files.state.write_text(json.dumps(meta, indent=1))
+    dist.barrier()
+    if dist.is_writer:
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+        if old.exists():
+            shutil.rmtree(old)
+    dist.barrier()
+
+
+def resume(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    dist: Distribution,
+) -> tuple[Position, dict[str, torch.Tensor]]:
+    """Restore a checkpoint of either kind into this run (any world size and strategy); see :func:`load_checkpoint`."""
+    files = CheckpointFiles(directory)
+    sharded = files.sharded.is_dir()
+    if not sharded and dist.strategy != "fsdp":  # one process wrote it, and this run holds whole parameters
+        return load_checkpoint(directory, model, optimizer, scheduler)
+    try:
+        if sharded:
+            return _load_sharded(files, model, optimizer, scheduler, dist)
+        return _load_whole_into_shards(files, model, optimizer, scheduler)
+    except ResumeError:
+        raise
+    except Exception as err:  # DCP reports a missing or mismatched tensor with several exception types
+        raise ResumeError(
+            f"{directory}: cannot resume from this checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "delete the folder to start the run over with --resume"
+        ) from err
+
+
+def _load_sharded(
+    files: CheckpointFiles,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    dist: Distribution,
+) -> tuple[Position, dict[str, torch.Tensor]]:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    model_state, optimizer_state = _distributed_state(model, optimizer)  # the templates DCP loads into, in place
+    state = {"model": model_state, "optimizer": optimizer_state["state"]}
+    with warnings.catch_warnings():  # in one process DCP warns that it loads without a process group: meant here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.load(state, checkpoint_id=files.sharded)
+    groups = json.loads(files.optimizer_groups.read_text())["param_groups"]
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict={"state": state["optimizer"], "param_groups": groups},
+        options=_dcp_options(),
+    )
+    meta = json.loads(files.state.read_text())
+    scheduler.load_state_dict(meta["scheduler"])
+    rank = dist.rank if files.rank_rng(dist.rank).is_file() else 0  # more ranks than wrote it: rank 0's generators
+    _restore_rng(load_file(files.rank_rng(rank)), json.loads(files.rank_rng_meta(rank).read_text()))
+    return Position(**meta["position"]), load_file(files.method)
+
+
+def _load_whole_into_shards(
+    files: CheckpointFiles,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[Position, dict[str, torch.Tensor]]:
+    """A one-process checkpoint into an FSDP run: whole tensors, each rank keeping its shards."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    weights = load_file(files.trainable)
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    saved = _optimizer_from_files(load_file(files.optimizer), json.loads(files.optimizer_groups.read_text()))
+    groups = [{**group, "params": [order[i] for i in group["params"]]} for group in saved["param_groups"]]
+    optimizer_state = {"state": {order[i]: values for i, values in saved["state"].items()}, "param_groups": groups}
+    set_state_dict(
+        model, optimizer, model_state_dict=weights, optim_state_dict=optimizer_state, options=_dcp_options(full=True)
+    )
+    meta = json.loads(files.state.read_text())
+    scheduler.load_state_dict(meta["scheduler"])
+    _restore_rng(load_file(files.rng), meta["rng"])
+    return Position(**meta["position"]), load_file(files.method)
 
 
 def read_position(directory: Path) -> Position | None:

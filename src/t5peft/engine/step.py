@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.text2text import Batch
+from .distributed import Distribution
 from .settings import COMPILE_SETTINGS
 
 # torch.compile backend: inductor (the default) generates fused kernels; "aot_eager" traces forward and backward
@@ -52,13 +53,16 @@ def method_of(model: nn.Module):
     return None if model.peft is None else model.peft.method
 
 
-def make_loss_fn(model: nn.Module, device: torch.device, bf16: bool) -> LossFn:
-    """``(input_ids, attention_mask, labels) -> (task loss, loss to minimise)``; the second adds the method's term."""
+def make_loss_fn(model: nn.Module, device: torch.device, bf16: bool, forward: nn.Module | None = None) -> LossFn:
+    """``(input_ids, attention_mask, labels) -> (task loss, loss to minimise)``; the second adds the method's term.
+
+    ``forward``: the module the forward goes through when it is not ``model`` itself (DDP's wrapper)."""
     method = method_of(model)
+    module = model if forward is None else forward
 
     def loss_fn(input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         with autocast(device, bf16):
-            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            loss = module(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         extra = method.extra_loss(model) if method is not None else None
         return loss, loss if extra is None else loss + extra
 
@@ -88,6 +92,11 @@ class TrainStep:
 
     ``step`` is the 0-based index of the next optimizer step (set it when resuming); ``total_steps`` is passed
     to the method's after-step update (AdaLoRA's schedule).
+
+    On many ranks (``dist``, :class:`~.distributed.Distribution`), the forward goes through ``forward`` (the DDP or
+    FSDP module), each rank's mean loss is weighted by its batch's ``loss_weight`` (its share of the global batch's
+    target tokens) and multiplied by the world size for the backward (DDP and FSDP average gradients), and the
+    loss read at a log point is summed over the ranks: the global batch's mean loss.
     """
 
     def __init__(
@@ -101,6 +110,8 @@ class TrainStep:
         bf16: bool = False,
         compile: bool = False,
         cuda_graph: bool | None = None,
+        forward: nn.Module | None = None,
+        dist: Distribution | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -111,12 +122,17 @@ class TrainStep:
         self.method = method_of(model)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.compiled = compile
-        self.cuda_graph = compile and self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.dist = dist if dist is not None else Distribution.single()
+        # a captured graph cannot hold the ranks' collectives (DDP's buckets, FSDP's gathers) safely: eager launches
+        default_graph = compile and self.device.type == "cuda" and not self.dist.distributed
+        self.cuda_graph = default_graph if cuda_graph is None else cuda_graph
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
+        if self.cuda_graph and self.dist.distributed:
+            raise ValueError("CUDA graphs are not used on many ranks")
         if compile:
             compile_blocks(model)
-        self.loss_fn: LossFn = make_loss_fn(model, self.device, bf16)
+        self.loss_fn: LossFn = make_loss_fn(model, self.device, bf16, forward)
         self.step = 0
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.loss_steps = 0
@@ -134,11 +150,17 @@ class TrainStep:
                 static.copy_(tensor, non_blocking=True)
             self._graph.replay()
         else:
-            self._forward_backward(*tensors)
+            self._forward_backward(*tensors, weight=batch.loss_weight)
         self._optimizer_step(zero_grad=not self.cuda_graph)
 
-    def _forward_backward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> None:
+    def _forward_backward(
+        self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, weight: float | None = None
+    ) -> None:
         loss, total = self.loss_fn(input_ids, attention_mask, labels)
+        if self.dist.distributed and weight is not None:  # this rank's share of the global batch (class docstring)
+            extra = total - loss
+            loss = loss * weight
+            total = loss * self.dist.gradient_scale + extra
         total.backward()
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
@@ -189,11 +211,14 @@ class TrainStep:
 
     # ----------------------------------------------------------------------------------------------
     def read_loss(self) -> tuple[float, int]:
-        """The summed training loss and the number of steps since the last reset (waits for the device)."""
-        return float(self.loss_sum.item()), self.loss_steps
+        """The summed training loss and the number of steps since the last reset (waits for the device); on many
+        ranks, summed over them (every rank calls this at the same step)."""
+        return float(self.dist.sum(self.loss_sum.clone()).item()), self.loss_steps
 
     def reset_loss(self, total: float = 0.0, steps: int = 0) -> None:
-        self.loss_sum.fill_(total)
+        """Start the loss sum at ``total`` (a resumed run's), held by the writer rank only, so the sum over the
+        ranks counts it once."""
+        self.loss_sum.fill_(total if self.dist.is_writer else 0.0)
         self.loss_steps = steps
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..data.text2text import Batch, EncodedSplit, StaticShape, eval_batches
+from ..data.text2text import Batch, EncodedSplit, StaticShape, collate, eval_batches, eval_groups
+from ..engine.distributed import Distribution
 from ..engine.step import autocast, compile_blocks
 from ..tokenizer import T5Tokenizer
 
@@ -100,11 +101,15 @@ def evaluate(
     max_source_length: int | None = None,
     progress: bool = False,
     desc: str = "evaluate",
+    dist: Distribution | None = None,
 ) -> EvalResult:
     """Fast-path accuracy, loss, confusion matrix and per-class precision/recall/F1.
 
-    Everything is computed on the device and copied back once. A compiled ``scorer`` gets batches of one
+    Everything is computed on the device and copied back at the end. A compiled ``scorer`` gets batches of one
     static shape (sources padded to ``max_source_length``, the last batch filled with empty rows).
+
+    On many ranks (``dist``), the batches are dealt out to the ranks and their results summed: each batch is the
+    one a single process scores, so the result is the single-process result.
     """
     was_training = model.training
     model.eval()
@@ -114,32 +119,36 @@ def evaluate(
     if scorer.compiled:
         longest = max(len(ids) for ids in split.source_ids)
         static = StaticShape.for_split(split, batch_size, max_source_length or longest)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    token_count = torch.zeros((), dtype=torch.long, device=device)
-    order: list[int] = []
-    pairs: list[Tensor] = []
     start = time.perf_counter()
-    batches = eval_batches(split, batch_size, pad_id, static)
-    total = (len(split) + batch_size - 1) // batch_size
-    for indices, batch in tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
-        batch_loss, batch_tokens, pair = scorer(batch.to(device))
-        loss_sum += batch_loss
-        token_count += batch_tokens
-        pairs.append(pair[: batch.rows])
-        order.extend(indices)
-    pair_sorted = torch.cat(pairs).cpu() if pairs else torch.zeros(0, 2)  # the one copy back to the host
-    predictions, probabilities = [0] * len(split), [0.0] * len(split)
-    for index, guess, probability in zip(
-        order, pair_sorted.argmax(dim=-1).tolist(), pair_sorted[:, 1].double().tolist(), strict=True
-    ):
-        predictions[index], probabilities[index] = guess, probability
+    dist = dist or Distribution.single()
+    groups = eval_groups(split, batch_size, sort=static is None)
+    batch_loss = torch.zeros(len(groups), dtype=torch.float64, device=device)  # each batch's summed loss
+    batch_tokens = torch.zeros(len(groups), dtype=torch.long, device=device)
+    pairs = torch.zeros(len(split), 2, dtype=torch.float32, device=device)  # by the rows' original index
+    rounds = list(dist.eval_rounds(len(groups)))
+    for index, counted in tqdm(rounds, desc=desc, unit="batch", disable=not progress, leave=False):
+        indices = groups[index]
+        loss, tokens, pair = scorer(collate(split, indices, pad_id, static).to(device))
+        if counted:  # a rank without a batch left scored one only to keep in step with the others
+            batch_loss[index] = loss
+            batch_tokens[index] = tokens
+            pairs[torch.as_tensor(indices, device=device)] = pair[: len(indices)]
+    # summed over the ranks: each batch was scored by one rank, the others hold zeros there
+    batch_loss, batch_tokens, pairs = dist.sum(batch_loss), dist.sum(batch_tokens), dist.sum(pairs)
+    loss_sum = 0.0
+    for value in batch_loss.tolist():  # in batch order, in float64: what one process adds up batch by batch
+        loss_sum += value
+    token_count = int(batch_tokens.sum().item())
+    pair_sorted = pairs.cpu()  # the one copy back to the host
+    predictions = pair_sorted.argmax(dim=-1).tolist()
+    probabilities = pair_sorted[:, 1].double().tolist()
     confusion = [[0, 0], [0, 0]]
     for truth, guess in zip(split.labels, predictions, strict=True):
         confusion[truth][guess] += 1
     model.train(was_training)
     return EvalResult(
         accuracy=(confusion[0][0] + confusion[1][1]) / max(len(split), 1),
-        loss=float(loss_sum.item()) / max(int(token_count.item()), 1),
+        loss=loss_sum / max(token_count, 1),
         n=len(split),
         confusion=confusion,
         per_class=class_metrics(confusion, label_names),

@@ -9,6 +9,7 @@ choice of its reviews in :mod:`.rows`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,10 +26,12 @@ from ..data.text2text import (
     EncodedSplit,
     StaticShape,
     TaskFormat,
+    batch_indices,
+    collate,
     encode_split,
     label_token_ids,
     steps_per_epoch,
-    train_batches,
+    target_lengths,
 )
 from ..engine.env import environment
 from ..engine.layout import NOT_RESULTS, PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder, resolved_paths
@@ -128,6 +131,7 @@ class Run(RunSkeleton):
     folder_type = RunFolder
     kind = "a run"
     command = "t5peft train"
+    distributable = True
     checkpoint_schedule = "one is written at the end of each epoch"
     cfg: TrainConfig
     folder: RunFolder
@@ -183,8 +187,9 @@ class Run(RunSkeleton):
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.data = prepare_data(cfg, self.tokenizer, self.task)
+        local_batch = self.dist.local_batch_size(cfg.batch_size)  # this rank's part of each global batch
         self.static = (
-            StaticShape.for_split(self.data.train, cfg.batch_size, cfg.max_source_length) if self.compiled else None
+            StaticShape.for_split(self.data.train, local_batch, cfg.max_source_length) if self.compiled else None
         )
 
     def _setup_model(self) -> None:
@@ -201,10 +206,12 @@ class Run(RunSkeleton):
         move the model to its device, and store its frozen base as asked (bf16 / quantized: ``engine.precision``).
         A resumed run re-creates the stored base the same way from the same full-precision weights."""
         if self.cfg.init == "random" and not self.model.peft.trains_base:
-            save_base(self.model, self.folder.base)
+            if self.dist.is_writer:
+                save_base(self.model, self.folder.base)
             self.model.config.name_or_path = str(self.folder.base)  # the adapter's config points at it
         self.runtime.place(self.model)
         self.base_storage = store_base(self.model, self.cfg.base_dtype, self.cfg.quantize, self.device, TrainError)
+        self.forward = self.runtime.wrap(self.model)  # DDP / FSDP on many ranks; the model itself in one process
         self.scorer = Scorer(self.model, self.first_tokens, self.bf16, self.compiled)
 
     def _setup_optimizer(self) -> None:
@@ -224,6 +231,8 @@ class Run(RunSkeleton):
             max_grad_norm=cfg.max_grad_norm,
             bf16=self.bf16,
             compile=self.compiled,
+            forward=self.forward,
+            dist=self.dist,
         )
 
     @property
@@ -240,9 +249,19 @@ class Run(RunSkeleton):
         return f"{self.cfg.method} seed {self.cfg.seed}"
 
     def batches(self) -> Iterator[Batch]:
-        cfg, pad = self.cfg, self.tokenizer.pad_token_id
+        """Each global batch (``data.text2text.train_batches``' order), as this rank's part of it: the whole batch
+        in one process."""
+        cfg, pad, dist, split = self.cfg, self.tokenizer.pad_token_id, self.dist, self.data.train
+        lengths = target_lengths(split)
         for epoch in range(self.position.epochs_done, cfg.epochs):
-            for batch in train_batches(self.data.train, cfg.batch_size, cfg.seed, epoch, pad, static=self.static):
+            for indices in batch_indices(len(split), cfg.batch_size, cfg.seed, epoch):
+                part = dist.shard(indices)
+                batch = dataclasses.replace(
+                    collate(split, part, pad, self.static),
+                    loss_weight=dist.loss_weight(indices, part, lengths),
+                    global_rows=len(indices),
+                    global_tokens=sum(len(split.source_ids[i]) for i in indices),
+                )
                 yield batch.to(self.device)
 
     def pause_after(self, step: int, train_seconds: float) -> Pause | None:
@@ -264,7 +283,7 @@ class Run(RunSkeleton):
     def validate(self, step: int, epoch: float, train_loss: float) -> EvalResult:
         result = self.evaluate_split(self.data.validation, "validation")
         self.last_validation = (step, result)
-        if not self.cfg.progress:  # without a progress bar, one line per log point
+        if not self.cfg.progress and self.dist.is_writer:  # without a progress bar, one line per log point
             print(
                 f"step {step}/{self.total_steps} (epoch {epoch:.2f}): train loss {train_loss:.4f}, "
                 f"validation loss {result.loss:.4f}, accuracy {result.accuracy:.4f}",
@@ -312,8 +331,9 @@ class Run(RunSkeleton):
             self.bf16,
             scorer=self.scorer,
             max_source_length=self.cfg.max_source_length,
-            progress=progress,
+            progress=progress and self.dist.is_writer,
             desc=desc,
+            dist=self.dist,
         )
 
     def final_validation(self) -> EvalResult:
@@ -324,12 +344,19 @@ class Run(RunSkeleton):
 
     def finish(self) -> dict[str, Any]:
         """Write what the method trained to ``final/`` (with the tokenizer), test it, write ``results.json`` and the
-        model card (into ``final/``), and upload ``final/`` when ``push_to_hub`` asks."""
+        model card (into ``final/``), and upload ``final/`` when ``push_to_hub`` asks. The writer rank writes; every
+        rank tests its part."""
         final = self.folder.final
-        weights_file = save_trained(self.model, final)
-        copy_tokenizer_files(self.tokenizer, final)  # the folder carries its tokenizer, moved or copied
+        self.dist.check_replicas(self.model, TrainError)
+        weights_file = None
+        with self.dist.full_weights(self.model):
+            if self.dist.is_writer:
+                weights_file = save_trained(self.model, final)
+                copy_tokenizer_files(self.tokenizer, final)  # the folder carries its tokenizer, moved or copied
         test = self.evaluate_split(self.data.test, "test", progress=self.cfg.progress)
         results = self.results(test, self.final_validation(), weights_file)
+        if not self.dist.is_writer:
+            return results
         self.folder.results.write_text(json.dumps(results, indent=2) + "\n")
         write_model_card(results, final)
         if self.cfg.push_to_hub:
@@ -345,7 +372,8 @@ class Run(RunSkeleton):
     def final_metrics(self, results: dict[str, Any]) -> dict[str, Any]:
         return tensorboard_metrics(results)
 
-    def results(self, test: EvalResult, validation: EvalResult, weights_file: Path) -> dict[str, Any]:
+    def results(self, test: EvalResult, validation: EvalResult, weights_file: Path | None) -> dict[str, Any]:
+        """The results (every rank computes them: the memory of every rank is gathered; the writer has the file)."""
         pos = self.position
         return {
             "method": self.cfg.method,
@@ -370,9 +398,10 @@ class Run(RunSkeleton):
                 "compile_seconds": self.compile_seconds,
                 "eval_batch_size": self.eval_batch_size,
             },
+            "distribution": self.dist.describe(),
             "memory": self.runtime.memory_report(),
             "base_storage": self.base_storage,
-            "adapter_file_bytes": weights_file.stat().st_size,
+            "adapter_file_bytes": weights_file.stat().st_size if weights_file is not None else None,
             "method_report": self.method.report(self.model),
             "data": self.data.info,
             "environment": environment(self.device),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..engine.settings import SettingsFile, check_run_settings, check_storage
+from ..engine.settings import STRATEGIES, SettingsFile, check_run_settings, check_storage
 from ..errors import T5PeftError
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class TrainConfig(SettingsFile):
     activation_checkpointing: bool = False  # recompute each T5 block's activations in the backward pass
     base_dtype: str = "fp32"  # "bf16": the frozen weights of an adapter method stored in bf16 (trained ones: float32)
     quantize: str = "none"  # "nf4" / "int8": the frozen q, k, v, o, wi weights quantized (torchao); see model.storage
+    strategy: str = "auto"  # under torchrun: "ddp" (auto when more than one rank) or "fsdp"; see engine.distributed
 
     def __post_init__(self) -> None:
         """Checked before anything is loaded, so a typo costs no data loading."""
@@ -84,6 +85,8 @@ class TrainConfig(SettingsFile):
             if value is not None and value < 2:
                 raise TrainError(f"{name} must be at least 2 (a review of each class), got {value}")
         check_storage(self.base_dtype, self.quantize, self.method, TrainError)
+        if self.strategy not in STRATEGIES:
+            raise TrainError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         self.label_words = tuple(self.label_words)
         self.task_format()
 

@@ -1,0 +1,313 @@
+"""One run on many processes: the process group, the strategy, and everything the run does differently because of
+them, in one place (:class:`Distribution`). The run skeleton and the loop call it; no other module asks for a rank.
+
+Started by ``torchrun`` (``torchrun --nproc-per-node N -m t5peft train ...``): its environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` / ``MASTER_PORT``) says that a process group is wanted, and
+:meth:`Distribution.start` joins it: NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``), gloo on the CPU. Without that
+environment a run is one process with no group, exactly as before (:meth:`Distribution.single`).
+
+What depends on the distribution, and where it is decided:
+
+* the strategy (``--strategy auto|ddp|fsdp``; auto: DDP when the world has more than one rank, nothing otherwise):
+  :meth:`Distribution.wrap` returns the module the training forward goes through (``DistributedDataParallel`` over
+  the trainable parameters, or the model itself after FSDP2's ``fully_shard`` per T5 block and on the root);
+* the batch: ``--batch-size`` is the global batch; each rank takes a contiguous part of every global batch
+  (:meth:`Distribution.shard`), so the batches of a run depend on seed and step only, and the part a rank trains
+  on is weighted by its share of the batch's target tokens (:meth:`Distribution.loss_weight`): the ranks' losses
+  add up to the one-process loss of the whole batch, and their averaged gradients to its gradient;
+* evaluation: the batches of a split are dealt out to the ranks in turn (:meth:`Distribution.eval_rounds`) and the
+  per-batch results summed over ranks (:meth:`Distribution.sum`); each batch is the one a single process would
+  score, so the numbers are the single-process numbers;
+* writing: only the writer (rank 0) writes files and shows a progress bar (:attr:`Distribution.is_writer`);
+* the final weights: :meth:`Distribution.full_weights` puts the whole parameters in place (FSDP) while the writer
+  saves them in the usual layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from ..errors import T5PeftError
+from .settings import STRATEGIES
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+TIMEOUT_VARIABLE = "T5PEFT_DIST_TIMEOUT"  # seconds a collective may wait for the other ranks (default 600)
+# what gloo and NCCL say when the rank at the other end of a collective is gone
+LOST_RANK_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator")
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` (or anything setting the same environment)."""
+    return all(name in os.environ for name in LAUNCH_VARIABLES)
+
+
+def _env_int(name: str, error: type[T5PeftError]) -> int:
+    try:
+        return int(os.environ[name])
+    except ValueError:
+        raise error(f"environment variable {name}={os.environ[name]!r} is not an integer") from None
+
+
+def writer_process() -> bool:
+    """Whether this process is the one that writes the run folder: every process but torchrun's ranks other than 0
+    (known from the environment, before any process group exists)."""
+    return not launched() or os.environ["RANK"] == "0"
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun; anything else is kept."""
+    if device.type == "cuda" and device.index is None and launched():
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """The ranks of a run and its strategy (``"none"``, ``"ddp"``, ``"fsdp"``); see the module docstring."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    strategy: str = "none"
+    backend: str | None = None  # "gloo" or "nccl" when this run joined a process group
+    # the group of the run's small host-side agreements (Ctrl-C): gloo, so that under NCCL they never wait for the
+    # GPU; None: the default group (gloo already)
+    control: object | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def single(cls) -> Distribution:
+        return cls()
+
+    @classmethod
+    def start(cls, strategy: str, device: torch.device, error: type[T5PeftError]) -> Distribution:
+        """Join the process group torchrun asks for (none without its environment) and choose the strategy."""
+        if strategy not in STRATEGIES:
+            raise error(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        if not launched():
+            if strategy != "auto":
+                raise error(
+                    f"--strategy {strategy} needs a process group: start the run with torchrun "
+                    "(torchrun --nproc-per-node N -m t5peft train ...)"
+                )
+            return cls.single()
+        world, rank = _env_int("WORLD_SIZE", error), _env_int("RANK", error)
+        local = _env_int("LOCAL_RANK", error)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if not tdist.is_initialized():
+            timeout = dt.timedelta(seconds=float(os.environ.get(TIMEOUT_VARIABLE, "600")))
+            tdist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
+        resolved = strategy if strategy != "auto" else ("ddp" if world > 1 else "none")
+        control = tdist.new_group(backend="gloo") if backend == "nccl" else None
+        return cls(world, rank, local, resolved, backend, control)
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def distributed(self) -> bool:
+        """Whether this run is in a process group (and so talks to other ranks)."""
+        return self.backend is not None
+
+    @property
+    def is_writer(self) -> bool:
+        """The rank that writes the run's files and shows its progress (and holds the folder's lock)."""
+        return self.rank == 0
+
+    def describe(self) -> dict[str, object]:
+        """What ``results.json`` records."""
+        return {"world_size": self.world_size, "strategy": self.strategy, "backend": self.backend}
+
+    def close(self) -> None:
+        """Leave the process group this run joined (nothing for one process)."""
+        if self.distributed and tdist.is_initialized():
+            tdist.destroy_process_group()
+
+    # ----------------------------------------------------------------------------------------------
+    # Batches
+
+    def check_batch_size(self, batch_size: int, error: type[T5PeftError]) -> None:
+        if batch_size % self.world_size:
+            raise error(
+                f"--batch-size {batch_size} (the global batch) does not divide evenly over {self.world_size} ranks; "
+                f"use a multiple of {self.world_size}"
+            )
+
+    def local_batch_size(self, batch_size: int) -> int:
+        return batch_size // self.world_size
+
+    def shard(self, indices: Sequence[int]) -> list[int]:
+        """This rank's contiguous part of a global batch (parts differ by at most one row; a rank whose part would
+        be empty, in a last batch smaller than the world, gets the batch's first row, to be weighted 0)."""
+        if self.world_size == 1:
+            return list(indices)
+        base, extra = divmod(len(indices), self.world_size)
+        first = self.rank * base + min(self.rank, extra)
+        part = list(indices[first : first + base + (self.rank < extra)])
+        return part or list(indices[:1])
+
+    def loss_weight(self, indices: Sequence[int], part: Sequence[int], target_tokens: Sequence[int]) -> float:
+        """The share of the global batch's target tokens in this rank's part (0 for a stand-in row); the ranks'
+        mean losses times their weights add up to the mean loss of the whole batch."""
+        if self.world_size == 1:
+            return 1.0
+        whole = sum(target_tokens[i] for i in indices)
+        if self.shard_is_empty(indices):
+            return 0.0
+        return sum(target_tokens[i] for i in part) / whole
+
+    def shard_is_empty(self, indices: Sequence[int]) -> bool:
+        return self.rank >= len(indices)
+
+    @property
+    def gradient_scale(self) -> float:
+        """DDP and FSDP average the ranks' gradients: the weighted loss is multiplied back by the world size."""
+        return float(self.world_size)
+
+    def eval_rounds(self, batches: int) -> Iterator[tuple[int, bool]]:
+        """``(batch index, counted)`` for this rank: batches dealt out in turn; every rank runs the same number of
+        forwards (FSDP gathers weights in each), a rank without a batch left scores batch 0 and drops it."""
+        rounds = -(-batches // self.world_size)
+        for round_ in range(rounds):
+            index = round_ * self.world_size + self.rank
+            yield (index, True) if index < batches else (0, False)
+
+    # ----------------------------------------------------------------------------------------------
+    # Collectives
+
+    def collective_device(self, device: torch.device) -> torch.device:
+        return device if self.backend == "nccl" else torch.device("cpu")
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks (in place where it can be; the result is returned)."""
+        if not self.distributed:
+            return tensor
+        where = self.collective_device(tensor.device)
+        moved = tensor.to(where)
+        tdist.all_reduce(moved, op=tdist.ReduceOp.SUM)
+        if moved is tensor:
+            return tensor
+        return tensor.copy_(moved)
+
+    def gather_ints(self, values: Sequence[int], device: torch.device) -> list[list[int]]:
+        """Every rank's ``values`` (the same length on every rank), in rank order."""
+        if not self.distributed:
+            return [list(values)]
+        where = self.collective_device(device)
+        mine = torch.tensor(list(values), dtype=torch.int64, device=where)
+        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
+        tdist.all_gather(parts, mine)
+        return [part.tolist() for part in parts]
+
+    def check_replicas(self, model: nn.Module, error: type[T5PeftError]) -> None:
+        """Raise ``error`` unless every rank holds the same replicated state, bit for bit: the trainable weights
+        under DDP and the buffers (AdaLoRA's rank masks) under any strategy. Ranks that drifted apart would
+        otherwise go on quietly, each training its own model."""
+        if not self.distributed:
+            return
+        named = [(f"buffer {name}", b) for name, b in model.named_buffers()]
+        if self.strategy == "ddp":
+            named += [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            return
+        device = self.collective_device(next(t for _, t in named).device)
+        sums = torch.stack([t.detach().to(device, torch.float64).sum() for _, t in named])
+        parts = [torch.empty_like(sums) for _ in range(self.world_size)]
+        tdist.all_gather(parts, sums)
+        for rank, part in enumerate(parts):
+            differ = (part != parts[0]).nonzero().flatten().tolist()
+            if differ:
+                raise error(
+                    f"rank {rank} holds other values than rank 0 for {named[differ[0]][0]} (and {len(differ) - 1} "
+                    "more): the ranks no longer train one model"
+                )
+
+    def lost_contact(self, err: BaseException) -> str | None:
+        """What a collective's failure says when another rank stopped (killed, crashed, Ctrl-C) rather than this
+        one failing: the backend's words, in one line; None for any other error (which is then reported as
+        itself)."""
+        if not self.distributed or not isinstance(err, RuntimeError):
+            return None
+        text = str(err)
+        if isinstance(err, tdist.DistError) or any(sign in text for sign in LOST_RANK_SIGNS):
+            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+            return first.split("] ", 1)[-1].split(". ", 1)[0][:200]  # gloo prefixes the source file and line
+        return None
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (a collective on many ranks: every rank asks at the same point)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], dtype=torch.int32)
+        tdist.all_reduce(value, op=tdist.ReduceOp.MAX, group=self.control)  # on the CPU: no wait for the GPU
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.distributed:
+            tdist.barrier()
+
+    # ----------------------------------------------------------------------------------------------
+    # The model
+
+    def wrap(self, model: nn.Module, device: torch.device, bf16: bool = False) -> nn.Module:
+        """The module the training forward goes through: DDP over the trainable parameters, the FSDP2-sharded
+        model, or the model itself. The optimizer is built after this (FSDP replaces the parameters)."""
+        if self.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            return DistributedDataParallel(model, device_ids=ids)
+        if self.strategy == "fsdp":
+            return shard_model(model, device, bf16)
+        return model
+
+    @contextlib.contextmanager
+    def full_weights(self, model: nn.Module) -> Iterator[None]:
+        """Within: ``model``'s parameters are whole float32 tensors on every rank, for saving them in the usual
+        layout. Under FSDP each sharded parameter is gathered (``DTensor.full_tensor``: in its stored dtype, not
+        FSDP's compute dtype) and put in place, a parameter shared by several modules once, and the shards are put
+        back on the way out; other strategies hold whole parameters already."""
+        if self.strategy != "fsdp":
+            yield
+            return
+        from torch.distributed.tensor import DTensor
+
+        swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+        whole: dict[int, nn.Parameter] = {}
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if isinstance(param, DTensor):
+                    if id(param) not in whole:
+                        whole[id(param)] = nn.Parameter(param.full_tensor(), requires_grad=param.requires_grad)
+                    swapped.append((module, name, param))
+                    module._parameters[name] = whole[id(param)]
+        try:
+            yield
+        finally:
+            for module, name, param in swapped:
+                module._parameters[name] = param
+
+
+def shard_model(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
+    """FSDP2: each T5 block its own unit, the rest (shared embedding, head) on the root; on CUDA with bf16, FSDP's
+    own mixed precision (bf16 compute, float32 gradients reduced).
+
+    The first block of each stack holds the stack's relative position bias table, which the stack reads before it
+    calls any block; so the first block is sharded with its stack (and the stack's final norm), as one unit that
+    the stack's forward gathers, and every later block is its own unit.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    options = {"mp_policy": policy} if policy is not None else {}
+    for stack in (model.encoder, model.decoder):
+        for block in list(stack.block)[1:]:
+            fully_shard(block, **options)
+        fully_shard(stack, **options)
+    fully_shard(model, **options)
+    return model
