@@ -333,6 +333,7 @@ def test_an_nf4_run_resumed_after_its_first_epoch_ends_bit_identical(
     first.write_settings()
     first.fit()
     assert first.position.global_step == first.steps_per_epoch
+    first.lock.release()  # as run() does at its end
     cfg.resume = True
     resumed = train(cfg)
     a = load_file(tmp_path / "whole" / "final" / "adapter_model.safetensors")
