@@ -68,13 +68,35 @@ def _defaults(settings_class: type) -> argparse.Namespace:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .data.tasks import task_names
     from .methods.registry import method_names
     from .train.settings import TrainConfig
 
     d = _defaults(TrainConfig)
     p.add_argument("--model", default=d.model, help="folder with config.json (+ weights), or a Hub id")
     p.add_argument(
-        "--data", default=d.data, help="Hub-layout folder, stanfordnlp/imdb, aclImdb dir/tar.gz, csv/jsonl/parquet"
+        "--data",
+        default=None,
+        help="Hub-layout folder or Hub id, aclImdb dir/tar.gz, csv/tsv/jsonl/json/parquet file "
+        "(default: the task's Hub dataset, imdb: stanfordnlp/imdb)",
+    )
+    p.add_argument(
+        "--task",
+        default=d.task,
+        help=f"built-in task: {', '.join(task_names())}; the four options below change its columns and format",
+    )
+    p.add_argument(
+        "--text-column",
+        default=None,
+        metavar="NAME[,NAME]",
+        help="column(s) holding the text (default: the task's, imdb: text); several: give --template",
+    )
+    p.add_argument("--label-column", default=None, help="column holding the label (default: the task's, imdb: label)")
+    p.add_argument(
+        "--template",
+        default=None,
+        help="the source text, columns as {name}, e.g. 'premise: {premise} hypothesis: {hypothesis}' "
+        "(default: the task's, imdb: 'Review: {text}')",
     )
     p.add_argument(
         "--test-data",
@@ -129,13 +151,17 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="right keeps the head of a long review, left the tail, both head + tail",
     )
     p.add_argument("--strip-html", action="store_true", help="replace <br /> tags by spaces")
-    p.add_argument("--prefix", default=d.prefix, help=f"text put before each review (default: {d.prefix!r})")
+    p.add_argument(
+        "--prefix", default=None, help="text put before the text of a one-column task (default: the task's, 'Review: ')"
+    )
     p.add_argument(
         "--label-words",
-        nargs=2,
-        default=list(d.label_words),
-        metavar=("NEGATIVE", "POSITIVE"),
-        help=f"target words of the two classes (default: {' '.join(d.label_words)})",
+        nargs="+",
+        default=None,
+        metavar="WORD",
+        help="the target word(s) of each class, in class order, comma- or space-separated: neg,neu,pos; they name "
+        "the classes, and labels in the data may be the words or class indices (default: the task's, imdb: "
+        "negative,positive)",
     )
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument(
@@ -158,8 +184,15 @@ def _train_config(args: argparse.Namespace):
     from .train.settings import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    values.update(method_options=dict(args.option), label_words=tuple(args.label_words), progress=not args.no_progress)
+    values.update(method_options=dict(args.option), label_words=_words(args.label_words), progress=not args.no_progress)
     return TrainConfig(**values)
+
+
+def _words(given: list[str] | None) -> tuple[str, ...] | None:
+    """``--label-words neg,neu,pos`` or ``--label-words neg neu pos`` as one tuple of words."""
+    if given is None:
+        return None
+    return tuple(word.strip() for item in given for word in item.split(",") if word.strip())
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -26,12 +26,14 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import T5PeftError
 
+UNLABELLED = -1  # the label of a row without one (GLUE test splits)
 SKIPPED_SHOWN = 10  # positions of skipped rows kept for the record; the count is always complete
 # csv.field_size_limit takes a C long, which is 32 bits on Windows
 _CSV_LIMIT_CEILING = 2**31 - 1
@@ -48,51 +50,81 @@ class DataError(T5PeftError, ValueError):
 
 @dataclass(frozen=True)
 class Columns:
-    """Which columns of a file hold the text and the label, and the classes the labels name.
+    """Which columns of a file hold the text(s) and the label, and the classes the labels name.
 
     ``label=None`` reads texts only (pretraining). A label is a class index (``0 <= label < len(classes)``), the
-    index written as a string, or a class name (case and surrounding spaces ignored).
+    index written as a string, a class name or the class's alias (its label word; case and surrounding spaces
+    ignored), or, for a two-class task whose classes are named False/True, a JSON boolean. With
+    ``unlabelled_rows``, ``-1`` (an integer or ``"-1"``) marks an unlabelled row (GLUE's test splits): such rows
+    are never scored; they are left out and counted (:attr:`FileRows.unlabelled`); otherwise -1 is an error.
+    ``more_texts`` are further text columns (sentence pairs), read beside ``text``.
     """
 
     text: str = "text"
     label: str | None = "label"
     classes: tuple[str, ...] = ("negative", "positive")
+    more_texts: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # another accepted name per class (its label word), or none
+    unlabelled_rows: bool = False  # -1 marks an unlabelled row (left out, counted) instead of being an error
 
     def __post_init__(self) -> None:
-        if not self.text or self.text == self.label:
-            raise ValueError(f"the text column must be named and differ from the label column, got {self!r}")
+        texts = (self.text, *self.more_texts)
+        if not all(texts) or self.label in texts or len(set(texts)) != len(texts):
+            raise ValueError(f"the text columns must be named, differ, and differ from the label column, got {self!r}")
         distinct = {name.strip().lower() for name in self.classes}
         if self.label is not None and (len(self.classes) < 2 or len(distinct) != len(self.classes)):
             raise ValueError(f"a labelled file needs at least two distinct class names, got {self.classes}")
+        if self.aliases and len(self.aliases) != len(self.classes):
+            raise ValueError(f"one alias per class, got {self.aliases} for {self.classes}")
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """The text columns, ``text`` first."""
+        return (self.text, *self.more_texts)
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The columns that are read, text first."""
-        return (self.text,) if self.label is None else (self.text, self.label)
+        """The columns that are read, texts first."""
+        return self.texts if self.label is None else (*self.texts, self.label)
 
-    def label_index(self, value: object, source: str) -> int:
-        """The class index of a label as written in a file; ``source`` names where it was, for the error."""
+    def label_index(self, value: object, source: str) -> int | None:
+        """The class index of a label as written in a file, None for an unlabelled row (-1); ``source`` names
+        where it was, for the error."""
         index: int | None = None
-        # bool is an int subclass; JSON true/false is not a label
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(self.classes):
+        if isinstance(value, bool):  # bool is an int subclass: only a False/True class name takes it
+            index = self._label_words.get(str(value).lower()) if self._boolean else None
+        elif isinstance(value, int) and value == UNLABELLED and self.unlabelled_rows:
+            return None
+        elif isinstance(value, int) and 0 <= value < len(self.classes):
             index = value
         elif isinstance(value, str):
+            if value.strip() == str(UNLABELLED) and self.unlabelled_rows:
+                return None
             index = self._label_words.get(value.strip().lower())
         if index is None:
             raise DataError(f"{source}: label {value!r} is not one of {self._label_choices}")
         return index
 
     @cached_property
+    def _boolean(self) -> bool:
+        return [name.lower() for name in self.classes] == ["false", "true"]
+
+    @cached_property
     def _label_words(self) -> dict[str, int]:
+        aliases = {name.strip().lower(): index for index, name in enumerate(self.aliases)}
         words = {name.strip().lower(): index for index, name in enumerate(self.classes)}
-        return {**words, **{str(index): index for index in range(len(self.classes))}}
+        return {**aliases, **words, **{str(index): index for index in range(len(self.classes))}}
 
     @cached_property
     def _label_choices(self) -> str:
         indices = ", ".join(str(index) for index in range(len(self.classes)))
         names = ", ".join(repr(name) for name in self.classes)
         legend = ", ".join(f"{index} = {name}" for index, name in enumerate(self.classes))
-        return f"{indices}, {names} ({legend})"
+        pairs = zip(self.aliases, self.classes, strict=False)
+        extra = [alias for alias, name in pairs if alias.lower() != name.lower()]
+        also = f"; label words {', '.join(map(repr, extra))} also accepted" if extra else ""
+        unlabelled = "; -1 = unlabelled" if self.unlabelled_rows else ""
+        return f"{indices}, {names} ({legend}{also}{unlabelled})"
 
 
 LABELLED = Columns()
@@ -125,6 +157,8 @@ class FileRows:
     labels: list[int] | None
     blank_lines: int = 0
     skipped: SkippedRows = field(default_factory=SkippedRows)
+    more: dict[str, list[str]] = field(default_factory=dict)  # the further text columns, row for row
+    unlabelled: SkippedRows = field(default_factory=SkippedRows)  # rows with label -1, left out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -152,9 +186,14 @@ def read_files(
     text_rules: Sequence[TextRule] = (),
 ) -> FileRows:
     """The records of ``paths`` (shards of one split), in order; ``source`` names them all when none has a row."""
-    rows = FileRows([], None if columns.label is None else [])
+    rows = FileRows([], None if columns.label is None else [], more={name: [] for name in columns.more_texts})
     for path in paths:
         _read_into(rows, path, columns, skip_empty, text_rules)
+    if not rows.texts and rows.unlabelled.count:
+        raise DataError(
+            f"{source}: no labelled rows: all {rows.unlabelled.count:,} have label -1 (unlabelled; a GLUE test split "
+            "hides its labels: test on the validation split)"
+        )
     if not rows.texts:
         raise DataError(f"{source}: no rows")
     return rows
@@ -217,20 +256,37 @@ def one_line(exc: BaseException) -> str:
 
 def _read_into(rows: FileRows, path: Path, columns: Columns, skip_empty: bool, text_rules: Sequence[TextRule]) -> None:
     skipped: list[str] = []
+    unlabelled: list[str] = []
     with closing(_rows_of(path, columns)) as records:
         for where, record in records:
             if record is None:
                 rows.blank_lines += 1
                 continue
             position = f"{path}: {where}"
-            text = check_text(record[columns.text], position, skip_empty=skip_empty, rules=text_rules)
-            if text is None:
+            texts = [
+                check_text(record[name], _in_column(position, name, columns), skip_empty=skip_empty, rules=text_rules)
+                for name in columns.texts
+            ]
+            if any(text is None for text in texts):
                 skipped.append(position)
                 continue
-            rows.texts.append(text)
+            label = None
             if rows.labels is not None and columns.label is not None:
-                rows.labels.append(columns.label_index(record[columns.label], position))
+                label = columns.label_index(record[columns.label], _in_column(position, columns.label, columns))
+                if label is None:
+                    unlabelled.append(position)
+                    continue
+                rows.labels.append(label)
+            rows.texts.append(cast(str, texts[0]))
+            for name, text in zip(columns.more_texts, texts[1:], strict=True):
+                rows.more[name].append(cast(str, text))
     rows.skipped = rows.skipped.plus(SkippedRows.of(skipped))
+    rows.unlabelled = rows.unlabelled.plus(SkippedRows.of(unlabelled))
+
+
+def _in_column(position: str, name: str, columns: Columns) -> str:
+    """Where a value was: the row, and the column when the file has several text columns (sentence pairs)."""
+    return f"{position}: column {name!r}" if columns.more_texts else position
 
 
 def _rows_of(path: Path, columns: Columns) -> Rows:

@@ -51,6 +51,7 @@ class Task:
     hub_id: str | None = None  # where the data is on the Hub (parquet layout)
     hub_config: str | None = None  # the Hub folder of the task's shards (nyu-mll/glue: the config name)
     origin: str = ""  # where the template and label words came from
+    aliases: tuple[str, ...] = ()  # other names a file may give each class (a relabelled task: the old class names)
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r}"
@@ -149,6 +150,7 @@ def _glue(
 
 
 _ENTAILMENT = ("entailment", "not_entailment")
+_NLI3 = ("entailment", "neutral", "contradiction")
 BUILTIN_TASKS: dict[str, Task] = {
     task.name: task
     for task in (
@@ -168,14 +170,10 @@ BUILTIN_TASKS: dict[str, Task] = {
         _glue("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), metric="f1"),
         _glue("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), metric="f1"),
         # GLUE's MNLI test labels are hidden: the matched validation split is the test set
-        _glue(
-            "mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), test_split="validation_matched"
-        ),
+        _glue("mnli", ("premise", "hypothesis"), _NLI3, test_split="validation_matched"),
         _glue("qnli", ("question", "sentence"), _ENTAILMENT),
         _glue("rte", ("sentence1", "sentence2"), _ENTAILMENT),
-        _glue(
-            "boolq", ("question", "passage"), ("False", "True"), hub_id="aps/super_glue", builder="super_glue/boolq"
-        ),
+        _glue("boolq", ("question", "passage"), ("False", "True"), hub_id="aps/super_glue", builder="super_glue/boolq"),
         Task(
             name="ag_news",
             text_columns=("text",),
@@ -208,6 +206,16 @@ def task_names() -> tuple[str, ...]:
     return tuple(BUILTIN_TASKS)
 
 
+def source_prefix(task: Task) -> str | None:
+    """The text before the one text column when the template is ``prefix + {column}`` (IMDb: ``"Review: "``),
+    else None: the ``prefix`` setting of a run that says the same as its template."""
+    if len(task.text_columns) != 1:
+        return None
+    tail = "{" + task.text_columns[0] + "}"
+    head = task.template.removesuffix(tail)
+    return head if task.template.endswith(tail) and tail not in head and "{" not in head else None
+
+
 def builtin_task(name: str, where: str = "task") -> Task:
     """The built-in task ``name``; :class:`TaskError` naming the known ones."""
     try:
@@ -232,10 +240,11 @@ def resolve_task(
 ) -> Task:
     """The task a run uses: the built-in ``name`` with the overrides given (None: the task's own).
 
-    ``classes`` default to the label words when those are given (a CSV labelled pos/neg names its classes by the
-    words it uses), else to the task's. ``prefix`` (the old ``--prefix``) is ``prefix + {column}`` for a task
-    with one text column; it cannot be given with ``template``. A text column override without a template keeps
-    the task's template with the column renamed (one text column only).
+    ``classes`` default to the label words (every built-in task names its classes by its label words); when the
+    new words are as many as the task's classes, a file may still name a class by the task's own class name.
+    ``prefix`` (the old ``--prefix``) is ``prefix + {column}`` for a task with one text column; it cannot be given
+    with ``template``. A text column override without a template keeps the task's template with the column
+    renamed (one text column only).
     """
     base = builtin_task(name)
     where = f"task {name!r}"
@@ -256,15 +265,15 @@ def resolve_task(
     if template is not None and text_columns is None:
         columns = template_fields(template, f"{where} template")
     words = tuple(label_words) if label_words else base.label_words
-    if classes is None:
-        classes = words if label_words and len(words) != len(base.classes) else base.classes
+    relabelled = words != base.label_words and len(words) == len(base.classes)
     changed = replace(
         base,
         text_columns=columns,
         label_column=label_column or base.label_column,
-        classes=tuple(classes),
+        classes=tuple(classes) if classes else words,
         label_words=words,
         template=template or base.template,
+        aliases=base.classes if relabelled else (),
     )
     if changed != base:
         changed = replace(changed, origin=f"{base.name} with overrides ({base.origin})")

@@ -63,6 +63,15 @@ class PreparedData:
     info: dict[str, Any]
 
 
+def data_checksums(cfg: TrainConfig) -> dict[str, str]:
+    """SHA-256 of the local files the run reads (the task's splits of its data, and its test data)."""
+    assert cfg.data is not None  # settled by TrainConfig
+    task = cfg.resolved_task()
+    splits = ("train", "test") if task.test_split == "test" else ("train", task.test_split)
+    test = dataset_checksums(cfg.test_data) if cfg.test_data else {}
+    return {**dataset_checksums(cfg.data, hub_config=task.hub_config, splits=splits), **test}
+
+
 def prepare_data(cfg: TrainConfig, tokenizer, task: TaskFormat) -> PreparedData:
     rows = cfg.rows()
     texts = rows.texts()
@@ -75,7 +84,10 @@ def prepare_data(cfg: TrainConfig, tokenizer, task: TaskFormat) -> PreparedData:
         "test_from": texts.test_from,
         "test_held_out": rows.holds_out_test,
         "overlap": texts.overlap(),
-        "checksums": {**dataset_checksums(cfg.data), **(dataset_checksums(cfg.test_data) if cfg.test_data else {})},
+        "checksums": data_checksums(cfg),
+        "task": task.task.describe(),
+        "test_split": rows.test_split_name if not rows.holds_out_test else None,
+        "unlabelled_rows": {name: d.unlabelled.as_dict() for name, d in parts.items() if d.unlabelled.count},
     }
     return PreparedData(encoded["train"], encoded["validation"], encoded["test"], info)
 
@@ -121,7 +133,7 @@ class Run(RunSkeleton):
         self.eval_batch_size = cfg.eval_batch_size or (512 if self.compiled else 64)
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
         self.task = cfg.task_format()
-        self.first_tokens = [ids[0] for ids in label_token_ids(self.tokenizer, self.task)]
+        self.targets = label_token_ids(self.tokenizer, self.task)
         self._setup_model()  # before the data: a wrong model or option fails in seconds, not after tokenizing
         self._setup_data()
         self._place_model()
@@ -150,7 +162,7 @@ class Run(RunSkeleton):
             save_base(self.model, self.folder.base)
             self.model.config.name_or_path = str(self.folder.base)  # the adapter's config points at it
         self.runtime.place(self.model)
-        self.scorer = Scorer(self.model, self.first_tokens, self.bf16, self.compiled)
+        self.scorer = Scorer(self.model, self.targets, self.bf16, self.compiled)
 
     def _setup_optimizer(self) -> None:
         cfg = self.cfg
@@ -253,9 +265,10 @@ class Run(RunSkeleton):
             split,
             self.tokenizer.pad_token_id,
             self.eval_batch_size,
-            self.task.label_words,
+            self.task.task.classes,
             self.bf16,
             scorer=self.scorer,
+            metric=self.task.task.metric,
             max_source_length=self.cfg.max_source_length,
             progress=progress,
             desc=desc,
@@ -278,6 +291,7 @@ class Run(RunSkeleton):
     def results(self, test: EvalResult, validation: EvalResult, weights_file: Path) -> dict[str, Any]:
         pos = self.position
         return {
+            "task": self.task.task.name,
             "method": self.cfg.method,
             "method_options": self.method.config.to_dict(),
             "learning_rate": self.cfg.learning_rate,
