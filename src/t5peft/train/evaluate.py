@@ -98,9 +98,14 @@ def label_pair_probabilities(first_step_logits: Tensor, first_tokens: Tensor) ->
 
 def sequence_log_likelihood(logits: Tensor, labels: Tensor) -> Tensor:
     """``[B]``: the summed log-probability of each row's target (positions with label -100 left out)."""
-    log_probs = logits.float().log_softmax(dim=-1)
+    log_probs = _at_least_float32(logits).log_softmax(dim=-1)
     picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked.masked_fill(labels == -100, 0.0).sum(dim=-1)
+
+
+def _at_least_float32(values: Tensor) -> Tensor:
+    """bfloat16 logits in float32; float32 and float64 as they are (a float64 model is scored in float64)."""
+    return values if values.dtype == torch.float64 else values.float()
 
 
 class Scorer:
@@ -128,7 +133,7 @@ class Scorer:
         with autocast(self.device, self.bf16):
             decoder_input_ids = self.model.shift_right(labels)
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
-        return logits.logits.float()
+        return _at_least_float32(logits.logits)
 
     def _score(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         logits = self._logits(input_ids, attention_mask, labels)
@@ -139,10 +144,12 @@ class Scorer:
 
     def class_scores(self, input_ids: Tensor, attention_mask: Tensor, like: Tensor) -> Tensor:
         """``[B, C]``: the summed log-likelihood of each class's whole target, one pass per class; the targets
-        are laid out as ``like`` (the batch's labels: its shape, static under compile)."""
+        are laid out as ``like`` (the batch's labels: its rows, and its width when every target fits, as under
+        compile's static shapes)."""
         scores = []
+        width = max(like.shape[1], max(len(ids) for ids in self.targets))  # static shapes already fit every target
         for ids in self.targets:
-            labels = torch.full_like(like, -100)
+            labels = like.new_full((like.shape[0], width), -100)
             labels[:, : len(ids)] = torch.as_tensor(ids, device=like.device)
             scores.append(sequence_log_likelihood(self._logits(input_ids, attention_mask, labels), labels))
         return torch.stack(scores, dim=-1)
