@@ -1,14 +1,17 @@
 """Read one file of texts, labelled or not: the one reader under fine-tuning and pretraining.
 
-Formats, by the file name: ``.csv`` (a header row names the columns), ``.jsonl`` / ``.json`` (JSON lines: one
-object per line), ``.parquet``, and, for texts without labels, ``.txt`` (one text per line). Which columns hold
+Formats, by the file name: ``.csv`` (a header row names the columns; the delimiter is the one of ``,`` ``;``
+tab ``|`` whose split of the header holds every column asked for, comma when none or several do), ``.tsv``
+(tab-separated, a header row), ``.jsonl`` (JSON lines: one object per line), ``.json`` (a JSON array of objects,
+or JSON lines), ``.parquet``, and, for texts without labels, ``.txt`` (one text per line). Which columns hold
 what is declared once, in :class:`Columns` (default: IMDb's ``text`` and ``label``, labels 0/1/negative/positive);
 a reader of a new format is one function in ``_FORMATS`` that yields ``(where, record)`` pairs.
 
 Text formats are decoded as UTF-8 (a byte-order mark at the start is dropped). Every record is checked where it
 is read, and a problem is one :class:`DataError` line, ``{file}: {where}: {problem}``, where ``where`` is
-``data row N (1-based, header not counted; line L)`` in a CSV, ``line N (1-based)`` in JSON lines and text files
-and ``row N (1-based)`` in parquet. A blank line holds no record (counted, :attr:`FileRows.blank_lines`). An empty
+``data row N (1-based, header not counted; line L)`` in a CSV or TSV, ``line N (1-based)`` in JSON lines and text
+files, ``element N (1-based)`` in a JSON array and ``row N (1-based)`` in parquet. A blank line holds no record
+(counted, :attr:`FileRows.blank_lines`). An empty
 or whitespace-only text is an error, unless the caller asks ``skip_empty``: then the row is left out and counted
 with where it was (:class:`SkippedRows`), so the count can be recorded beside the results. Nothing is dropped
 silently.
@@ -310,12 +313,38 @@ def _listed(names: Sequence[str], what: str) -> str:
 # Formats
 
 
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
 def _csv_rows(path: Path, columns: Columns) -> Rows:
     text = decode_utf8(path.read_bytes(), str(path))
+    return _delimited_rows(path, columns, text, _sniff_delimiter(text, columns))
+
+
+def _tsv_rows(path: Path, columns: Columns) -> Rows:
+    return _delimited_rows(path, columns, decode_utf8(path.read_bytes(), str(path)), "\t")
+
+
+def _sniff_delimiter(text: str, columns: Columns) -> str:
+    """The delimiter of a CSV file: the one candidate whose split of the header row names every column asked
+    for; a comma when none or several do (the header check then names what is missing)."""
+    first = text.split("\n", 1)[0]
+    fits = []
+    for delimiter in CSV_DELIMITERS:
+        try:
+            header = next(csv.reader([first], delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        if all(name in {field.strip() for field in header} for name in columns.names):
+            fits.append(delimiter)
+    return fits[0] if len(fits) == 1 else ","
+
+
+def _delimited_rows(path: Path, columns: Columns, text: str, delimiter: str) -> Rows:
     row = 0
     with _csv_field_limit(len(text)):
         # strict: an unbalanced quote is an error, not a field that swallows the lines after it
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
         try:
             header = next(reader, None)
             if header is None:
@@ -354,6 +383,32 @@ def _csv_field_limit(characters: int) -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
+def _json_rows(path: Path, columns: Columns) -> Rows:
+    """A ``.json`` file: a JSON array of objects when it starts with ``[``, else JSON lines."""
+    text = decode_utf8(path.read_bytes(), str(path))
+    if not text.lstrip().startswith("["):
+        yield from _jsonl_rows(path, columns)
+        return
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); expected an array of objects"
+        ) from exc
+    for number, record in enumerate(records, start=1):
+        yield _checked_object(path, f"element {number} (1-based)", record, columns)
+
+
+def _checked_object(path: Path, where: str, record: object, columns: Columns) -> tuple[str, Record]:
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: {where}: expected a JSON object, got {type(record).__name__}")
+    missing = [name for name in columns.names if name not in record]
+    if missing:
+        found = ", ".join(sorted(record)) or "none"
+        raise DataError(f"{path}: {where}: missing {_listed(missing, 'key')}; found keys: {found}")
+    return where, record
+
+
 def _jsonl_rows(path: Path, columns: Columns) -> Rows:
     for lineno, line in _numbered_lines(path):
         where = f"line {lineno} (1-based)"
@@ -366,13 +421,7 @@ def _jsonl_rows(path: Path, columns: Columns) -> Rows:
             raise DataError(
                 f"{path}: {where}: invalid JSON ({exc.msg} at column {exc.colno}); expected one JSON object per line"
             ) from exc
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: {where}: expected a JSON object, got {type(record).__name__}")
-        missing = [name for name in columns.names if name not in record]
-        if missing:
-            found = ", ".join(sorted(record)) or "none"
-            raise DataError(f"{path}: {where}: missing {_listed(missing, 'key')}; found keys: {found}")
-        yield where, record
+        yield _checked_object(path, where, record, columns)
 
 
 def _txt_rows(path: Path, columns: Columns) -> Rows:
@@ -402,8 +451,9 @@ def _parquet_rows(path: Path, columns: Columns) -> Rows:
 
 _FORMATS: dict[str, Callable[[Path, Columns], Rows]] = {
     ".csv": _csv_rows,
+    ".tsv": _tsv_rows,
     ".jsonl": _jsonl_rows,
-    ".json": _jsonl_rows,
+    ".json": _json_rows,
     ".parquet": _parquet_rows,
     ".txt": _txt_rows,
 }

@@ -75,7 +75,7 @@ _COMPRESSED_OPENERS: tuple[tuple[bytes, Callable[..., Any]], ...] = (
 _REVIEW_NAME = re.compile(r"^(\d+)_\d+\.txt$")
 _LOCAL_ALTERNATIVES = (
     "a local source: a folder in the Hub parquet layout (plain_text/{split}-*.parquet), "
-    "an aclImdb folder or aclImdb_v1.tar.gz, or a .csv/.jsonl/.parquet file with text and label columns"
+    "an aclImdb folder or aclImdb_v1.tar.gz, or a .csv/.tsv/.jsonl/.json/.parquet file with text and label columns"
 )
 
 SourceKind = Literal["file", "folder", "hub"]
@@ -211,7 +211,7 @@ def split_validation(data: LabeledTexts, size: int = 1000, seed: int = 0) -> tup
 
 
 def is_single_split_file(source: str | os.PathLike[str]) -> bool:
-    """True when ``source`` is one .csv/.jsonl/.json/.parquet file: one split, with no test split of its own."""
+    """True when ``source`` is one .csv/.tsv/.jsonl/.json/.parquet file: one split, with no test split of its own."""
     path = Path(source).expanduser()
     return path.is_file() and not path.name.lower().endswith(_TAR_SUFFIXES)
 

@@ -55,7 +55,20 @@ PER_RUN = ("output", "method", "method_options", "seed", "resume", "progress")
 PATH_SETTINGS = ("model", "data", "test_data", "tokenizer")
 SHARED = "${T5PEFT_SHARED}"
 # a name ending like a file is a missing file, never a Hub id
-FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".tar", ".gz", ".tgz", ".txt", ".bin", ".safetensors", ".model")
+FILE_SUFFIXES = (
+    ".json",
+    ".jsonl",
+    ".csv",
+    ".tsv",
+    ".parquet",
+    ".tar",
+    ".gz",
+    ".tgz",
+    ".txt",
+    ".bin",
+    ".safetensors",
+    ".model",
+)
 
 
 class ExperimentError(T5PeftError, ValueError):
