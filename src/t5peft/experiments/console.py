@@ -118,5 +118,7 @@ def print_summary(output: Path, say: Say) -> list[Path]:
     say("outputs:")
     for name, text in OUTPUTS:
         say(f"  {output / name}: {text}")
+    for extra in sorted(output.glob("t5_peft_*-*.png")):  # the figures of the further tasks of a comparison
+        say(f"  {extra}: a figure of task {extra.stem.split('-', 1)[1]}")
     say(f"  {output / RUNS}/: one folder per run, with its run.log")
     return [output / name for name, _ in OUTPUTS]
