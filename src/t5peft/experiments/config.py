@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.tasks import TaskError, builtin_task
 from ..errors import T5PeftError
 from ..hub import looks_like_hub_id
 from ..methods import get_declaration
@@ -340,6 +341,11 @@ def _task_settings(table: Any, train_keys: set[str], where: str, folder: Path | 
         raise ExperimentError(f"{where}: must be a table of task keys ({', '.join(TASK_KEYS)})")
     _check_keys(table, set(TASK_KEYS) | train_keys, where)
     settings = {TASK_KEYS.get(key, key): value for key, value in table.items()}
+    if "task" in settings:
+        try:
+            builtin_task(str(settings["task"]), f"{where} name")
+        except TaskError as err:
+            raise ExperimentError(str(err)) from None
     if isinstance(settings.get("label_words"), str):
         settings["label_words"] = [word.strip() for word in settings["label_words"].split(",")]
     return _resolve_paths(settings, folder, where)
@@ -360,8 +366,9 @@ def _parse_tasks(names: Any, tables: Any, train_keys: set[str], source: str, fol
     for name in order:
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ExperimentError(f"{source} tasks: {name!r} must be letters, digits, - and _ (it names folders)")
-        settings = _task_settings(tables.get(name, {}), train_keys, f"{source} [tasks.{name}]", folder)
-        settings.setdefault("task", name)
+        table = dict(tables.get(name, {}))
+        table.setdefault("name", name)
+        settings = _task_settings(table, train_keys, f"{source} [tasks.{name}]", folder)
         plans.append(TaskPlan(name, settings))
     return plans
 

@@ -212,6 +212,17 @@ def _metric_name(runs: list[dict[str, Any]]) -> str:
     return names.pop() if len(names) == 1 else "mixed"
 
 
+def _named_task(run: dict[str, Any], folder_name: str, experiment: dict[str, Any]) -> dict[str, Any]:
+    """In a comparison over several tasks, a run's task is the plan's name for it (``[tasks.reviews]`` may be the
+    built-in imdb task on other data), read from its folder name ``<task>-<method>-...``; the built-in task it ran
+    is kept as ``builtin_task``."""
+    names = sorted((t["name"] for t in experiment.get("tasks") or []), key=len, reverse=True)
+    for name in names:
+        if folder_name.startswith(f"{name}-"):
+            return {**run, "task": name, "builtin_task": run["task"]}
+    return run
+
+
 def by_task(runs: list[dict[str, Any]], experiment: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per task (in the order the runs came): its sweeps, chosen on its own validation split, and its summary."""
     tasks: dict[str, dict[str, Any]] = {}
@@ -239,7 +250,7 @@ def collect_results(
     experiment: dict[str, Any], run_folders: list[Path], missing: list[str] | None = None, root: Path | None = None
 ) -> dict[str, Any]:
     """The results file: the plan, every finished run, learning-rate sweeps and the summary per task."""
-    runs = [run_record(folder, root) for folder in run_folders]
+    runs = [_named_task(run_record(folder, root), Path(folder).name, experiment) for folder in run_folders]
     weights = sorted({r["weights"] for r in runs})
     tasks = by_task(runs, experiment)
     first = next(iter(tasks.values()), {"sweeps": {}, "summary": {}})
