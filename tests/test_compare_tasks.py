@@ -120,3 +120,20 @@ def test_bad_task_declarations_in_experiment_files(tmp_path, values, message):
     values = {"experiment": {"methods": ["lora"]}, **values}
     with pytest.raises(ExperimentError, match=message):
         parse_experiment(values, "exp.toml", tmp_path)
+
+
+def test_glue_small_plans_every_task_on_its_own_hub_folder():
+    from t5peft.experiments.config import load_experiment
+
+    experiment = load_experiment(Path(__file__).resolve().parent.parent / "configs" / "glue-small.toml")
+    runs = experiment.runs()
+    assert [t.name for t in experiment.tasks] == ["sst2", "rte", "mnli", "boolq"]
+    assert runs[0].name == "sst2-full-seed0" and len(runs) == 4 * 5  # lora sweeps two rates
+    configs = {run.task.name: experiment.run_config(run.method, run.seed, Path("o"), run.lr, run.task) for run in runs}
+    assert {name: cfg.data for name, cfg in configs.items()} == {
+        "sst2": "nyu-mll/glue",
+        "rte": "nyu-mll/glue",
+        "mnli": "nyu-mll/glue",
+        "boolq": "aps/super_glue",
+    }
+    assert configs["rte"].train_size == 2000 and configs["mnli"].rows().test_split_name == "validation_matched"

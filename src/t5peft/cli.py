@@ -206,13 +206,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_summary(results: dict) -> None:
     test, params, timing, data = results["test"], results["parameters"], results["training"], results["data"]
     overlap = data["overlap"]
+    task = data.get("task", {"name": "imdb"})
+    rows = "reviews" if task["name"] == "imdb" else "examples"
     print(f"method {results['method']} ({results['weights']} weights), seed {results['seed']}")
+    if task["name"] != "imdb" or task.get("classes") not in (None, ["negative", "positive"]):
+        changed = " with your settings" if "with overrides" in task.get("origin", "") else ""
+        print(f"  task: {task['name']}{changed}, classes {', '.join(task['classes'])}, source {task['template']!r}")
     print(f"  trainable parameters: {params['trainable']:,} of {params['base']:,} ({params['trainable_percent']:.3f}%)")
-    print(f"  test accuracy: {test['accuracy']:.4f} on {test['n']:,} reviews, loss {test['loss']:.4f}")
+    print(f"  test accuracy: {test['accuracy']:.4f} on {test['n']:,} {rows}, loss {test['loss']:.4f}")
+    if len(test["confusion"]) > 2 or task["name"] != "imdb":
+        print(f"  test macro-F1: {test['macro_f1']:.4f}; confusion (rows true, columns predicted): {test['confusion']}")
+    metric = test.get("metric", {"name": "accuracy"})
+    if metric["name"] != "accuracy":
+        print(f"  test {metric['name']} (the task's metric of record): {metric['value']:.4f}")
     print(f"  test set: {data['test_from']}")
+    for split, skipped in data.get("unlabelled_rows", {}).items():
+        print(f"  unlabelled rows (label -1) left out of {split}, never scored: {skipped['count']:,}")
     print(
-        f"  overlap: {overlap['test_in_train']:,} of the {test['n']:,} test reviews also occur in the training "
-        f"reviews, {overlap['test_in_validation']:,} in the validation reviews"
+        f"  overlap: {overlap['test_in_train']:,} of the {test['n']:,} test {rows} also occur in the training "
+        f"{rows}, {overlap['test_in_validation']:,} in the validation {rows}"
     )
     print(f"  validation accuracy: {results['validation']['accuracy']:.4f}")
     print(

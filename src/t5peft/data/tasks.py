@@ -195,8 +195,8 @@ BUILTIN_TASKS: dict[str, Task] = {
             template="Review: {text}",
             hub_id="fancyzhx/yelp_polarity",
             hub_config="plain_text",
-            origin="not a T5 task: IMDb's format (t5peft); fancyzhx/yelp_polarity labels 0 = 1 star-ish "
-            "(negative), 1 = positive",
+            origin="not a T5 task: IMDb's format (t5peft); fancyzhx/yelp_polarity's labels 0 and 1 are its "
+            "classes '1' (negative) and '2' (positive)",
         ),
     )
 }
