@@ -251,3 +251,25 @@ def test_bad_task_input_is_one_line_exit_2_nothing_written(t5_small_dir, tmp_pat
 def test_train_config_refuses_an_unknown_task_before_loading(tmp_path):
     with pytest.raises(TrainError, match="unknown task 'glu'"):
         TrainConfig(output=str(tmp_path), task="glu")
+
+
+def test_a_hub_id_downloads_only_the_tasks_folder(hub_folders):
+    """``nyu-mll/glue`` with task sst2: the snapshot asks for the task's folder (and the usual ones), and reads
+    the GLUE validation split from it."""
+    from t5peft.data.sources import load_split
+    from t5peft.train.rows import task_columns
+
+    asked: dict = {}
+
+    def fake_download(**kwargs) -> str:
+        asked.update(kwargs)
+        return str(hub_folders["glue"])
+
+    sst2 = BUILTIN_TASKS["sst2"]
+    data = load_split(
+        "nyu-mll/glue", "validation", downloader=fake_download, columns=task_columns(sst2), hub_config="sst2"
+    )
+    assert asked["allow_patterns"] == ["sst2/*.parquet", "plain_text/*.parquet", "data/*.parquet"]
+    assert (
+        asked["repo_id"] == "nyu-mll/glue" and len(data) == 12 and data.origin.startswith("hf://datasets/nyu-mll/glue")
+    )

@@ -412,7 +412,10 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--data", default=None, help="another data source (default: the run's own test set)")
     p.add_argument(
-        "--split", default=None, choices=["train", "test"], help="split of --data or of the run's data (default: test)"
+        "--split",
+        default=None,
+        help="split of --data or of the run's data: train, test, or a Hub split such as validation (default: the "
+        "task's test split)",
     )
     p.add_argument(
         "--size",

@@ -90,7 +90,7 @@ def evaluate_run(
     report = {
         "run": str(run_dir),
         "task": task.name,
-        "split": split or "test",
+        "split": split or run.config.rows().test_split_name,
         "source": texts.origin,
         **result.summary(),
     }
