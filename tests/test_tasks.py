@@ -184,6 +184,10 @@ def test_csv_with_its_own_columns_and_three_classes(t5_small_dir, tmp_path, caps
     assert cli_main(["predict", str(out), "a good film", "a dull plot"]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(printed) == 2 and all(row["label"] in ("neg", "neu", "pos") for row in printed)
+    assert cli_main(["evaluate", str(out), "--no-progress", "--generate"]) == 0  # the run's own test set again
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"] == "imdb" and report["confusion"] == test["confusion"] and report["loss"] == test["loss"]
+    assert 0.0 <= report["agreement_with_fast_path"] <= 1.0
 
 
 def test_csv_pos_neg_labels_map_to_the_imdb_classes_by_label_word(t5_small_dir, tmp_path):
