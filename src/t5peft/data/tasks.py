@@ -57,6 +57,10 @@ class Task:
         where = f"task {self.name!r}"
         if len(self.classes) < 2:
             raise TaskError(f"{where}: needs at least two classes, got {list(self.classes)}")
+        if not all(word.strip() for word in self.label_words) or len(set(self.label_words)) != len(self.label_words):
+            raise TaskError(
+                f"{where}: label words must be different non-empty words, one per class, got {list(self.label_words)}"
+            )
         if len({c.strip().lower() for c in self.classes}) != len(self.classes):
             raise TaskError(f"{where}: class names must differ (case ignored), got {list(self.classes)}")
         if len(self.label_words) != len(self.classes):
@@ -64,8 +68,6 @@ class Task:
                 f"{where}: {len(self.label_words)} label words {list(self.label_words)} for "
                 f"{len(self.classes)} classes {list(self.classes)}; give one word per class, in class order"
             )
-        if not all(word.strip() for word in self.label_words) or len(set(self.label_words)) != len(self.label_words):
-            raise TaskError(f"{where}: label words must be non-empty and differ, got {list(self.label_words)}")
         if self.metric not in METRICS:
             raise TaskError(f"{where}: metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.metric in ("f1",) and len(self.classes) != 2:
