@@ -147,15 +147,15 @@ def test_every_run_records_and_prints_its_overlap(finished_run) -> None:
 BAD_TRAIN_INPUTS = [
     ("--device cuda", "no CUDA GPU"),
     ("--device foo", "is not a device"),
-    ("--validation-size 0", "validation_size must be >= 1"),
-    ("--validation-size 199 --test-data {csv}", "validation_size 199 leaves fewer than 2 training rows"),
+    ("--validation-size 0", "--validation-size must be >= 1"),
+    ("--validation-size 199 --test-data {csv}", "--validation-size 199 leaves fewer than 2 training rows"),
     ("--validation-size 190", "200 rows cannot hold a test set of 20, a validation set of 190"),
-    ("--test-size 1", "test_size must be at least 2"),
-    ("--max-source-length 0", "max_source_length must be at least 2"),
+    ("--test-size 1", "--test-size must be at least 2"),
+    ("--max-source-length 0", "--max-source-length must be at least 2"),
     ("--dropout 2", "dropout must be in [0, 1)"),
-    ("--weight-decay -1", "weight_decay must be >= 0"),
-    ("--max-grad-norm -1", "max_grad_norm must be > 0"),
-    ("--batch-size 0", "batch_size must be >= 1"),
+    ("--weight-decay -1", "--weight-decay must be >= 0"),
+    ("--max-grad-norm -1", "--max-grad-norm must be > 0"),
+    ("--batch-size 0", "--batch-size must be >= 1"),
     ("--lr -1", "lr must be > 0"),
     ("--label-words good good", "label words must be different non-empty words"),
     ("--label-words 'a  b' 'a b'", "tokenize to the same ids"),  # a shared first token is scored; identical ids not
@@ -196,13 +196,15 @@ def test_train_input_errors_are_one_line_exit_2(
         (["predict", "{run}", ""], "text 1 is empty"),
         (["predict", "{run}", "fine", "   "], "text 2 is empty"),
         (["predict", "{run}"], "no reviews"),
-        (["predict", "{run}", "--file", "{tmp}/blank.txt"], "blank.txt: line 2 is empty"),
+        (["predict", "{run}", "--file", "{tmp}/blanks.txt"], "blanks.txt: no reviews"),
+        (["predict", "{run}", "--file", "{tmp}"], "is a folder; expected a text file"),
         (["predict", "{run}", "--file", "{tmp}/nowhere.txt"], "nowhere.txt"),
         (["predict", "{run}", "x", "--file", "{tmp}/blank.txt"], "not both"),
     ],
 )
 def test_evaluate_and_predict_input_errors_are_one_line(argv, message, finished_run, tmp_path, capsys) -> None:
     (tmp_path / "blank.txt").write_text("good\n\nbad\n")
+    (tmp_path / "blanks.txt").write_text("\n  \n\r\n")
     args = [word.format(run=finished_run[0], tmp=tmp_path) for word in argv]
     assert cli_main(args) == 2
     lines = stderr_lines(capsys)
@@ -356,7 +358,10 @@ def test_train_without_progress_prints_a_line_per_log_point_and_the_run_folder(f
         f"step {first['step']}/4 (epoch {first['epoch']:.2f}): train loss {first['train_loss']:.4f}, "
         f"validation loss {first['val_loss']:.4f}, accuracy {first['val_accuracy']:.4f}"
     )
-    assert f"  run folder: {out} (base/, checkpoint/, final/, metrics.jsonl, results.json, run_config.json)" in printed
+    assert (
+        f"  run folder: {out} (base/, checkpoint/, final/, metrics.jsonl, paths.json, results.json, run_config.json)"
+        in printed
+    )
 
 
 def test_evaluate_scores_the_runs_test_set_with_a_progress_bar(finished_run, capsys) -> None:
@@ -414,18 +419,42 @@ def test_predict_reads_a_file_and_standard_input(finished_run, tmp_path, capsys,
     assert cli_main(["predict", str(out), "--file", str(tmp_path / "reviews.txt")]) == 0
     from_file = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [x["text"] for x in from_file] == reviews
+    assert [x["line"] for x in from_file] == [1, 2, 3]
     assert all(x["label"] in ("negative", "positive") and 0.5 <= x["probability"] <= 1 for x in from_file)
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(reviews)))
     assert cli_main(["predict", str(out), "-"]) == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == from_file
     assert cli_main(["predict", str(out), *reviews]) == 0
-    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == from_file
+    by_argument = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [x.pop("argument") for x in by_argument] == [1, 2, 3]
+    assert by_argument == [{k: v for k, v in x.items() if k != "line"} for x in from_file]
     bad_bytes = io.TextIOWrapper(io.BytesIO(b"fine\n\xff\xfe\n"), encoding="utf-8", errors="surrogateescape")
     monkeypatch.setattr(sys, "stdin", bad_bytes)
     assert cli_main(["predict", str(out), "-"]) == 2
     assert stderr_lines(capsys) == [
         "t5peft predict: error: standard input: not UTF-8 text (invalid start byte at byte 5)"
     ]
+
+
+def test_predict_splits_lines_at_newlines_only(finished_run, tmp_path, capsys) -> None:
+    """U+0085, U+2028 and a lone carriage return stay inside a review (real IMDb reviews hold U+0085); blank lines
+    are passed over with a note, and every prediction names the line it came from."""
+    out, _ = finished_run
+    first = "The film was great\u0085 really great\u2028 and\rmoving"
+    long = "Awful. " * 20
+    (tmp_path / "reviews.txt").write_bytes(f"{first}\r\n\n   \n{long}\n".encode())
+    assert cli_main(["predict", str(out), "--file", str(tmp_path / "reviews.txt")]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(x["line"], x["text"], x["text_truncated"]) for x in rows] == [
+        (1, first, False),
+        (4, long[:80], True),
+    ]
+    assert "2 blank line(s) passed over" in captured.err
+    assert cli_main(["predict", str(out), "--full-text", "--file", str(tmp_path / "reviews.txt")]) == 0
+    whole = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["text"], x["text_truncated"]) for x in whole] == [(first, False), (long, False)]
+    assert [x["label"] for x in whole] == [x["label"] for x in rows]
 
 
 def test_sizes_larger_than_the_data_warn_with_the_size_used(reviews_csv: Path, caplog) -> None:
@@ -482,3 +511,189 @@ def test_main_help_is_plain_text(capsys) -> None:
         cli_main(["--help"])
     text = capsys.readouterr().out
     assert "``" not in text and "Commands: train" in text and "-v, --verbose" in text and "130" in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data a real user has: one class only, empty reviews (issue 16.5, 16.9)
+
+
+def write_reviews(path: Path, rows: list[tuple[str, int]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def small_run_args(t5_small_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    sizes = "--validation-size 6 --test-size 6 --epochs 1 --batch-size 8 --max-source-length 16"
+    return tiny_args(t5_small_dir, data, out, *shlex.split(sizes), *extra)
+
+
+def test_a_set_without_one_class_is_an_error_or_a_recorded_warning(reviews_csv, t5_small_dir, tmp_path, capsys):
+    with reviews_csv.open(encoding="utf-8") as handle:
+        positive = [(row["text"], 1) for row in csv.DictReader(handle) if row["label"] == "1"][:40]
+    data = write_reviews(tmp_path / "positive.csv", positive)
+    assert cli_main(small_run_args(t5_small_dir, data, tmp_path / "one")) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and "no 'negative' reviews" in lines[0] and "--allow-missing-classes" in lines[0], lines
+    assert not (tmp_path / "one").exists()
+    assert cli_main(small_run_args(t5_small_dir, data, tmp_path / "one", "--allow-missing-classes")) == 0
+    printed = capsys.readouterr().out
+    assert "  class balance: train 0 negative / 28 positive; validation 0 negative / 6 positive; test 0 negative" in (
+        printed
+    )
+    assert "  WARNING: the train set (" in printed
+    results = json.loads((tmp_path / "one" / "results.json").read_text())
+    sets = [m.split(" (")[0] for m in results["data"]["missing_classes"]]
+    assert sets == ["the train set", "the validation set", "the test set"]
+    assert results["data"]["class_balance"]["test"] == {"negative": 0, "positive": 6}
+
+
+def test_the_summary_prints_each_sets_class_balance(finished_run) -> None:
+    _, printed = finished_run
+    balance = (
+        "  class balance: train 16 negative / 16 positive; validation 8 negative / 8 positive; test 20 negative / "
+    )
+    assert balance + "20 positive" in printed.splitlines()
+
+
+def test_empty_reviews_stop_training_unless_skipped_and_counted(reviews_csv, t5_small_dir, tmp_path, capsys):
+    with reviews_csv.open(encoding="utf-8") as handle:
+        every = [(row["text"], int(row["label"])) for row in csv.DictReader(handle)]
+    rows = [row for label in (0, 1) for row in every if row[1] == label][80:120]  # 20 of each class
+    rows[5] = ("   ", rows[5][1])
+    data = write_reviews(tmp_path / "holey.csv", rows)
+    assert cli_main(small_run_args(t5_small_dir, data, tmp_path / "run")) == 2
+    lines = stderr_lines(capsys)
+    assert (
+        len(lines) == 1 and "data row 6 (1-based" in lines[0] and "empty" in lines[0] and "--skip-empty" in lines[0]
+    ), lines
+    assert cli_main(small_run_args(t5_small_dir, data, tmp_path / "run", "--skip-empty")) == 0
+    printed = capsys.readouterr().out
+    assert "  skipped: 1 empty review(s) in the train source (--skip-empty)" in printed.splitlines()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["data"]["skipped_empty"]["train"]["count"] == 1
+    assert results["config"]["skip_empty"] is True
+    assert sum(results["data"]["sizes"].values()) == 39
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run folder reopened from another directory, or copied to another machine (issue 16.7)
+
+
+def predictions(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_a_run_folder_works_from_anywhere_and_when_moved(
+    reviews_csv, imdb_dir, t5_small_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(t5_small_dir, work / "tok")
+    shutil.copyfile(reviews_csv, work / "data.csv")
+    monkeypatch.chdir(work)
+    assert cli_main(small_run_args(Path("tok"), Path("data.csv"), Path("runs/tiny"))) == 0
+    capsys.readouterr()
+    run = work / "runs" / "tiny"
+    paths = json.loads((run / "paths.json").read_text())
+    assert paths["data"] == {"as_typed": "data.csv", "resolved": str(work / "data.csv")}
+    assert paths["tokenizer"] == {"as_typed": "tok", "resolved": str(work / "tok")}
+    assert {"tokenizer.json", "adapter_config.json"} <= {p.name for p in (run / "final").iterdir()}
+    tested = json.loads((run / "results.json").read_text())["test"]
+
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative paths as typed name nothing here
+    assert cli_main(["predict", str(run), "A wonderful film", "Dull and long"]) == 0
+    here = predictions(capsys)
+    assert cli_main(["evaluate", str(run), "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["n"], report["accuracy"], report["loss"]) == (tested["n"], tested["accuracy"], tested["loss"])
+
+    shutil.copytree(run, tmp_path / "moved")  # to another machine: without its tokenizer folder and its data
+    shutil.rmtree(work)
+    assert cli_main(["predict", str(tmp_path / "moved"), "A wonderful film", "Dull and long"]) == 0
+    assert predictions(capsys) == here
+    assert cli_main(["evaluate", str(tmp_path / "moved"), "--no-progress"]) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and "the run's data 'data.csv' is not here" in lines[0] and "--data" in lines[0], lines
+    assert cli_main(["evaluate", str(tmp_path / "moved"), "--data", str(imdb_dir), "--size", "6", "--no-progress"]) == 0
+
+
+def test_resume_from_another_directory_does_not_read_other_data(
+    reviews_csv, t5_small_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    for place in ("a", "b"):
+        (tmp_path / place).mkdir()
+        shutil.copyfile(reviews_csv, tmp_path / place / "data.csv")
+    monkeypatch.chdir(tmp_path / "a")
+    args = small_run_args(t5_small_dir, Path("data.csv"), tmp_path / "run")
+    assert cli_main(args) == 0
+    monkeypatch.chdir(tmp_path / "b")  # the same words, another data.csv
+    assert cli_main([*args, "--resume"]) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and f"data 'data.csv' names {tmp_path / 'b' / 'data.csv'}" in lines[0], lines
+    assert f"resume from {tmp_path / 'a'}" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ("train --output {tmp}/r --validation-size 0", "t5peft train: error: --validation-size must be >= 1, got 0"),
+        ("train --output {tmp}/r --eval-batch-size 0", "t5peft train: error: --eval-batch-size must be >= 1, got 0"),
+        (
+            "pretrain --model m --output {tmp}/r --data d",
+            "t5peft pretrain: error: give a budget: --max-steps and/or --max-minutes",
+        ),
+    ],
+)
+def test_errors_name_the_option_the_user_typed(argv, expected, tmp_path, capsys) -> None:
+    assert cli_main(shlex.split(argv.format(tmp=tmp_path))) == 2
+    assert stderr_lines(capsys) == [expected]
+
+
+def test_setting_names_inside_paths_and_words_stay_as_they_are() -> None:
+    from t5peft.cli import named_as_typed
+
+    flags = {"max_steps": "--max-steps", "train_size": "--train-size"}
+    message = "runs/max_steps/x.csv: max_steps must be >= 1; train_sizes, train_size-like, .train_size, train_size"
+    assert named_as_typed(message, flags) == (
+        "runs/max_steps/x.csv: --max-steps must be >= 1; train_sizes, train_size-like, .train_size, --train-size"
+    )
+
+
+def test_evaluate_counts_the_scored_reviews_that_the_run_trained_on(
+    reviews_csv, t5_small_dir, tmp_path, capsys, caplog
+):
+    """As ``train`` counts its test set's overlap: here the whole file the run was trained on is scored."""
+    assert cli_main(small_run_args(t5_small_dir, reviews_csv, tmp_path / "run")) == 0
+    sizes = json.loads((tmp_path / "run" / "results.json").read_text())["data"]["sizes"]
+    capsys.readouterr()
+    assert cli_main(["evaluate", str(tmp_path / "run"), "--data", str(reviews_csv), "--split", "train"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overlap"] == {"in_train": sizes["train"], "in_validation": sizes["validation"]}
+    assert f"{sizes['train']} of the 200 reviews scored also occur in the run's training reviews" in caplog.text
+    assert cli_main(["evaluate", str(tmp_path / "run"), "--no-progress"]) == 0  # its own held-out test set
+    assert json.loads(capsys.readouterr().out)["overlap"] == {"in_train": 0, "in_validation": 0}
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (IsADirectoryError(21, "Is a directory", "runs/smoke"), "runs/smoke: is a folder; a file was expected here"),
+        (FileExistsError(17, "File exists", "runs/a.txt"), "runs/a.txt: is a file (or a path through one); a folder"),
+        (FileNotFoundError(2, "No such file or directory", "x.csv"), "x.csv: no such file or folder"),
+        (PermissionError(13, "Permission denied", "/root/x"), "/root/x: permission denied"),
+    ],
+)
+def test_os_errors_say_what_was_expected(error, expected, monkeypatch, capsys) -> None:
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr("t5peft.cli.cmd_methods", fail)
+    assert cli_main(["methods"]) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"t5peft methods: error: {expected}") and "Errno" not in lines[0]

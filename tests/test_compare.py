@@ -177,6 +177,11 @@ def test_seed_notebook_config_is_what_the_notebook_ran(in_repo):
         ),
         pytest.param({"experiment": {"methods": ["lora-xl"]}}, "unknown method 'lora-xl'", id="unknown-method"),
         pytest.param(
+            {"experiment": {"methods": ["lora", "ptuing2"]}, "methods": {"ptuning2": {"lr": 0.01}}},
+            r"\[experiment\] methods: unknown method 'ptuing2'",
+            id="typo-in-the-list-not-the-table",
+        ),
+        pytest.param(
             {"experiment": {"methods": ["lora"]}, "methods": {"lora": {"options": {"rank": 4}}}},
             "no option 'rank'",
             id="unknown-option",

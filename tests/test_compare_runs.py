@@ -90,6 +90,10 @@ def test_changed_lr_is_an_error_naming_the_run_and_rerun_changed_reruns_it(tmp_p
     results_before = (output / RESULTS_FILE).read_text()
     experiment_before = (output / "experiment.json").read_text()
     assert json.loads(results_before)["runs"][0]["config"]["lr"] == 1e-3
+    capsys.readouterr()
+    assert run_compare(config, output, progress=False).reused == ["lora-seed0"]  # the same plan again
+    printed = capsys.readouterr().out
+    assert "all 1 runs of the plan are finished and reused; nothing to train" in printed.splitlines()[0]
 
     config.write_text(config.read_text().replace("lr = 1e-3", "lr = 5e-2"))
     with pytest.raises(ExperimentError) as caught:

@@ -207,7 +207,7 @@ def test_fine_tuning_from_it_says_pretrained_here(
 
 def test_cli_pretrain_needs_a_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["pretrain", "--model", TINY, "--output", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == "t5peft pretrain: error: give a budget: max_steps and/or max_minutes"
+    assert capsys.readouterr().err.strip() == "t5peft pretrain: error: give a budget: --max-steps and/or --max-minutes"
 
 
 @pytest.mark.parametrize(

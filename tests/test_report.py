@@ -248,6 +248,11 @@ def test_report_writes_both_figures_and_the_table(tmp_path):
             '{"schema_version": 1, "runs": []}', "schema_version 1, this t5peft reads 2 and 3", id="old-schema"
         ),
         pytest.param("{not json", "not valid JSON", id="not-json"),
+        pytest.param(
+            '{"method": "lora", "test": {}, "config": {}}',
+            "the results of one `t5peft train` run .* report renders the t5_peft_results.json of a `t5peft compare`",
+            id="a-train-run",
+        ),
     ],
 )
 def test_report_refuses_bad_files_in_one_line(tmp_path, content, message):
@@ -255,6 +260,14 @@ def test_report_refuses_bad_files_in_one_line(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ReportError, match=message):
         render_report(path)
+
+
+def test_report_takes_a_comparison_folder_and_names_a_folder_without_results(tmp_path):
+    (tmp_path / "cmp").mkdir()
+    with pytest.raises(ReportError, match="cmp: a folder without t5_peft_results.json"):
+        render_report(tmp_path / "cmp")
+    (tmp_path / "cmp" / "t5_peft_results.json").write_text(json.dumps(_eight_methods()))
+    assert {p.name for p in render_report(tmp_path / "cmp")} == {FIGURE_FILE, MEMORY_FIGURE_FILE, TABLE_FILE}
 
 
 # --------------------------------------------------------------------------------------------------

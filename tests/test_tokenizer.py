@@ -8,7 +8,7 @@ import pytest
 
 from t5peft import load_tokenizer
 from t5peft.hub import HubUnavailableError
-from t5peft.tokenizer import TokenizerError, tokenizer_from_spiece, truncate
+from t5peft.tokenizer import TokenizerError, load_run_tokenizer, tokenizer_from_spiece, truncate
 
 transformers = pytest.importorskip("transformers")
 
@@ -104,6 +104,23 @@ def test_hub_offline_says_what_to_pass_instead():
 
     with pytest.raises(HubUnavailableError, match="local folder holding tokenizer.json"):
         load_tokenizer("google-t5/t5-small", downloader=offline)
+
+
+def test_hub_offline_is_one_line_naming_the_files_and_the_option(tmp_path: Path):
+    """Hub errors span several lines; a model without a tokenizer of its own is told about --tokenizer."""
+
+    def offline(**kwargs):
+        raise OSError("Got: ConnectError\nAn error happened while trying to locate the files on the Hub.")
+
+    with pytest.raises(HubUnavailableError) as caught:
+        load_run_tokenizer(None, "t5-small", downloader=offline)
+    message = str(caught.value)
+    assert "\n" not in message and "ConnectError An error happened" in message
+    assert message.startswith("the tokenizer of --model t5-small: could not download tokenizer.json, spiece.model")
+    assert message.endswith("(with --tokenizer)")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(TokenizerError, match="has no tokenizer of its own: pass --tokenizer"):
+        load_run_tokenizer(None, str(tmp_path))
 
 
 def test_bad_tokenizer_inputs(tmp_path: Path):

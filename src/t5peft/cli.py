@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 import traceback
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 from .errors import T5PeftError
@@ -175,6 +176,16 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars; one line per log point instead")
+    p.add_argument(
+        "--skip-empty",
+        action="store_true",
+        help="leave out rows whose text is empty (counted in results.json) instead of refusing the data",
+    )
+    p.add_argument(
+        "--allow-missing-classes",
+        action="store_true",
+        help="a set with no reviews of a class is a loud warning (recorded in results.json), not an error",
+    )
 
 
 def _train_config(args: argparse.Namespace):
@@ -203,6 +214,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_data_checks(data: dict) -> None:
+    """The class balance of each set, and what the data checks let through (missing classes, empty rows)."""
+    balance = data.get("class_balance")
+    if balance:
+        sets = "; ".join(
+            f"{name} " + " / ".join(f"{count:,} {word}" for word, count in counts.items())
+            for name, counts in balance.items()
+        )
+        print(f"  class balance: {sets}")
+    for problem in data.get("missing_classes") or ():
+        print(f"  WARNING: {problem} (--allow-missing-classes)")
+    for name, skipped in (data.get("skipped_empty") or {}).items():
+        if skipped["count"]:
+            print(f"  skipped: {skipped['count']:,} empty review(s) in the {name} source (--skip-empty)")
+
+
 def _print_summary(results: dict) -> None:
     test, params, timing, data = results["test"], results["parameters"], results["training"], results["data"]
     overlap = data["overlap"]
@@ -227,13 +254,15 @@ def _print_summary(results: dict) -> None:
         f"{rows}, {overlap['test_in_validation']:,} in the validation {rows}"
     )
     print(f"  validation accuracy: {results['validation']['accuracy']:.4f}")
+    _print_data_checks(data)
     print(
         f"  training: {timing['seconds']:.1f} s, {timing['examples_per_s']:.1f} examples/s, "
         f"{timing['tokens_per_s']:.0f} tokens/s ({timing['precision']})"
     )
     print(f"  machine: {results['environment']['device_name']}")
     folder = Path(results["config"]["output"])
-    files = sorted(f"{entry.name}/" if entry.is_dir() else entry.name for entry in folder.iterdir())
+    entries = (entry for entry in folder.iterdir() if not entry.name.startswith("."))  # the lock file
+    files = sorted(f"{entry.name}/" if entry.is_dir() else entry.name for entry in entries)
     print(f"  run folder: {folder} ({', '.join(files)})")
     if results.get("pretraining"):
         from .pretrain.loop import weights_summary
@@ -339,6 +368,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+PREDICT_TEXT_CHARS = 80  # of each review, in predict's JSON lines unless --full-text
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .train.runs import check_texts, load_run, predict, read_texts
     from .train.settings import TrainError
@@ -346,15 +378,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.file is not None and args.texts:
         raise TrainError("give reviews as arguments or with --file, not both")
     if args.file is not None or args.texts == ["-"]:
-        texts = read_texts(args.file or "-")
+        source = args.file or "-"
+        reviews = read_texts(source)
+        numbered = [("line", number) for number in reviews.numbers]
+        texts = reviews.texts
+        if reviews.blank_lines:
+            where = "standard input" if source == "-" else source
+            print(f"t5peft predict: {where}: {reviews.blank_lines} blank line(s) passed over", file=sys.stderr)
     elif args.texts:
         texts = args.texts
+        check_texts(texts)
+        numbered = [("argument", number) for number in range(1, len(texts) + 1)]
     else:
         raise TrainError("no reviews: give them as arguments, with --file PATH, or '-' to read standard input")
-    check_texts(texts)
     run = load_run(args.run, args.device)
-    for text, (label, probability) in zip(texts, predict(run, texts), strict=True):
-        print(json.dumps({"text": text[:80], "label": label, "probability": round(probability, 4)}))
+    for (kind, number), text, (label, probability) in zip(numbered, texts, predict(run, texts), strict=True):
+        shown = text if args.full_text else text[:PREDICT_TEXT_CHARS]
+        row = {kind: number, "text": shown, "text_truncated": len(shown) < len(text)}
+        print(json.dumps({**row, "label": label, "probability": round(probability, 4)}))
     return 0
 
 
@@ -432,7 +473,17 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def _add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("texts", nargs="*", help="reviews to label; '-' reads one review per line from standard input")
-    p.add_argument("--file", default=None, help="read one review per line from this file ('-': standard input)")
+    p.add_argument(
+        "--file",
+        default=None,
+        help="read one review per line from this file ('-': standard input); lines end at \\n only, blank ones are "
+        "passed over",
+    )
+    p.add_argument(
+        "--full-text",
+        action="store_true",
+        help=f"print each review whole (default: its first {PREDICT_TEXT_CHARS} characters, with text_truncated)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
@@ -484,8 +535,49 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results")
+    p.add_argument("results", help="a comparison's t5_peft_results.json, or the comparison's folder")
     p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A usage error is one line and a pointer to ``--help``, not the whole usage text (exit 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def described(err: OSError) -> str:
+    """An operating-system error as what was expected, not ``[Errno 21] Is a directory: 'runs/smoke'``."""
+    where = err.filename if err.filename is not None else "a file"
+    if isinstance(err, IsADirectoryError):
+        return f"{where}: is a folder; a file was expected here"
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        return f"{where}: is a file (or a path through one); a folder was expected here"
+    if isinstance(err, FileNotFoundError):
+        return f"{where}: no such file or folder"
+    if isinstance(err, PermissionError):
+        return f"{where}: permission denied"
+    return f"{where}: {err.strerror or err}"
+
+
+def _flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each setting that the command's options set under another spelling, and its option: ``validation_size`` ->
+    ``--validation-size``."""
+    flags = {}
+    for action in parser._actions:  # argparse has no public list of a parser's options
+        long = [option for option in action.option_strings if option.startswith("--")]
+        if long and "_" in action.dest:
+            flags[action.dest] = long[0]
+    return flags
+
+
+def named_as_typed(message: str, flags: dict[str, str]) -> str:
+    """An error that names settings, with each named as its option (the user typed ``--validation-size``, not
+    ``validation_size``); names inside paths and longer words are left alone."""
+    if not flags:
+        return message
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+    return re.sub(rf"(?<![\w/.-])({names})(?![\w/-])", lambda match: flags[match.group(1)], message)
 
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
@@ -494,14 +586,14 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     Every subcommand is listed either way. Building only the invoked one's options keeps ``--help``,
     ``--version`` and the light commands from importing what the others' defaults need (torch, for now).
     """
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="t5peft", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log details (INFO messages) and show the traceback of a bug"
     )
     parser.add_argument("--version", action="version", version=f"t5peft {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
 
     def command(
         name: str,
@@ -512,7 +604,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         p = sub.add_parser(name, **kwargs)
         if commands is None or name in commands:
             add_arguments(p)
-        p.set_defaults(func=run)
+        p.set_defaults(func=run, flags=_flags_of(p))
 
     command(
         "train",
@@ -586,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t5peft {args.command}: interrupted", file=sys.stderr)
         return 130
     except (T5PeftError, OSError) as err:  # the user's input, files or machine: one line, no traceback
-        print(f"t5peft {args.command}: error: {err}", file=sys.stderr)
+        message = str(err) if isinstance(err, T5PeftError) else described(err)
+        print(f"t5peft {args.command}: error: {named_as_typed(message, args.flags)}", file=sys.stderr)
         return 2
     except Exception as err:
         print(f"t5peft {args.command}: internal error (a bug in t5peft): {type(err).__name__}: {err}", file=sys.stderr)

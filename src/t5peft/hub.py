@@ -51,8 +51,9 @@ def download_snapshot(
     try:
         folder = downloader(repo_id=repo_id, repo_type=repo_type, allow_patterns=list(allow_patterns))
     except Exception as err:  # network errors come in many types (httpx, OSError, huggingface_hub's own)
+        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line: Hub errors span several
         raise HubUnavailableError(
-            f"could not download {repo_type} {repo_id!r} from the Hugging Face Hub "
-            f"({type(err).__name__}: {err}). If this machine is offline, pass {what_instead} instead."
+            f"could not download {', '.join(allow_patterns)} of {repo_type} {repo_id!r} from the Hugging Face Hub "
+            f"({reason}); if this machine is offline, pass {what_instead} instead"
         ) from err
     return Path(folder)

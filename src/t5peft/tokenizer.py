@@ -9,6 +9,7 @@ Reads ``tokenizer.json``; where only ``spiece.model`` exists, builds the same fa
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from .errors import T5PeftError
-from .hub import Downloader, download_snapshot, looks_like_hub_id
+from .hub import Downloader, HubUnavailableError, download_snapshot, looks_like_hub_id
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json")
 NUM_EXTRA_IDS = 100
@@ -194,6 +195,32 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, downloader: Downloader | 
     if (directory / "spiece.model").is_file():
         return T5Tokenizer(tokenizer_from_spiece(directory / "spiece.model"), str(directory))
     raise TokenizerError(f"{directory}: neither tokenizer.json nor spiece.model found")
+
+
+def load_run_tokenizer(tokenizer: str | None, model: str, *, downloader: Downloader | None = None) -> T5Tokenizer:
+    """A run's tokenizer: ``tokenizer`` if given, else the model's own (a config-only model folder has none)."""
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer, downloader=downloader)
+    try:
+        return load_tokenizer(model, downloader=downloader)
+    except TokenizerError as err:
+        hint = "the model has no tokenizer of its own: pass --tokenizer (tokenizer = ... in an experiment file)"
+        raise TokenizerError(f"{err}; {hint}") from None
+    except HubUnavailableError as err:  # the tokenizer of --model, a Hub id: say which option gives it
+        raise HubUnavailableError(f"the tokenizer of --model {model}: {err} (with --tokenizer)") from None
+
+
+def copy_tokenizer_files(tokenizer: T5Tokenizer, directory: Path) -> list[str]:
+    """Copy the files ``tokenizer`` was read from into ``directory`` (beside a model or an adapter, as Hugging Face
+    users expect: the folder then carries its own tokenizer); the names copied."""
+    source = Path(tokenizer.source)
+    if source.is_file():  # read from one file: that file alone (its folder may hold another tokenizer's files)
+        shutil.copyfile(source, directory / source.name)
+        return [source.name]
+    copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
+    for name in copied:
+        shutil.copyfile(source / name, directory / name)
+    return copied
 
 
 def _read_tokenizer_json(path: Path) -> Tokenizer:

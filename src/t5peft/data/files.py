@@ -51,6 +51,10 @@ class DataError(T5PeftError, ValueError):
     """A data source is missing, malformed or holds an invalid record."""
 
 
+class EmptyTextError(DataError):
+    """A row whose text is empty or whitespace only (``skip_empty`` leaves such rows out instead)."""
+
+
 @dataclass(frozen=True)
 class Columns:
     """Which columns of a file hold the text(s) and the label, and the classes the labels name.
@@ -211,7 +215,7 @@ def check_text(value: object, source: str, *, skip_empty: bool = False, rules: S
     if not value.strip():
         if skip_empty:
             return None
-        raise DataError(f"{source}: text is empty or whitespace only")
+        raise EmptyTextError(f"{source}: text is empty or whitespace only")
     for rule in rules:
         problem = rule(value)
         if problem:

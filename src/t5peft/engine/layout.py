@@ -9,9 +9,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .lock import LOCK_FILE
+
 # Settings that do not change what a run computes: a run resumed, reused or compared with other values of these
 # is the same run. (``data_workers``: pretraining batches are a function of seed and step, whoever builds them.)
 NOT_RESULTS = frozenset({"progress", "resume", "data_workers"})
+
+
+def resolved_paths(settings: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """For ``paths.json``: the working directory, and each named setting as typed with the absolute path it named
+    then (None for a Hub id or a path that did not exist), so a folder reopened from elsewhere finds its inputs."""
+    record: dict[str, Any] = {"working_directory": str(Path.cwd())}
+    for name in names:
+        typed = settings.get(name)
+        path = Path(typed).expanduser() if typed else None
+        resolved = str(path.resolve()) if path is not None and path.exists() else None
+        record[name] = {"as_typed": typed, "resolved": resolved}
+    return record
+
+
+def located(paths: Mapping[str, Any], name: str, typed: str | None) -> str | None:
+    """Where a setting's path is now: the absolute path recorded when the run started if it still exists (whatever
+    the working directory is today), else the value as typed (a Hub id; a run folder from before ``paths.json``)."""
+    resolved = (paths.get(name) or {}).get("resolved")
+    return resolved if resolved and Path(resolved).exists() else typed
 
 
 def changed_settings(
@@ -31,6 +52,11 @@ class RunFolder:
     """``t5peft train --output``: one fine-tuning run."""
 
     root: Path
+
+    @property
+    def paths(self) -> Path:
+        """The run's paths (model, tokenizer, data) resolved when it started, beside them as typed."""
+        return self.root / "paths.json"
 
     @property
     def run_config(self) -> Path:
@@ -79,8 +105,8 @@ class RunFolder:
 
     @property
     def compare_files(self) -> frozenset[str]:
-        """The names ``compare`` writes into a run folder before the run starts."""
-        return frozenset({self.request.name, self.log.name})
+        """The names ``compare`` writes into a run folder before the run starts (the lock file: see ``lock``)."""
+        return frozenset({self.request.name, self.log.name, LOCK_FILE})
 
     @property
     def before_training(self) -> frozenset[str]:

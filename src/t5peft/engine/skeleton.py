@@ -42,6 +42,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ from ..data.text2text import Batch
 from ..errors import T5PeftError
 from .clock import TrainingClock
 from .layout import changed_settings
+from .lock import FolderLock
 from .runtime import Runtime, seed_everything
 from .settings import RunSettings, TrainInterrupted, comparable
 from .state import MetricsLog, Position, load_checkpoint, read_position, save_checkpoint
@@ -103,6 +106,8 @@ class RunSkeleton:
 
     folder_type: ClassVar[type]  # RunFolder or PretrainFolder
     kind: ClassVar[str]  # "a run", "a pretraining run": what an occupied folder holds
+    command: ClassVar[str]  # "t5peft train": the command named to another one that finds the folder locked
+    lock: FolderLock | None = None  # the output folder's, held from start() to the end of run()
     checkpoint_schedule: str  # when checkpoints are written ("one is written at the end of each epoch"), for Ctrl-C
     progress_label: str  # the progress bar's label
 
@@ -169,11 +174,17 @@ class RunSkeleton:
 
     @classmethod
     def start(cls: type[R], cfg: RunSettings, *args: Any, **kwargs: Any) -> R:
-        """Set the run up; if that fails (or is interrupted), remove the folders this call created."""
+        """Lock the output folder and set the run up; if that fails (or is interrupted), unlock and remove the
+        folders this call created."""
         created = _first_missing(Path(cfg.output))
+        lock = FolderLock(Path(cfg.output), cls.command)
         try:
-            return cls(cfg, *args, **kwargs)
+            lock.acquire()
+            run = cls(cfg, *args, **kwargs)
+            run.lock = lock
+            return run
         except BaseException as err:
+            lock.release()
             if created is not None and created.exists():
                 shutil.rmtree(created)
             if isinstance(err, KeyboardInterrupt):
@@ -188,15 +199,20 @@ class RunSkeleton:
     # Running
 
     def run(self) -> dict[str, Any]:
-        """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped."""
-        self.resume_if_asked()
-        self.write_settings()
+        """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped.
+        The folder's lock is released at the end, however the run ends."""
         try:
-            self.runtime.reset_peak_memory()
-            self.fit()
-            return self.finish()
-        except KeyboardInterrupt:
-            raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
+            self.resume_if_asked()
+            self.write_settings()
+            try:
+                self.runtime.reset_peak_memory()
+                self.fit()
+                return self.finish()
+            except KeyboardInterrupt:
+                raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def resume_if_asked(self) -> None:
         checkpoint = self.folder.checkpoint
@@ -256,9 +272,11 @@ class RunSkeleton:
         self.bar = self._progress_bar()
         clock = TrainingClock(self.runtime)
         batches = self.batches()
+        ctrl_c = CtrlC()
         try:
             self.before_training()
             for batch in batches:
+                ctrl_c.check()
                 if not clock.running:
                     self.prepare_step(batch)
                     clock.start()
@@ -276,7 +294,9 @@ class RunSkeleton:
                     if pause.stop:
                         self.stopped_by = pause.stop
                         break
+            ctrl_c.check()
         finally:
+            ctrl_c.restore()
             _close(batches)  # a pretraining loader stops its workers
             self.bar.close()
 
@@ -346,6 +366,35 @@ class RunSkeleton:
                 "--resume continues from there"
             )
         return f"interrupted {self.where()}; {checkpoint}"
+
+
+class CtrlC:
+    """Ctrl-C during the loop, taken between steps: the first SIGINT is noted and raised as ``KeyboardInterrupt``
+    at the next :meth:`check` (after the step, or the log point, under way); a second one raises at once.
+
+    Why not Python's own handler: it raises wherever the interpreter is, and a ``KeyboardInterrupt`` raised
+    inside a finalizer (``__del__``, a weakref callback) is printed as "Exception ignored" and lost, so now and
+    then a Ctrl-C did nothing and the run went on to the end. Outside the main thread (where signals cannot be
+    handled) nothing changes."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.installed = threading.current_thread() is threading.main_thread()
+        self.previous = signal.signal(signal.SIGINT, self._note) if self.installed else None
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.installed:  # the handler before (None: one not set from Python, which the default stands for)
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+            self.installed = False
 
 
 def _first_missing(path: Path) -> Path | None:

@@ -18,19 +18,18 @@ says which were interrupted and what will be resumed, and prints the command tha
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.lock import FolderLock
 from ..errors import T5PeftError
 from .config import ExperimentError, load_experiment
 from .console import Console, interrupted_line, print_summary, shown
-from .layout import COMPILE_CACHE, EXPERIMENT_FILE, LOCK_FILE
+from .layout import COMPILE_CACHE, EXPERIMENT_FILE
 from .plan import (
     Request,
     build_requests,
@@ -87,30 +86,6 @@ def continue_command(
     return shlex.join(parts)
 
 
-@contextlib.contextmanager
-def _exclusive(output: Path):
-    """One ``compare`` per output folder at a time (two would train the same runs into the same folders)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on POSIX
-        yield
-        return
-    with open(output / LOCK_FILE, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise ExperimentError(
-                f"{output}: another t5peft compare (pid {holder}) is running into this folder"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
-
-
 def run_compare(
     config_file: str | Path,
     output: str | Path,
@@ -138,8 +113,7 @@ def run_compare(
         raise ExperimentError(f"--jobs must be at least 1, got {jobs}")
     device = "cuda" if visible is not None else (None if device in (None, "auto") else device)
     requests = build_requests(experiment, output, device=device, compile=compile, progress=progress)
-    output.mkdir(parents=True, exist_ok=True)
-    with _exclusive(output):
+    with FolderLock(output, "t5peft compare"):
         outcome = CompareOutcome(None, [])
         changed = check_existing(requests)
         if changed and not rerun_changed:
@@ -154,6 +128,14 @@ def run_compare(
         description = {**experiment.describe(), "command_line": {"device": device, "compile": compile}}
         (output / EXPERIMENT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         outcome.reused = [r.name for r in finished(requests)]
+        if outcome.reused:
+            left = len(requests) - len(outcome.reused)
+            say(
+                f"all {len(requests)} runs of the plan are finished and reused; nothing to train (the report is "
+                "rewritten from their folders)"
+                if not left
+                else f"{len(outcome.reused)} of the {len(requests)} runs are finished and reused; {left} to run"
+            )
         command = continue_command(
             config_file, output, device=device, compile=compile, jobs=jobs, devices=devices, progress=progress
         )

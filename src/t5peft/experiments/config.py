@@ -293,6 +293,12 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
         raise ExperimentError(f"{source} [experiment]: seeds must be a non-empty list of integers")
     if len(set(seeds)) != len(seeds):
         raise ExperimentError(f"{source} [experiment]: seeds {seeds} lists a seed twice")
+    declarations = {}
+    for name in names:  # a typo in the list is the list's fault, not the correctly spelled table's
+        try:
+            declarations[name] = get_declaration(name)
+        except MethodConfigError as err:
+            raise ExperimentError(f"{source} [experiment] methods: {err}") from None
     sections = values.get("methods", {})
     extra = sorted(set(sections) - set(names))
     if extra:
@@ -300,10 +306,7 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
     plans = []
     for name in names:
         where = f"{source} [methods.{name}]"
-        try:
-            declaration = get_declaration(name)
-        except MethodConfigError as err:
-            raise ExperimentError(f"{source} [experiment] methods: {err}") from None
+        declaration = declarations[name]
         section = dict(sections.get(name, {}))
         lr = _check_lr(section.pop("lr", None), where)
         options = section.pop("options", {})

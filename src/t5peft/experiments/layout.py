@@ -16,7 +16,6 @@ EXPERIMENT_FILE = "experiment.json"  # the plan as run
 RUNS = "runs"  # one folder per (method, lr, seed)
 SUPERSEDED = "superseded"  # run folders moved aside by --rerun-changed
 COMPILE_CACHE = "compile-cache"  # torch's FX-graph and AOT-autograd caches, shared by the plan's workers
-LOCK_FILE = ".compare.lock"
 
 
 def run_dir(output: Path, method: str, seed: int) -> Path:

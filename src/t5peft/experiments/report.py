@@ -21,7 +21,7 @@ def render_report(results_path: str | Path, output: str | Path | None = None) ->
     """Write the two figures and the markdown table from a results JSON alone."""
     results_path = Path(results_path)
     results = read_results(results_path)
-    folder = Path(output) if output else results_path.parent
+    folder = Path(output) if output else (results_path if results_path.is_dir() else results_path.parent)
     folder.mkdir(parents=True, exist_ok=True)
     table = folder / TABLE_FILE
     table.write_text(markdown_table(results), encoding="utf-8")

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..engine.layout import RunFolder
 from ..errors import T5PeftError
+from .layout import RESULTS_FILE
 from .share import method_share, read_stretches, run_share
 
 SCHEMA_VERSION = 3
@@ -284,12 +285,21 @@ def upgrade(results: dict[str, Any]) -> dict[str, Any]:
 def read_results(results_path: str | Path) -> dict[str, Any]:
     """A results file read back, refusing a missing file, bad JSON and another schema version in one line."""
     results_path = Path(results_path)
+    if results_path.is_dir():  # a comparison folder: its results file
+        if not (results_path / RESULTS_FILE).is_file():
+            raise ReportError(f"{results_path}: a folder without {RESULTS_FILE}; give a comparison's results file")
+        results_path = results_path / RESULTS_FILE
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ReportError(f"{results_path}: no such results file") from None
     except json.JSONDecodeError as err:
         raise ReportError(f"{results_path}: not valid JSON ({err})") from None
+    if isinstance(results, dict) and "schema_version" not in results and {"method", "test", "config"} <= set(results):
+        raise ReportError(
+            f"{results_path}: the results of one `t5peft train` run (its summary is printed at the end of training); "
+            f"report renders the {RESULTS_FILE} of a `t5peft compare`"
+        )
     version = results.get("schema_version") if isinstance(results, dict) else None
     if version not in READABLE_VERSIONS:
         readable = " and ".join(map(str, READABLE_VERSIONS))

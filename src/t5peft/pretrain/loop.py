@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from ..engine.skeleton import Pause, RunSkeleton
 from ..engine.step import TrainStep, autocast
 from ..model.checkpoint import CheckpointError, plan_shards
 from ..model.t5 import T5ForConditionalGeneration
-from ..tokenizer import TOKENIZER_FILES, T5Tokenizer, load_tokenizer
+from ..tokenizer import T5Tokenizer, copy_tokenizer_files, load_run_tokenizer
 from .data import (
     PretrainBatch,
     PretrainData,
@@ -206,6 +205,7 @@ class Pretraining(RunSkeleton):
 
     folder_type = PretrainFolder
     kind = "a pretraining run"
+    command = "t5peft pretrain"
     cfg: PretrainConfig
     folder: PretrainFolder
 
@@ -222,7 +222,7 @@ class Pretraining(RunSkeleton):
         self.data_workers = default_workers if cfg.data_workers is None else cfg.data_workers
         self.started = time.time()
         self.load_at_start = _load_average()
-        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+        self.tokenizer = load_run_tokenizer(cfg.tokenizer, cfg.model)
         self.data = self._setup_data(self.prebuilt_data)
         self.model = build_model(cfg.model, cfg.init, cfg.seed, PretrainError)
         _check_vocabulary(self.model, self.data, self.tokenizer)
@@ -406,17 +406,10 @@ class Pretraining(RunSkeleton):
             raise PretrainError(f"{directory}: {err}") from err
         finally:
             config.dropout_rate = cfg.dropout
-        self._copy_tokenizer(directory)
+        copy_tokenizer_files(self.tokenizer, directory)
         record = self.record(directory, snapshot)
         (directory / self.folder.record.name).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         return record
-
-    def _copy_tokenizer(self, directory: Path) -> None:
-        source = Path(self.tokenizer.source)
-        source = source if source.is_dir() else source.parent
-        copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
-        for name in copied:
-            shutil.copyfile(source / name, directory / name)
 
     def record(self, directory: Path, snapshot: bool) -> dict[str, Any]:
         cfg, pos, config = self.cfg, self.position, self.model.config

@@ -10,6 +10,7 @@ choice of its reviews in :mod:`.rows`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,16 +31,19 @@ from ..data.text2text import (
     train_batches,
 )
 from ..engine.env import environment
-from ..engine.layout import PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder
+from ..engine.layout import PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder, resolved_paths
 from ..engine.runtime import build_model
 from ..engine.skeleton import Pause, RunSkeleton
 from ..engine.state import Position
 from ..engine.step import TrainStep
 from ..methods import apply_method, count_parameters, get_declaration, save_base, save_trained
 from ..model.checkpoint import resolve_model_dir
-from ..tokenizer import load_tokenizer
+from ..tokenizer import copy_tokenizer_files, load_run_tokenizer
 from .evaluate import EvalResult, Scorer, evaluate
-from .settings import TrainConfig, TrainError
+from .rows import RunTexts
+from .settings import PATH_SETTINGS, TrainConfig, TrainError
+
+log = logging.getLogger(__name__)
 
 
 def pretraining_record(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -72,9 +76,23 @@ def data_checksums(cfg: TrainConfig) -> dict[str, str]:
     return {**dataset_checksums(cfg.data, hub_config=task.hub_config, splits=splits), **test}
 
 
+def check_classes(texts: RunTexts, cfg: TrainConfig) -> list[str]:
+    """Every set holds reviews of every class, or (``allow_missing_classes``) a loud warning per set that does not,
+    returned for ``results.json``."""
+    missing = texts.missing_classes(cfg.resolved_task().classes)
+    if missing and not cfg.allow_missing_classes:
+        raise TrainError(
+            f"{missing[0]}: its accuracy would say nothing; check the data's labels, or pass --allow-missing-classes"
+        )
+    for problem in missing:
+        log.warning("%s (--allow-missing-classes): its accuracy says little; recorded in results.json", problem)
+    return missing
+
+
 def prepare_data(cfg: TrainConfig, tokenizer, task: TaskFormat) -> PreparedData:
     rows = cfg.rows()
     texts = rows.texts()
+    missing_classes = check_classes(texts, cfg)
     parts = {"train": texts.train, "validation": texts.validation, "test": texts.test}
     encoded = {name: encode_split(d, tokenizer, task) for name, d in parts.items()}
     info = {
@@ -84,6 +102,9 @@ def prepare_data(cfg: TrainConfig, tokenizer, task: TaskFormat) -> PreparedData:
         "test_from": texts.test_from,
         "test_held_out": rows.holds_out_test,
         "overlap": texts.overlap(),
+        "class_balance": texts.class_counts(task.task.classes),
+        "missing_classes": missing_classes,
+        "skipped_empty": texts.skipped_empty() if cfg.skip_empty else None,
         "checksums": data_checksums(cfg),
         "task": task.task.describe(),
         "test_split": rows.test_split_name if not rows.holds_out_test else None,
@@ -116,12 +137,34 @@ class Run(RunSkeleton):
 
     folder_type = RunFolder
     kind = "a run"
+    command = "t5peft train"
     checkpoint_schedule = "one is written at the end of each epoch"
     cfg: TrainConfig
     folder: RunFolder
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__(cfg)
+
+    def check_output_folder(self) -> None:
+        """Also: a run resumed from another working directory reads the inputs it started with, or stops."""
+        super().check_output_folder()
+        if not (self.cfg.resume and self.folder.paths.is_file()):
+            return
+        then = json.loads(self.folder.paths.read_text(encoding="utf-8"))
+        now = resolved_paths(self.cfg.to_dict(), PATH_SETTINGS)
+        for name in PATH_SETTINGS:
+            before, after = (then.get(name) or {}).get("resolved"), now[name]["resolved"]
+            if before != after:
+                raise TrainError(
+                    f"{self.folder.paths}: --resume from another place: {name} {now[name]['as_typed']!r} names "
+                    f"{after or 'nothing here'}, the run started with {before or 'a Hub id'}; resume from "
+                    f"{then['working_directory']} or give the paths it used"
+                )
+
+    def write_settings(self) -> None:
+        super().write_settings()
+        paths = resolved_paths(self.cfg.to_dict(), PATH_SETTINGS)
+        self.folder.paths.write_text(json.dumps(paths, indent=2) + "\n", encoding="utf-8")
 
     def check_settings(self) -> None:
         """The method's options, parsed once and before anything is loaded, so a typo fails first."""
@@ -131,7 +174,7 @@ class Run(RunSkeleton):
     def setup(self) -> None:
         cfg = self.cfg
         self.eval_batch_size = cfg.eval_batch_size or (512 if self.compiled else 64)
-        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+        self.tokenizer = load_run_tokenizer(cfg.tokenizer, cfg.model)
         self.task = cfg.task_format()
         self.targets = label_token_ids(self.tokenizer, self.task)
         self._setup_model()  # before the data: a wrong model or option fails in seconds, not after tokenizing
@@ -283,6 +326,7 @@ class Run(RunSkeleton):
     def finish(self) -> dict[str, Any]:
         """Write what the method trained to ``final/``, test it, and write ``results.json``."""
         weights_file = save_trained(self.model, self.folder.final)
+        copy_tokenizer_files(self.tokenizer, self.folder.final)  # the folder carries its tokenizer, moved or copied
         test = self.evaluate_split(self.data.test, "test", progress=self.cfg.progress)
         results = self.results(test, self.final_validation(), weights_file)
         self.folder.results.write_text(json.dumps(results, indent=2) + "\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..data.files import Columns
+from ..data.files import Columns, EmptyTextError
 from ..data.sources import DataError, LabeledTexts, is_single_split_file, load_split, shared_rows, split_validation
 from ..data.tasks import Task
 
@@ -56,6 +56,30 @@ class RunTexts:
     def overlap(self) -> dict[str, int]:
         return data_overlap(self.train, self.validation, self.test)
 
+    def splits(self) -> dict[str, LabeledTexts]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+    def class_counts(self, class_names: tuple[str, ...]) -> dict[str, dict[str, int]]:
+        """Reviews of each class in each set, by class name."""
+        return {
+            name: {word: texts.labels.count(index) for index, word in enumerate(class_names)}
+            for name, texts in self.splits().items()
+        }
+
+    def missing_classes(self, class_names: tuple[str, ...]) -> list[str]:
+        """One line per set that lacks a class: a classifier trained or scored on one class says nothing."""
+        problems = []
+        for name, counts in self.class_counts(class_names).items():
+            absent = [word for word, count in counts.items() if count == 0]
+            if absent:
+                origin = self.splits()[name].origin
+                problems.append(f"the {name} set ({origin}) has no {' or '.join(map(repr, absent))} reviews")
+        return problems
+
+    def skipped_empty(self) -> dict[str, dict[str, object]]:
+        """The empty rows left out of the training and the test source (``skip_empty``)."""
+        return {"train": self.train.skipped_empty.as_dict(), "test": self.test.skipped_empty.as_dict()}
+
 
 def task_columns(task: Task) -> Columns:
     """The columns a task's files are read with: its text and label columns, its classes (and their aliases);
@@ -79,6 +103,7 @@ class RowSelection:
     validation_size: int
     train_size: int | None
     test_size: int | None
+    skip_empty: bool = False
 
     @property
     def test_seed(self) -> int:
@@ -91,7 +116,17 @@ class RowSelection:
 
     def load(self, source: str, split: str) -> LabeledTexts:
         """One split of a source, read with the task's columns (and, in a multi-task Hub dataset, its folder)."""
-        return load_split(source, split, columns=task_columns(self.task), hub_config=self.task.hub_config)
+        try:
+            return load_split(
+                source,
+                split,
+                columns=task_columns(self.task),
+                hub_config=self.task.hub_config,
+                skip_empty=self.skip_empty,
+            )
+        except EmptyTextError as err:
+            hint = "--skip-empty (skip_empty = true in an experiment file) leaves such rows out, counted"
+            raise EmptyTextError(f"{err}; {hint}") from None
 
     @property
     def test_split_name(self) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,16 +12,18 @@ from typing import Any, TextIO
 
 import torch
 
-from ..data.sources import LabeledTexts
+from ..data.sources import DataError, LabeledTexts, shared_rows, source_kind
 from ..data.text2text import TaskFormat, encode_split
-from ..engine.layout import RunFolder
+from ..engine.layout import RunFolder, located
 from ..engine.runtime import resolve_device
 from ..methods import load_trained
 from ..model.t5 import T5ForConditionalGeneration
-from ..tokenizer import T5Tokenizer, load_tokenizer
+from ..tokenizer import TOKENIZER_FILES, T5Tokenizer, load_run_tokenizer, load_tokenizer
 from .evaluate import evaluate, generation_predictions
 from .rows import sample
-from .settings import TrainConfig, TrainError
+from .settings import PATH_SETTINGS, TrainConfig, TrainError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,10 +42,20 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedRun:
     if not folder.final.is_dir():
         missing = f"{folder.final.name}/ not found"
         raise TrainError(f"{run_dir}: the run has not finished ({missing}); resume it with --resume")
+    paths = json.loads(folder.paths.read_text(encoding="utf-8")) if folder.paths.is_file() else {}
+    cfg = relocated(cfg, paths)
     base = folder.base if folder.base.is_dir() else cfg.model
     model = load_trained(folder.final, base)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    carried = any((folder.final / name).is_file() for name in TOKENIZER_FILES)  # since 0.2: copied at the end
+    tokenizer = load_tokenizer(folder.final) if carried else load_run_tokenizer(cfg.tokenizer, cfg.model)
     return TrainedRun(cfg, model.to(resolve_device(device, TrainError)).eval(), tokenizer, cfg.task_format())
+
+
+def relocated(cfg: TrainConfig, paths: dict[str, Any]) -> TrainConfig:
+    """The run's settings with each input path where it is now (``layout.located``): the absolute path recorded
+    when the run started, so a run folder reopened from another working directory finds what it was trained on."""
+    moved = {name: located(paths, name, getattr(cfg, name)) for name in PATH_SETTINGS}
+    return dataclasses.replace(cfg, **moved)
 
 
 def evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size: int | None) -> LabeledTexts:
@@ -52,12 +66,50 @@ def evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size:
     """
     rows = run.config.rows()
     own_test = data is None and split in (None, "test")
+    if data is None:
+        check_data_is_here(run.config)
     if own_test and size is None:
         texts = rows.test_set()
         texts.origin = f"the run's test set: {texts.origin}"
         return texts
     texts = rows.test_split() if own_test else rows.load(data or rows.data, split or rows.test_split_name)
     return sample(texts, size, rows.test_seed, "--size")
+
+
+def check_data_is_here(cfg: TrainConfig) -> None:
+    """The run's own test set needs the run's data: where it was trained, or with the same absolute paths."""
+    for name in ("data", "test_data"):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        try:
+            source_kind(value)
+        except DataError:
+            raise TrainError(
+                f"the run's {name} {value!r} is not here (trained in another folder or on another machine?); "
+                "give the data with --data (and --split)"
+            ) from None
+
+
+def overlap_with_training(run: TrainedRun, texts: LabeledTexts) -> dict[str, int] | None:
+    """How many of the scored reviews also occur in the run's training and validation reviews, as ``train`` counts
+    them for its test set (exact text; counted, never removed): another source or split can hold them too. None
+    (with a warning) when the run's own data is not here to count against."""
+    try:
+        check_data_is_here(run.config)
+    except TrainError as err:
+        log.warning("overlap with the run's training reviews not counted: %s", err)
+        return None
+    trained = run.config.rows().texts()
+    overlap = {"in_train": shared_rows(texts, trained.train), "in_validation": shared_rows(texts, trained.validation)}
+    if overlap["in_train"] or overlap["in_validation"]:
+        log.warning(
+            "%s of the %s reviews scored also occur in the run's training reviews, %s in its validation reviews",
+            f"{overlap['in_train']:,}",
+            f"{len(texts):,}",
+            f"{overlap['in_validation']:,}",
+        )
+    return overlap
 
 
 def evaluate_run(
@@ -94,6 +146,7 @@ def evaluate_run(
         "source": texts.origin,
         **result.summary(),
     }
+    report["overlap"] = overlap_with_training(run, texts)
     if generate:
         generated = generation_predictions(run.model, encoded, run.tokenizer, run.task.label_words, batch_size)
         labels = encoded.labels
@@ -111,20 +164,45 @@ def _read_stdin(stream: TextIO) -> str:
     return raw.decode("utf-8")
 
 
-def read_texts(path: str, stdin: TextIO | None = None) -> list[str]:
-    """Reviews to label, one per line, from a file or (``-``) standard input; an empty line is an error."""
+@dataclass
+class ReviewLines:
+    """Reviews read one per line, each with the number of the line it came from; blank lines passed over."""
+
+    numbers: list[int]
+    texts: list[str]
+    blank_lines: int
+
+
+def split_review_lines(text: str) -> ReviewLines:
+    """Lines at ``\n`` (and ``\r\n``) only: ``str.splitlines`` also breaks at U+0085, U+2028, a lone ``\r``,
+    ..., which real reviews contain inside one review."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    numbers, texts = [], []
+    for number, line in enumerate(lines, start=1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            numbers.append(number)
+            texts.append(line)
+    return ReviewLines(numbers, texts, len(lines) - len(texts))
+
+
+def read_texts(path: str, stdin: TextIO | None = None) -> ReviewLines:
+    """Reviews to label, one per line, from a file or (``-``) standard input; blank lines are passed over."""
     where = "standard input" if path == "-" else path
     try:
-        text = _read_stdin(stdin or sys.stdin) if path == "-" else Path(path).read_text(encoding="utf-8")
+        text = _read_stdin(stdin or sys.stdin) if path == "-" else Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise TrainError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    lines = text.splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise TrainError(f"{where}: line {number} is empty (one review per line)")
-    if not lines:
+    except FileNotFoundError:
+        raise TrainError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise TrainError(f"{where}: is a folder; expected a text file with one review per line") from None
+    reviews = split_review_lines(text)
+    if not reviews.texts:
         raise TrainError(f"{where}: no reviews (one review per line)")
-    return lines
+    return reviews
 
 
 def check_texts(texts: list[str]) -> None:

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .rows import RowSelection
 
 
+PATH_SETTINGS = ("model", "tokenizer", "data", "test_data")  # recorded resolved in paths.json (README, "Run folder")
+
+
 class TrainError(T5PeftError, ValueError):
     pass
 
@@ -58,6 +61,8 @@ class TrainConfig(SettingsFile):
     compile: str = "auto"  # auto: torch.compile + CUDA graphs on CUDA, eager on the CPU; or "on" / "off"
     resume: bool = False
     progress: bool = True
+    skip_empty: bool = False  # leave out rows with empty text (counted in results.json) instead of refusing the data
+    allow_missing_classes: bool = False  # a split without reviews of some class: a loud warning, not an error
     task: str = "imdb"  # a built-in task (data/tasks.py), changed by the four settings below
     text_column: tuple[str, ...] | None = None  # None: the task's text column(s)
     label_column: str | None = None  # None: the task's
@@ -142,4 +147,5 @@ class TrainConfig(SettingsFile):
             validation_size=self.validation_size,
             train_size=self.train_size,
             test_size=self.test_size,
+            skip_empty=self.skip_empty,
         )
