@@ -16,7 +16,17 @@ import pytest
 
 from t5peft import __version__
 
-HEAVY = ("torch", "numpy", "pyarrow", "tokenizers", "safetensors", "huggingface_hub", "matplotlib", "tqdm")
+HEAVY = (
+    "torch",
+    "numpy",
+    "pyarrow",
+    "tokenizers",
+    "safetensors",
+    "huggingface_hub",
+    "matplotlib",
+    "tqdm",
+    "tensorboard",
+)
 
 # In a fresh interpreter: block the heavy libraries, run the command line, report how it ended.
 RUN_BLOCKED = textwrap.dedent(
@@ -45,6 +55,8 @@ LIGHT = [
     ["methods"],
     ["train", "--help"],
     ["pretrain", "--help"],
+    ["push", "--help"],
+    ["plan-memory", "--help"],
 ]
 
 

@@ -91,7 +91,7 @@ def test_changed_lr_is_an_error_naming_the_run_and_rerun_changed_reruns_it(tmp_p
     experiment_before = (output / "experiment.json").read_text()
     assert json.loads(results_before)["runs"][0]["config"]["lr"] == 1e-3
     capsys.readouterr()
-    assert run_compare(config, output, progress=False).reused == ["lora-seed0"]  # the same plan again
+    assert run_compare(config, output, progress=False, say=print).reused == ["lora-seed0"]  # the same plan again
     printed = capsys.readouterr().out
     assert "all 1 runs of the plan are finished and reused; nothing to train" in printed.splitlines()[0]
 
@@ -105,7 +105,7 @@ def test_changed_lr_is_an_error_naming_the_run_and_rerun_changed_reruns_it(tmp_p
     assert (output / "experiment.json").read_text() == experiment_before
 
     capsys.readouterr()
-    outcome = run_compare(config, output, progress=False, rerun_changed=True)
+    outcome = run_compare(config, output, progress=False, rerun_changed=True, say=print)
     printed = capsys.readouterr().out
     moved = output / "superseded" / "lora-seed0.1"
     assert outcome.moved == {"lora-seed0": moved} and f"to {moved}" in printed

@@ -1,4 +1,4 @@
-"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain."""
+"""Command line: t5peft train | evaluate | predict | compare | report | methods | pretrain | push | plan-memory."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ DESCRIPTION = """\
 T5 from scratch and parameter-efficient fine-tuning on IMDb sentiment.
 
 Commands: train (fine-tune with one method), evaluate (re-score a finished run), predict (label reviews),
-methods (list methods and options), compare (run an experiment file), report (re-render a results JSON).
+methods (list methods and options), compare (run an experiment file), report (re-render a results JSON),
+push (upload a run to the Hugging Face Hub), plan-memory (memory per device of a run, before loading anything).
 Run 't5peft COMMAND --help' for a command's options.
 """
 
@@ -66,6 +67,28 @@ def _defaults(settings_class: type) -> argparse.Namespace:
         elif f.default_factory is not dataclasses.MISSING:
             values[f.name] = f.default_factory()
     return argparse.Namespace(**values)
+
+
+TENSORBOARD_DEFAULT = "<output>/tensorboard"  # --tensorboard without a folder
+
+
+def _add_tensorboard_argument(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const=TENSORBOARD_DEFAULT,
+        default=None,
+        metavar="DIR",
+        help=f"write TensorBoard events (scalars at every log point, HParams at the end) to DIR (default DIR: {where}; "
+        "needs the extra t5peft[tensorboard])",
+    )
+
+
+def _tensorboard_dir(args: argparse.Namespace, default: Path) -> str | None:
+    """``--tensorboard``'s folder: DIR as given, ``default`` for the bare flag, None without it."""
+    if args.tensorboard is None:
+        return None
+    return str(default) if args.tensorboard == TENSORBOARD_DEFAULT else args.tensorboard
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -186,6 +209,19 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a set with no reviews of a class is a loud warning (recorded in results.json), not an error",
     )
+    _add_tensorboard_argument(p, "<output>/tensorboard")
+    p.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO_ID",
+        help="at the end, upload final/ with its model card to this Hub repository, as t5peft push does "
+        "(default: no upload)",
+    )
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each T5 block's activations in the backward pass: less memory, one more forward",
+    )
 
 
 def _train_config(args: argparse.Namespace):
@@ -196,6 +232,7 @@ def _train_config(args: argparse.Namespace):
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     values.update(method_options=dict(args.option), label_words=_words(args.label_words), progress=not args.no_progress)
+    values["tensorboard"] = _tensorboard_dir(args, Path(args.output) / "tensorboard")
     return TrainConfig(**values)
 
 
@@ -333,6 +370,12 @@ def _add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", choices=["auto", "on", "off"], default=d.compile)
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
+    _add_tensorboard_argument(p, "<output>/tensorboard")
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each T5 block's activations in the backward pass: less memory, one more forward",
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -342,6 +385,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain.settings import PretrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if hasattr(args, f.name)}
+    values["tensorboard"] = _tensorboard_dir(args, Path(args.output) / "tensorboard")
     record = pretrain(PretrainConfig(**values, progress=not args.no_progress))
     training, losses = record["training"], record["losses"]
     print(f"pretrained {record['parameters']:,} parameters: {training['steps']:,} steps ({training['stopped_by']})")
@@ -420,7 +464,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .experiments.compare import CompareInterrupted, run_compare
+    from .experiments.console import configure_logging
 
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         run_compare(
             args.config,
@@ -431,6 +477,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             devices=args.devices,
             compile=args.compile,
             rerun_changed=args.rerun_changed,
+            tensorboard=_tensorboard_dir(args, Path(args.output) / "tensorboard"),
+            shard=args.shard,
         )
     except CompareInterrupted as err:
         print(f"t5peft compare: {err}", file=sys.stderr)
@@ -441,11 +489,101 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import render_report
+def cmd_push(args: argparse.Namespace) -> int:
+    from .train.publish import push_run
 
-    for path in render_report(args.results, args.output):
-        print(path)
+    url = push_run(args.run, args.repo_id, private=args.private, revision=args.revision)
+    where = f" (revision {args.revision})" if args.revision else ""
+    print(f"pushed {args.run}/final with its model card to {url}{where}")
+    return 0
+
+
+def _add_push_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a finished run folder (t5peft train --output)")
+    p.add_argument("repo_id", help="the Hub repository, owner/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", default=None, help="a branch to upload to (created if missing; default: main)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .experiments.config import ExperimentError
+
+    paths = [Path(p) for p in args.results]
+    if len(paths) == 1 and (not paths[0].is_dir() or args.output is None):  # a results JSON or a compare folder
+        from .experiments.report import render_report
+
+        for path in render_report(paths[0], args.output, html=args.html):
+            print(path)
+        return 0
+    from .experiments.shards import merge_shares
+
+    if args.output is None:
+        raise ExperimentError("merging compare folders needs --output (a folder for the merged results)")
+    results = merge_shares(paths, args.output)
+    print(results)
+    if args.html:
+        from .experiments.report import render_report
+
+        for path in render_report(results, args.output, html=True):
+            print(path)
+    return 0
+
+
+PLAN_MEMORY_DESCRIPTION = (
+    "The memory per device a training run needs (weights, gradients, AdamW state, activations), worked out on the "
+    "meta device before anything is loaded or downloaded: --model is a folder with config.json or a name of the T5 "
+    "family (t5-small ... t5-11b, google/t5-v1_1-*, google/flan-t5-*). Activations are counted from one traced "
+    "forward pass of that shape, in float32."
+)
+
+
+def _add_plan_memory_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="folder with config.json, or a T5 family name such as t5-large")
+    p.add_argument("--method", default="lora", help="a method of `t5peft methods`")
+    p.add_argument(
+        "--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE", help="method option"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="global training batch size")
+    p.add_argument("--max-source-length", type=int, default=128, help="source tokens per example")
+    p.add_argument("--target-length", type=int, default=2, help="target tokens per example (IMDb: a label word)")
+    p.add_argument(
+        "--base-dtype", default="fp32", choices=["fp32", "bf16", "nf4", "int8"], help="storage of the frozen weights"
+    )
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="how the world size shares the run")
+    p.add_argument("--world-size", type=int, default=1, help="devices (processes) the run is spread over")
+    p.add_argument("--activation-checkpointing", action="store_true", help="plan with activation checkpointing")
+    p.add_argument("--device-memory", default=None, help="memory of one device, e.g. 80GB or 24GiB: says if it fits")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def cmd_plan_memory(args: argparse.Namespace) -> int:
+    from .engine.memory_plan import MemoryPlanError, PlanSettings, format_plan, parse_size, plan_memory
+    from .engine.runtime import architecture
+
+    if args.base_dtype in ("nf4", "int8"):
+        raise MemoryPlanError(f"--base-dtype {args.base_dtype}: quantized bases are not planned yet (use fp32 or bf16)")
+    device_memory = None if args.device_memory is None else parse_size(args.device_memory)
+    settings = PlanSettings(
+        config=architecture(args.model, MemoryPlanError),
+        model=args.model,
+        method=args.method,
+        options=dict(args.option),
+        batch_size=args.batch_size,
+        source_length=args.max_source_length,
+        target_length=args.target_length,
+        base_dtype=args.base_dtype,
+        strategy=args.strategy,
+        world_size=args.world_size,
+        activation_checkpointing=args.activation_checkpointing,
+    )
+    plan = plan_memory(settings)
+    if args.json:
+        record = plan.as_dict()
+        if device_memory is not None:
+            record.update(device_memory=device_memory, fits=plan.total <= device_memory)
+        print(json.dumps(record, indent=2))
+    else:
+        print(format_plan(plan, device_memory))
     return 0
 
 
@@ -532,11 +670,29 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "<output>/superseded/ (nothing is deleted)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars; still one line per finished run")
+    _add_tensorboard_argument(p, "<output>/tensorboard, one run per run folder")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="i/N",
+        help="run only the i-th of N shares of the plan (1-based; merge the shares with t5peft report DIR... --output)",
+    )
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", help="a comparison's t5_peft_results.json, or the comparison's folder")
-    p.add_argument("--output", default=None, help="folder (default: beside the JSON)")
+    p.add_argument(
+        "results",
+        nargs="+",
+        help="a comparison's t5_peft_results.json or its folder, to render again; or the folders of the shares of "
+        "one plan (compare --shard) to merge into --output",
+    )
+    p.add_argument("--output", default=None, help="folder (default: beside the JSON; required to merge folders)")
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write report.html: one self-contained page (figures embedded, the table, per-method curves, "
+        "every run's settings, the environment), viewable offline",
+    )
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -589,8 +745,18 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     parser = OneLineErrors(
         prog="t5peft", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log details (INFO messages) and show the traceback of a bug"
+    volume = parser.add_mutually_exclusive_group()
+    volume.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log details (INFO messages; compare: DEBUG, each launch) and show the traceback of a bug",
+    )
+    volume.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors (compare: failed and interrupted runs, not each finished run or the table)",
     )
     parser.add_argument("--version", action="version", version=f"t5peft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
@@ -644,7 +810,28 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         help="run an experiment file (every method x lr x seed) and write the report",
         description=COMPARE_DESCRIPTION,
     )
-    command("report", _add_report_arguments, cmd_report, help="re-render the figure and table from a results JSON")
+    command(
+        "report",
+        _add_report_arguments,
+        cmd_report,
+        help="re-render the figure and table from a results JSON, or merge the shares of a compare",
+    )
+    command(
+        "push",
+        _add_push_arguments,
+        cmd_push,
+        help="upload a finished run's adapter (or model) and its model card to the Hugging Face Hub",
+        description="Upload final/ of a finished run with a model card (README.md) to REPO_ID. The token comes "
+        "from HF_TOKEN or `hf auth login`; t5peft never writes it anywhere.",
+    )
+    command(
+        "plan-memory",
+        _add_plan_memory_arguments,
+        cmd_plan_memory,
+        help="memory per device of a training run, before anything is loaded",
+        description=PLAN_MEMORY_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
     return parser
 
 
@@ -664,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(commands=[invoked_command(argv) or ""])
     args = parser.parse_args(argv, namespace=argparse.Namespace(argv=argv))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     from .engine.settings import TrainInterrupted  # torch-free
 
     try:

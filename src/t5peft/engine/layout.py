@@ -13,7 +13,8 @@ from .lock import LOCK_FILE
 
 # Settings that do not change what a run computes: a run resumed, reused or compared with other values of these
 # is the same run. (``data_workers``: pretraining batches are a function of seed and step, whoever builds them.)
-NOT_RESULTS = frozenset({"progress", "resume", "data_workers"})
+# ``tensorboard`` and ``push_to_hub``: where a copy of the metrics or of the result goes.
+NOT_RESULTS = frozenset({"progress", "resume", "data_workers", "tensorboard", "push_to_hub"})
 
 
 def resolved_paths(settings: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:

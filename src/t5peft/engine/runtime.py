@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import T5PeftError
 from ..model.checkpoint import CheckpointError, resolve_model_dir
 from ..model.config import T5Config
+from ..model.family import FAMILY, canonical_name, family_config
 from ..model.t5 import T5ForConditionalGeneration, load_pretrained
 from .env import memory_report
 from .step import resolve_compile
@@ -99,11 +100,22 @@ def build_model(model: str, init: str, seed: int, error: type[T5PeftError]) -> T
             return load_pretrained(model)
         except CheckpointError as err:
             raise error(f"{err} (no pretrained weights? pass --init random to start from random weights)") from err
-    path = Path(model)
-    config_path = path if path.is_file() else resolve_model_dir(model) / "config.json"
-    if not config_path.is_file():
-        raise error(f"{config_path}: config.json not found (--init random needs the architecture)")
-    config = T5Config.from_json_file(config_path)
+    config = architecture(model, error)
     config.name_or_path = f"random-init:{model}"
     torch.manual_seed(seed)
     return T5ForConditionalGeneration(config)
+
+
+def architecture(model: str, error: type[T5PeftError]) -> T5Config:
+    """The architecture ``model`` names: a config.json file, a folder holding one, a member of the published T5
+    family by name (``t5-large``, ``google/flan-t5-xxl``: nothing is downloaded), or another Hub id's config.json.
+    A bare name that is none of these is an ``error`` listing the family."""
+    path = Path(model)
+    if not path.exists() and canonical_name(model) is not None:
+        return family_config(model)
+    if not path.exists() and "/" not in model:
+        raise error(f"--model {model}: no such folder or file, and not one of the known models {', '.join(FAMILY)}")
+    config_path = path if path.is_file() else resolve_model_dir(model) / "config.json"
+    if not config_path.is_file():
+        raise error(f"{config_path}: config.json not found (--init random needs the architecture)")
+    return T5Config.from_json_file(config_path)

@@ -52,6 +52,7 @@ class RunSettings(Protocol):
     compile: str
     resume: bool
     progress: bool
+    tensorboard: str | None  # the folder of the run's TensorBoard events; None: none written
 
     def to_dict(self) -> dict[str, Any]: ...
 

@@ -33,8 +33,9 @@ writes a log point (``log_point``, which calls ``log_metrics``), a snapshot (``w
 Where the next pieces plug in: a process group (torchrun, DDP / FSDP) in :class:`~.runtime.Runtime` and
 ``Runtime.place`` (wrapping the model), with the writing rank deciding in the few methods that write:
 ``write_settings``, ``log_metrics`` (through its sinks), ``save_checkpoint``, the progress bar (``_progress_bar``)
-and the subclass's ``finish``. A precision policy (a bf16 base) in ``Runtime.place``. A metrics sink (TensorBoard)
-is one more entry in ``sinks``: every log point goes to each sink.
+and the subclass's ``finish``. A precision policy (a bf16 base) in ``Runtime.place``. TensorBoard (:mod:`.tensorboard`)
+is one more entry in ``sinks`` (``open_sinks``): every log point goes to each sink, and once the run is finished
+its settings (``hparams``) and final metrics (``final_metrics``).
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ from tqdm import tqdm
 from ..data.text2text import Batch
 from ..errors import T5PeftError
 from .clock import TrainingClock
-from .layout import changed_settings
+from .layout import NOT_RESULTS, changed_settings
 from .lock import FolderLock
 from .runtime import Runtime, seed_everything
 from .settings import RunSettings, TrainInterrupted, comparable
 from .state import MetricsLog, Position, load_checkpoint, read_position, save_checkpoint
 from .step import TrainStep
+from .tensorboard import TensorBoardSink
+from .tensorboard import check_available as check_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +88,14 @@ class Folder(Protocol):
 
 
 class MetricsSink(Protocol):
-    """Receives every log point's record (``metrics.jsonl`` is one; TensorBoard would be another)."""
+    """Receives every log point's record (``metrics.jsonl`` is one, TensorBoard another), then, once trained, the
+    run's settings and final metrics (``finish``); ``close`` ends it either way."""
 
     def write(self, record: dict[str, Any]) -> None: ...
+
+    def finish(self, hparams: dict[str, Any], metrics: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,8 @@ class RunSkeleton:
         self.check_output_folder()
         self.runtime = Runtime.resolve(cfg.device, cfg.precision, cfg.compile, self.error)
         seed_everything(cfg.seed)
+        if cfg.tensorboard:
+            check_tensorboard()  # a missing package fails before anything is loaded
         self.folder.root.mkdir(parents=True, exist_ok=True)
         self.position = Position()
         self.metrics = MetricsLog(self.folder.metrics)
@@ -200,19 +210,55 @@ class RunSkeleton:
 
     def run(self) -> dict[str, Any]:
         """Resume if asked, train, and ``finish``; Ctrl-C: :class:`TrainInterrupted` saying where it stopped.
-        The folder's lock is released at the end, however the run ends."""
+        The folder's lock is released at the end, however the run ends; so are the sinks."""
         try:
             self.resume_if_asked()
             self.write_settings()
+            self.open_sinks()
             try:
                 self.runtime.reset_peak_memory()
                 self.fit()
-                return self.finish()
+                results = self.finish()
+                for sink in self.sinks:
+                    sink.finish(self.hparams(results), self.final_metrics(results))
+                return results
             except KeyboardInterrupt:
                 raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True) from None
         finally:
+            for sink in self.sinks:
+                sink.close()
             if self.lock is not None:
                 self.lock.release()
+
+    def open_sinks(self) -> None:
+        """The sinks beside ``metrics.jsonl``: TensorBoard when asked, its events from the resumed step on purged
+        (the metrics log is cut back to the same point)."""
+        if self.cfg.tensorboard:
+            resumed = self.position.global_step
+            self.sinks.append(
+                TensorBoardSink(self.cfg.tensorboard, self.measures, purge_step=resumed + 1 if resumed else None)
+            )
+
+    def measures(self) -> dict[str, float | None]:
+        """Throughput and memory so far, for the sinks that take them (TensorBoard): machine facts, which
+        ``metrics.jsonl`` leaves out so a resumed run's log equals the log of a run that went through."""
+        pos = self.position
+        seconds = pos.train_seconds
+        return {
+            "throughput/examples_per_s": pos.train_examples / seconds if seconds else None,
+            "throughput/tokens_per_s": pos.train_tokens / seconds if seconds else None,
+            **{f"memory/{key}": value for key, value in self.runtime.memory_report().items()},
+        }
+
+    def hparams(self, results: dict[str, Any]) -> dict[str, Any]:
+        """The settings that make the run what it is (not where it writes), for the HParams table; ``results``:
+        what ``finish`` returned (default: unused)."""
+        unrecorded = NOT_RESULTS | {"output"}
+        return {key: value for key, value in self.cfg.to_dict().items() if key not in unrecorded}
+
+    def final_metrics(self, results: dict[str, Any]) -> dict[str, Any]:
+        """The numbers of the finished run (``finish``'s ``results``) for the HParams table (default: none)."""
+        return {}
 
     def resume_if_asked(self) -> None:
         checkpoint = self.folder.checkpoint

@@ -205,6 +205,12 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
         self.records.append(record)
 
+    def finish(self, hparams: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """Nothing: the run's settings and results have files of their own."""
+
+    def close(self) -> None:
+        """Nothing to close: every line is written and closed when it is logged."""
+
 
 def last_logged_step(path: Path) -> int | None:
     """The step of the last line of a metrics log; None without one."""

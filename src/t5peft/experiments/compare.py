@@ -28,7 +28,7 @@ from typing import Any
 from ..engine.lock import FolderLock
 from ..errors import T5PeftError
 from .config import ExperimentError, load_experiment
-from .console import Console, interrupted_line, print_summary, shown
+from .console import Console, interrupted_line, log, print_summary, shown
 from .layout import COMPILE_CACHE, EXPERIMENT_FILE
 from .plan import (
     Request,
@@ -42,6 +42,7 @@ from .plan import (
 )
 from .pool import Launch, RunOutcome, WorkerPool, parse_devices
 from .report import write_report
+from .shards import parse_shard, select_share
 
 Say = Callable[[str], None]
 
@@ -74,9 +75,13 @@ def continue_command(
     jobs: int,
     devices: str | None,
     progress: bool,
+    tensorboard: str | Path | None = None,
+    shard: str | None = None,
 ) -> str:
     parts = ["t5peft", "compare", "--config", str(config_file), "--output", str(output)]
-    for flag, value in (("--device", device), ("--compile", compile), ("--devices", devices)):
+    if tensorboard is not None:
+        parts += ["--tensorboard", str(tensorboard)]
+    for flag, value in (("--device", device), ("--compile", compile), ("--devices", devices), ("--shard", shard)):
         if value is not None:
             parts += [flag, value]
     if jobs != 1 and not (devices and jobs == len(devices.split(","))):
@@ -96,15 +101,22 @@ def run_compare(
     devices: str | None = None,
     compile: str | None = None,
     rerun_changed: bool = False,
-    say: Say = print,
+    tensorboard: str | Path | None = None,
+    shard: str | None = None,
+    say: Say | None = None,
 ) -> CompareOutcome:
-    """Run the plan of ``config_file`` into ``output`` (see the module doc); ``say`` prints a line.
+    """Run the plan of ``config_file`` into ``output`` (see the module doc); ``say`` prints a line (None: the
+    ``t5peft.compare`` logger, see :mod:`.console`).
 
     ``device`` / ``compile``: None (or ``"auto"`` for device) keeps the experiment file's setting.
+    ``tensorboard``: a folder for the runs' TensorBoard events (None: the experiment file's ``tensorboard`` key).
+    ``shard`` (``"i/N"``): only the i-th of N shares of the plan's runs (:mod:`.shards`).
     Raises :class:`RunsFailed` after the other runs when some failed, :class:`CompareInterrupted` on Ctrl-C.
     """
     config_file, output = Path(config_file), Path(output)
+    info: Say = say or log.info
     experiment = load_experiment(config_file)
+    share = parse_shard(shard) if shard is not None else None
     visible = parse_devices(devices)
     if visible is not None and device is not None and device not in ("auto", "cuda"):
         raise ExperimentError(f"--devices {devices} spreads runs over GPUs; it cannot be used with --device {device}")
@@ -112,7 +124,17 @@ def run_compare(
     if jobs < 1:
         raise ExperimentError(f"--jobs must be at least 1, got {jobs}")
     device = "cuda" if visible is not None else (None if device in (None, "auto") else device)
-    requests = build_requests(experiment, output, device=device, compile=compile, progress=progress)
+    tensorboard_root = Path(tensorboard) if tensorboard is not None else experiment.tensorboard_root(output)
+    if tensorboard_root is not None:
+        from ..engine.tensorboard import check_available
+
+        check_available()  # before any run starts, not once per run
+    requests = build_requests(
+        experiment, output, device=device, compile=compile, progress=progress, tensorboard=tensorboard_root
+    )
+    plan_runs = [r.name for r in requests]
+    if share is not None:
+        requests = select_share(requests, *share)
     with FolderLock(output, "t5peft compare"):
         outcome = CompareOutcome(None, [])
         changed = check_existing(requests)
@@ -121,27 +143,57 @@ def run_compare(
         for request, diffs in changed:
             target = move_aside(request.folder.root, output)
             outcome.moved[request.name] = target
-            say(
+            info(
                 f"moved {shown(request.folder.root)} aside to {shown(target)} (made with {'; '.join(diffs)}); "
                 "running it again"
             )
-        description = {**experiment.describe(), "command_line": {"device": device, "compile": compile}}
+        description = {
+            **experiment.describe(),
+            "command_line": {"device": device, "compile": compile},
+            "plan_runs": plan_runs,
+        }
+        if share is not None:
+            description["shard"] = {"index": share[0], "count": share[1], "runs": [r.name for r in requests]}
         (output / EXPERIMENT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         outcome.reused = [r.name for r in finished(requests)]
         if outcome.reused:
             left = len(requests) - len(outcome.reused)
-            say(
-                f"all {len(requests)} runs of the plan are finished and reused; nothing to train (the report is "
+            info(
+                f"all {len(requests)} runs of the {'plan' if share is None else 'share'} are finished and reused; "
+                "nothing to train (the report is "
                 "rewritten from their folders)"
                 if not left
                 else f"{len(outcome.reused)} of the {len(requests)} runs are finished and reused; {left} to run"
             )
+        _backfill_tensorboard(finished(requests), info)
         command = continue_command(
-            config_file, output, device=device, compile=compile, jobs=jobs, devices=devices, progress=progress
+            config_file,
+            output,
+            device=device,
+            compile=compile,
+            jobs=jobs,
+            devices=devices,
+            progress=progress,
+            tensorboard=tensorboard,
+            shard=shard,
         )
         pool = WorkerPool(jobs, visible, (output / COMPILE_CACHE).resolve(), progress)
         _run_plan(Plan(description, output, requests), pool, outcome, command, say)
         return outcome
+
+
+def _backfill_tensorboard(reused: list[Request], info: Say) -> None:
+    """Reused runs that finished without TensorBoard events get them now, so the plan opens as one set."""
+    from ..train.loop import write_tensorboard_of_finished_run
+
+    for request in reused:
+        board = request.config.tensorboard
+        if board and not Path(board).exists():
+            write_tensorboard_of_finished_run(request.folder.root, Path(board))
+            info(
+                f"{request.name} had finished without TensorBoard events: written now from its metrics.jsonl and "
+                f"results.json (without per-point throughput and memory) -> {shown(Path(board))}"
+            )
 
 
 @dataclass
@@ -161,7 +213,7 @@ class Plan:
 class _Listener(Console):
     """The console, and the report rewritten after every finished run."""
 
-    def __init__(self, plan: Plan, jobs: int, progress: bool, say: Say) -> None:
+    def __init__(self, plan: Plan, jobs: int, progress: bool, say: Say | None) -> None:
         done = len(finished(plan.requests))
         super().__init__(f"compare {plan.description['name']}", len(plan.requests), done, jobs, progress, say)
         self.plan = plan
@@ -175,7 +227,9 @@ class _Listener(Console):
             self.failed.append(outcome.name)
 
 
-def _run_plan(plan: Plan, pool: WorkerPool, outcome: CompareOutcome, command: str, say: Say) -> None:
+def _run_plan(plan: Plan, pool: WorkerPool, outcome: CompareOutcome, command: str, say: Say | None) -> None:
+    """Run what is left of the plan; ``say``: where lines go (None: the logger, failures at WARNING)."""
+    info, warn = say or log.info, say or log.warning
     todo = to_do(plan.requests)
     listener = _Listener(plan, pool.jobs, pool.progress, say)
     try:
@@ -185,17 +239,18 @@ def _run_plan(plan: Plan, pool: WorkerPool, outcome: CompareOutcome, command: st
     outcome.runs = result.outcomes
     if result.interrupted:
         for launch in result.interrupted:
-            say(interrupted_line(launch.request, settle_interrupted(launch.request, launch.created_folder)))
+            warn(interrupted_line(launch.request, settle_interrupted(launch.request, launch.created_folder)))
         if finished(plan.requests):
             plan.write_report()
         raise CompareInterrupted(
             f"interrupted; finished runs are kept and the next compare reuses them. Continue with: {command}"
         )
     if not finished(plan.requests):
-        say(f"no finished runs: nothing to report in {plan.output}")
+        warn(f"no finished runs: nothing to report in {plan.output}")
     else:
         outcome.results = plan.write_report()
-        outcome.outputs = print_summary(plan.output, say)
+        boards = {Path(r.config.tensorboard).parent for r in plan.requests if r.config.tensorboard}
+        outcome.outputs = print_summary(plan.output, info, boards.pop() if len(boards) == 1 else None)
     if listener.failed:
         raise RunsFailed(
             f"{len(listener.failed)} of {len(todo)} run(s) failed: {', '.join(listener.failed)} "

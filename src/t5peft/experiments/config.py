@@ -6,6 +6,7 @@ name = "seed"
 description = "the setup of record"
 methods = ["full", "lora"]
 seeds = [0, 1, 2]
+tensorboard = true       # optional: TensorBoard events of every run in <output>/tensorboard/<run> (or a folder)
 
 [train]                  # any TrainConfig setting except output/method/seed, shared by every run
 model = "google-t5/t5-small"
@@ -59,7 +60,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PER_RUN = ("output", "method", "method_options", "seed", "resume", "progress")
+PER_RUN = ("output", "method", "method_options", "seed", "resume", "progress", "tensorboard", "push_to_hub")
 # the keys of a [task] / [tasks.<name>] table, and the TrainConfig setting each sets
 TASK_KEYS = {
     "name": "task",
@@ -199,7 +200,14 @@ class Experiment:
     train: dict[str, Any]
     source: str = ""
     shared: str | None = None  # the folder ${T5PEFT_SHARED} stood for, when the file used it
+    tensorboard: bool | str = False  # true: events in <output>/tensorboard/<run>; a folder (absolute): there
     tasks: list[TaskPlan] = field(default_factory=list)  # empty: the one task of [train] / [task]
+
+    def tensorboard_root(self, output: Path) -> Path | None:
+        """Where the runs' TensorBoard folders go (one per run), or None for none."""
+        if self.tensorboard is False:
+            return None
+        return output / "tensorboard" if self.tensorboard is True else Path(self.tensorboard)
 
     def run_config(
         self, plan: MethodPlan, seed: int, output: Path, lr: float | None = None, task: TaskPlan | None = None
@@ -254,6 +262,16 @@ def _check_lr(lr: Any, where: str) -> float | list[float] | None:
     return [float(v) for v in values] if isinstance(lr, list) else float(lr)
 
 
+def _check_tensorboard(value: Any, folder: Path | None, where: str) -> bool | str:
+    """``tensorboard = true | false | "folder"`` (a relative folder is taken from the experiment file's)."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ExperimentError(f"{where}: expected true, false or a folder, got {value!r}")
+    path = Path(expand_shared(value, folder)).expanduser()
+    return str(path if path.is_absolute() or folder is None else (folder / path).resolve())
+
+
 def _resolve_paths(values: dict[str, Any], folder: Path | None, where: str) -> dict[str, Any]:
     """Path settings taken from the experiment file's folder (``folder`` None: a dict not read from a file)."""
     resolved = dict(values)
@@ -275,7 +293,8 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
     """An experiment from parsed TOML; ``folder`` is where relative paths are taken from (the file's folder)."""
     _check_keys(values, {"experiment", "train", "methods", "task", "tasks"}, source)
     head = values.get("experiment", {})
-    _check_keys(head, {"name", "description", "methods", "seeds", "tasks"}, f"{source} [experiment]")
+    _check_keys(head, {"name", "description", "methods", "seeds", "tensorboard", "tasks"}, f"{source} [experiment]")
+    tensorboard = _check_tensorboard(head.get("tensorboard", False), folder, f"{source} [experiment] tensorboard")
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - set(PER_RUN)
     train = values.get("train", {})
     _check_keys(train, train_keys, f"{source} [train]")
@@ -325,7 +344,8 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
         train,
         source,
         str(shared) if shared else None,
-        tasks,
+        tensorboard,
+        tasks=tasks,
     )
     for task in tasks or [None]:  # every run's settings must be valid before anything starts
         for plan in plans:

@@ -1,13 +1,21 @@
 """What ``compare`` prints: the plan's progress bars, one line per finished, failed or interrupted run, and the
-closing table with the paths of the outputs."""
+closing table with the paths of the outputs.
+
+The lines go through :mod:`logging` (the logger ``t5peft.compare``): finished runs, the table and the outputs at
+INFO, failed and interrupted runs at WARNING, each launch at DEBUG; a caller may pass its own ``say`` instead.
+The command line sends the logger to standard output through :class:`BarSafeHandler`, so a message is written
+above the progress bars instead of through them, and picks the level with ``-v`` (DEBUG) / ``-q`` (WARNING).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -16,6 +24,27 @@ from .plan import Leftover, Request
 from .pool import Launch, RunOutcome
 
 Say = Callable[[str], None]
+log = logging.getLogger("t5peft.compare")
+
+
+class BarSafeHandler(logging.StreamHandler):
+    """Writes each record with ``tqdm.write``: above the progress bars, which are redrawn below it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # as logging.StreamHandler does: never let a log line end the program
+            self.handleError(record)
+
+
+def configure_logging(level: int, stream: TextIO | None = None) -> logging.Logger:
+    """Send ``compare``'s lines to ``stream`` (standard output) as plain lines, from ``level`` up."""
+    handler = BarSafeHandler(stream or sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False  # the root logger's "LEVEL message" format is for the other commands
+    return log
 
 
 def shown(path: Path) -> str:
@@ -30,8 +59,11 @@ class Console:
     """One bar for the plan and, on a terminal, one line per running job (the worker's own latest output);
     messages print above them. Without a terminal the job lines are left out (each redraw would be a line)."""
 
-    def __init__(self, title: str, total: int, done: int, jobs: int, progress: bool, say: Say) -> None:
-        self.progress, self.say = progress, say
+    def __init__(self, title: str, total: int, done: int, jobs: int, progress: bool, say: Say | None) -> None:
+        """``say``: where a line goes (None: the logger, at INFO, or WARNING for a failed run)."""
+        self.progress, self.own_say = progress, say
+        self.say: Say = say or log.info
+        self.warn: Say = say or log.warning
         self.live = progress and sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=done, desc=title, unit="run", disable=not progress, position=0)
         self.slots = [
@@ -39,11 +71,11 @@ class Console:
         ]
         self.shown = [""] * jobs
 
-    def message(self, text: str) -> None:
-        if self.progress:
+    def message(self, text: str, warning: bool = False) -> None:
+        if self.own_say is not None and self.progress:  # a caller's own say, with bars up
             tqdm.write(text, file=sys.stdout)
         else:
-            self.say(text)
+            (self.warn if warning else self.say)(text)
 
     def show(self, slot: int, text: str) -> None:
         if not self.live:
@@ -60,7 +92,7 @@ class Console:
         if outcome.status == "finished":
             self.message(finished_line(launch.request, outcome.finished - outcome.started))
         else:
-            self.message(failed_line(launch, outcome.exit_code))
+            self.message(failed_line(launch, outcome.exit_code), warning=True)
         self.bar.update(1)
 
     def close(self) -> None:
@@ -110,8 +142,9 @@ OUTPUTS = (
 )
 
 
-def print_summary(output: Path, say: Say) -> list[Path]:
-    """The table and the paths of the outputs; returns those paths."""
+def print_summary(output: Path, say: Say, tensorboard: Path | None = None) -> list[Path]:
+    """The table and the paths of the outputs (with the runs' TensorBoard folder when they write one); returns
+    those paths."""
     say("")
     say((output / TABLE_FILE).read_text(encoding="utf-8").rstrip())
     say("")
@@ -121,4 +154,6 @@ def print_summary(output: Path, say: Say) -> list[Path]:
     for extra in sorted(output.glob("t5_peft_*-*.png")):  # the figures of the further tasks of a comparison
         say(f"  {extra}: a figure of task {extra.stem.split('-', 1)[1]}")
     say(f"  {output / RUNS}/: one folder per run, with its run.log")
+    if tensorboard is not None:
+        say(f"  {shown(tensorboard)}/: TensorBoard events, one run per run (tensorboard --logdir {shown(tensorboard)})")
     return [output / name for name, _ in OUTPUTS]

@@ -76,8 +76,10 @@ def build_requests(
     device: str | None = None,
     compile: str | None = None,
     progress: bool = True,
+    tensorboard: Path | None = None,
 ) -> list[Request]:
-    """Every run of the plan with its settings; ``device`` / ``compile`` (None: the experiment's) override."""
+    """Every run of the plan with its settings; ``device`` / ``compile`` (None: the experiment's) override;
+    ``tensorboard``: a folder that gets one TensorBoard folder per run, named as its run folder."""
     requests = []
     for run in experiment.runs():
         folder = RunFolder(output.resolve() / RUNS / run.name)
@@ -86,6 +88,7 @@ def build_requests(
         cfg.compile = resolve_compile_setting(compile or cfg.compile, cfg.device)
         cfg.progress = progress
         cfg.resume = False
+        cfg.tensorboard = str(tensorboard.resolve() / run.name) if tensorboard is not None else None
         requests.append(Request(run, folder, cfg))
     return requests
 

@@ -19,6 +19,7 @@ import codecs
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import re
 import shutil
@@ -88,6 +89,9 @@ class LogPump(threading.Thread):
         if self._current.strip():
             self.last_line = self._current.strip()
         self._current = ""
+
+
+logger = logging.getLogger("t5peft.compare")
 
 
 def worker_environment(
@@ -248,6 +252,7 @@ class WorkerPool:
         given = f", {threads} CPU thread(s) of {self.cores}" if threads is not None else ""
         log.write(f"=== t5peft compare: {request.name} {how} at {started_at} (job slot {slot}{where}{given})\n")
         log.flush()
+        logger.debug("%s %s (job slot %d%s%s), log: %s", request.name, how, slot, where, given, folder.log)
         columns = max(40, shutil.get_terminal_size().columns - len(request.name) - 4) if self.progress else None
         command = [sys.executable, "-m", "t5peft.experiments.worker", str(folder.request)]
         process = subprocess.Popen(

@@ -17,8 +17,9 @@ from .results import collect_results, read_results
 from .table import markdown_table, task_view
 
 
-def render_report(results_path: str | Path, output: str | Path | None = None) -> list[Path]:
-    """Write the two figures and the markdown table from a results JSON alone."""
+def render_report(results_path: str | Path, output: str | Path | None = None, *, html: bool = False) -> list[Path]:
+    """Write the two figures and the markdown table from a results JSON alone; ``html``: also the page
+    (:mod:`.html`, ``report.html``)."""
     results_path = Path(results_path)
     results = read_results(results_path)
     folder = Path(output) if output else (results_path if results_path.is_dir() else results_path.parent)
@@ -27,17 +28,23 @@ def render_report(results_path: str | Path, output: str | Path | None = None) ->
     table.write_text(markdown_table(results), encoding="utf-8")
     tasks = list(results.get("tasks") or {})
     if len(tasks) <= 1:
-        return [
+        written = [
             render_figure(results, folder / FIGURE_FILE),
             render_memory_figure(results, folder / MEMORY_FIGURE_FILE),
             table,
         ]
-    paths = []
-    for index, task in enumerate(tasks):  # each task's figures, titled with the task
-        figure, memory = task_figure_files(task, index == 0)
-        view = task_view(results, task)
-        paths += [render_figure(view, folder / figure), render_memory_figure(view, folder / memory)]
-    return [*paths, table]
+    else:
+        written = []
+        for index, task in enumerate(tasks):  # each task's figures, titled with the task
+            figure, memory = task_figure_files(task, index == 0)
+            view = task_view(results, task)
+            written += [render_figure(view, folder / figure), render_memory_figure(view, folder / memory)]
+        written.append(table)
+    if html:
+        from .html import HTML_FILE, write_html
+
+        written.append(write_html(results, folder / HTML_FILE))
+    return written
 
 
 def write_report(

@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -198,14 +200,146 @@ def read_checkpoint(
     name_or_path: str | os.PathLike, downloader: Downloader | None = None
 ) -> tuple[T5Config, dict[str, Tensor], str]:
     """The config and the normalised weights of a checkpoint folder or Hub id, and the weight file's path."""
+    config, weights = _config_and_weights(name_or_path, downloader)
+    return config, normalize_state_dict(read_state_dict(weights), config, str(weights)), str(weights)
+
+
+def _config_and_weights(name_or_path: str | os.PathLike, downloader: Downloader | None) -> tuple[T5Config, Path]:
     directory = resolve_model_dir(name_or_path, downloader)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory}: config.json not found")
     config = T5Config.from_json_file(config_path)
     config.name_or_path = str(name_or_path)
-    weights = find_weight_file(directory)
-    return config, normalize_state_dict(read_state_dict(weights), config, str(weights)), str(weights)
+    return config, find_weight_file(directory)
+
+
+@dataclass
+class CheckpointStream:
+    """A checkpoint read one weight file at a time: ``names`` (the model's keys it provides) are known before any
+    tensor is read, :meth:`parts` yields ``(file, its tensors under the model's keys)``, one file in memory at once.
+
+    A single weight file is one part; a sharded one (``*.index.json``) one part per shard, in the index's order, each
+    shard checked against the index (every tensor it lists there, nothing else) as it is read."""
+
+    source: str
+    names: set[str]
+    _files: list[Path]
+    _reader: Callable[[Path], dict[str, Tensor]]
+    _rename: dict[str, str]  # checkpoint key -> model key, for the keys that are loaded
+    _listed: dict[str, set[str]]  # shard file name -> the keys the index puts there (empty: a single file)
+
+    def parts(self) -> Iterator[tuple[str, dict[str, Tensor]]]:
+        for path in self._files:
+            state = self._reader(path)
+            listed = self._listed.get(path.name)
+            if listed is not None:
+                absent = sorted(listed - set(state))
+                if absent:
+                    raise CheckpointError(f"{path}: tensor {absent[0]} listed in the index is not in the shard")
+                extra = sorted(set(state) - listed)
+                if extra:
+                    raise CheckpointError(f"{path}: tensor {extra[0]} is in the shard but the index does not list it")
+            part = {self._rename[key]: tensor for key, tensor in state.items() if key in self._rename}
+            del state
+            yield str(path), part
+
+
+def stream_checkpoint(
+    name_or_path: str | os.PathLike, downloader: Downloader | None = None
+) -> tuple[T5Config, CheckpointStream]:
+    """The config of a checkpoint and its weights as a :class:`CheckpointStream`; a single weight file is read whole
+    (and normalised as :func:`read_checkpoint` does), a sharded one shard by shard."""
+    config, weights = _config_and_weights(name_or_path, downloader)
+    if not weights.name.endswith(".index.json"):
+        state = normalize_state_dict(read_state_dict(weights), config, str(weights))
+        return config, CheckpointStream(
+            str(weights), set(state), [weights], lambda _: state, {key: key for key in state}, {}
+        )
+    reader = _read_safetensors if weights.name.endswith(".safetensors.index.json") else _read_bin
+    weight_map = _weight_map(weights)
+    rename = _rename_plan(set(weight_map), config, weights, weight_map, reader)
+    files = [weights.parent / shard for shard in sorted(set(weight_map.values()))]
+    listed: dict[str, set[str]] = {}
+    for key, shard in weight_map.items():
+        listed.setdefault(shard, set()).add(key)
+    return config, CheckpointStream(str(weights), set(rename.values()), files, reader, rename, listed)
+
+
+def _weight_map(index_path: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index_path}: not a valid shard index ({err})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path}: weight_map must map tensor names to shard file names")
+    for shard in sorted(set(weight_map.values())):
+        if not (index_path.parent / shard).is_file():
+            raise CheckpointError(f"{index_path}: shard {shard} listed in the index is missing")
+    return weight_map
+
+
+def _rename_plan(
+    keys: set[str],
+    config: T5Config,
+    index_path: Path,
+    weight_map: dict[str, str],
+    reader: Callable[[Path], dict[str, Tensor]],
+) -> dict[str, str]:
+    """Checkpoint key -> model key, as :func:`normalize_state_dict` maps a whole state dict, from the names alone.
+
+    Only where the config ties the head to the embedding and the checkpoint holds both are two tensors read
+    beforehand, to see whether they are equal (if not, the checkpoint is loaded untied, with the same warning)."""
+    rename = {key: key for key in keys if key not in IGNORED_KEYS and key not in EMBEDDING_ALIASES}
+    if "shared.weight" not in rename:
+        alias = next((k for k in EMBEDDING_ALIASES if k in keys), None)
+        if alias is not None:
+            rename[alias] = "shared.weight"
+    if config.tie_word_embeddings and "lm_head.weight" in rename:
+        embedding = next((k for k, v in rename.items() if v == "shared.weight"), None)
+        if embedding is None:
+            rename["lm_head.weight"] = "shared.weight"
+        else:
+            head = reader(index_path.parent / weight_map["lm_head.weight"])["lm_head.weight"]
+            shared = reader(index_path.parent / weight_map[embedding])[embedding]
+            if torch.equal(head, shared):
+                del rename["lm_head.weight"]
+            else:
+                log.warning(
+                    "%s: config says tie_word_embeddings=true but lm_head.weight differs from shared.weight; "
+                    "loading them untied",
+                    index_path,
+                )
+                config.tie_word_embeddings = False
+    return rename
+
+
+def check_names(model: nn.Module, names: set[str], source: str) -> None:
+    """Every parameter of ``model`` among ``names`` and nothing else (before any tensor is read)."""
+    expected = {name for name, _ in model.named_parameters()}
+    problems = []
+    missing, unexpected = sorted(expected - names), sorted(names - expected)
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    if problems:
+        raise CheckpointError(f"{source}: " + " | ".join(problems))
+
+
+def check_part(model: nn.Module, part: dict[str, Tensor], source: str) -> None:
+    """The shapes and dtypes of one part of a checkpoint (its names were checked by :func:`check_names`)."""
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)}, model {expected[k]}"
+        for k, v in part.items()
+        if tuple(v.shape) != expected[k]
+    ]
+    if wrong:
+        raise CheckpointError(f"{source}: mismatched shapes: {'; '.join(wrong)}")
+    not_float = [k for k, v in part.items() if not v.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"{source}: non floating-point tensors: {', '.join(not_float)}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,9 +35,10 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..hub import Downloader
-from .checkpoint import CheckpointError, check_state_dict, read_checkpoint, write_checkpoint
+from .checkpoint import CheckpointError, check_names, check_part, stream_checkpoint, write_checkpoint
 from .config import T5Config
 
 # --------------------------------------------------------------------------------------------------
@@ -280,6 +281,9 @@ class T5Block(nn.Module):
             layers.append(T5LayerCrossAttention(config))
         layers.append(T5LayerFF(config))
         self.layer = nn.ModuleList(layers)
+        # set by T5ForConditionalGeneration.set_activation_checkpointing: keep only the block's inputs for the
+        # backward pass and run its forward again there (torch.utils.checkpoint, non-reentrant)
+        self.activation_checkpointing = False
 
     def forward(
         self,
@@ -291,8 +295,62 @@ class T5Block(nn.Module):
         cache: KVCache | None = None,
         index: int = 0,
     ) -> Tensor:
-        """One block; ``cache`` (incremental decoding) is read and updated at position ``index``."""
+        """One block; ``cache`` (incremental decoding) is read and updated at position ``index``.
+
+        With ``activation_checkpointing`` on, a forward that records gradients keeps only the block's inputs and
+        recomputes the rest in the backward pass (the random state is restored for the recomputation, so dropout
+        draws the same masks); decoding with a cache never records gradients and runs plainly.
+        """
         prefixes = prefixes or LayerPrefixes()
+        if (
+            self.activation_checkpointing
+            and cache is None
+            and self._needs_backward(prefixes, hidden_states, self_mask, encoder_hidden_states, cross_mask)
+        ):
+            # the prefixes go in as tensors (not the dataclass), so torch.compile traces the region as one graph
+            return checkpoint(
+                self._checkpointed,
+                hidden_states,
+                self_mask,
+                encoder_hidden_states,
+                cross_mask,
+                prefixes.self_kv,
+                prefixes.cross_kv,
+                use_reentrant=False,
+            )
+        return self._forward(hidden_states, self_mask, encoder_hidden_states, cross_mask, prefixes, cache, index)
+
+    def _needs_backward(self, prefixes: LayerPrefixes, *inputs: Tensor | None) -> bool:
+        """Whether this forward builds a graph to differentiate: a block nothing trains through (the encoder under
+        decoder-only prefix tuning) saves nothing, so there is nothing to checkpoint."""
+        if not torch.is_grad_enabled():
+            return False
+        tensors = [t for t in inputs if t is not None]
+        tensors += [t for pair in (prefixes.self_kv, prefixes.cross_kv) if pair is not None for t in pair]
+        return any(t.requires_grad for t in tensors) or any(p.requires_grad for p in self.parameters())
+
+    def _checkpointed(
+        self,
+        hidden_states: Tensor,
+        self_mask: Tensor | None,
+        encoder_hidden_states: Tensor | None,
+        cross_mask: Tensor | None,
+        self_kv: tuple[Tensor, Tensor] | None,
+        cross_kv: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        prefixes = LayerPrefixes(self_kv, cross_kv)
+        return self._forward(hidden_states, self_mask, encoder_hidden_states, cross_mask, prefixes, None, 0)
+
+    def _forward(
+        self,
+        hidden_states: Tensor,
+        self_mask: Tensor | None,
+        encoder_hidden_states: Tensor | None,
+        cross_mask: Tensor | None,
+        prefixes: LayerPrefixes,
+        cache: KVCache | None,
+        index: int,
+    ) -> Tensor:
         cached = cache.self_kv[index] if cache is not None else None
         hidden_states, kv = self.layer[0](hidden_states, self_mask, cached_kv=cached, prefix=prefixes.self_kv)
         if cache is not None:
@@ -316,7 +374,7 @@ class T5Block(nn.Module):
 def _mask_dtype(reference: Tensor) -> torch.dtype:
     """The dtype attention runs in: the autocast dtype when autocast is on, else the activations'."""
     device_type = reference.device.type
-    if torch.is_autocast_enabled(device_type):
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):  # meta (shapes only) has no autocast
         return torch.get_autocast_dtype(device_type)
     return reference.dtype
 
@@ -530,6 +588,18 @@ class T5ForConditionalGeneration(nn.Module):
             elif isinstance(module, T5Attention):
                 module.dropout = rate
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Checkpoint every T5 block (encoder and decoder) in training forwards: activation memory falls from
+        all the blocks' intermediates to their inputs plus one block's, for one more forward pass per step.
+        Gradients are those of the plain model; PEFT methods applied before or after are covered alike."""
+        for stack in (self.encoder, self.decoder):
+            for block in stack.block:
+                block.activation_checkpointing = bool(enabled)
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        return all(block.activation_checkpointing for stack in (self.encoder, self.decoder) for block in stack.block)
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
@@ -660,12 +730,20 @@ class T5ForConditionalGeneration(nn.Module):
         *,
         downloader: Downloader | None = None,
     ) -> T5ForConditionalGeneration:
-        """Load a Hugging Face T5 checkpoint from a folder or a Hub id, checking every tensor."""
-        config, state, source = read_checkpoint(name_or_path, downloader)
+        """Load a Hugging Face T5 checkpoint from a folder or a Hub id, checking every tensor.
+
+        A sharded checkpoint is read one shard at a time, each shard's tensors converted to ``dtype`` and moved to
+        ``device`` before the next is read: host memory holds the model (if ``device`` is the CPU) plus one shard."""
+        config, stream = stream_checkpoint(name_or_path, downloader)
         with torch.device("meta"):
             model = cls(config)
-        check_state_dict(model, state, source)
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+        check_names(model, stream.names, stream.source)
+        for source, part in stream.parts():
+            check_part(model, part, source)
+            model.load_state_dict(
+                {k: v.to(device=device, dtype=dtype) for k, v in part.items()}, strict=False, assign=True
+            )
+            del part
         if config.tie_word_embeddings:
             model.lm_head.weight = model.shared.weight
         return model.to(device).eval()

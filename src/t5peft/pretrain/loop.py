@@ -229,6 +229,7 @@ class Pretraining(RunSkeleton):
         self._check_export()
         self.config_dropout = self.model.config.dropout_rate  # written to the exported config.json
         self.model.set_dropout(cfg.dropout)
+        self.model.set_activation_checkpointing(cfg.activation_checkpointing)
         self.runtime.place(self.model).train()
         self._setup_optimizer()
 
@@ -391,6 +392,16 @@ class Pretraining(RunSkeleton):
         if self.stopped_by == "interrupted":
             return {"stopped_by": "interrupted", "steps": self.position.global_step}
         return self.export(self.folder.root)
+
+    def final_metrics(self, results: dict[str, Any]) -> dict[str, Any]:
+        if "training" not in results:  # stopped for a test before the end: nothing exported
+            return {"steps": results["steps"]}
+        validation = results["losses"]["validation"]
+        return {
+            "val_loss": validation[-1]["loss"] if validation else None,
+            "steps": results["training"]["steps"],
+            "train_seconds": results["training"]["seconds"],
+        }
 
     def export(self, directory: Path, *, snapshot: bool = False) -> dict[str, Any]:
         """Write the Hugging Face checkpoint (config, weights, tokenizer files) and its ``pretraining.json``."""

@@ -61,6 +61,8 @@ class PretrainConfig(SettingsFile):
     data_workers: int | None = None  # processes building batches; None: 4 on CUDA, 0 (in the loop) on the CPU
     resume: bool = False
     progress: bool = True
+    tensorboard: str | None = None  # a folder for TensorBoard events (engine.tensorboard); None: none
+    activation_checkpointing: bool = False  # recompute each T5 block's activations in the backward pass
 
     def __post_init__(self) -> None:
         check_run_settings(self, PretrainError)

@@ -31,7 +31,7 @@ from ..data.text2text import (
     train_batches,
 )
 from ..engine.env import environment
-from ..engine.layout import PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder, resolved_paths
+from ..engine.layout import NOT_RESULTS, PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder, resolved_paths
 from ..engine.runtime import build_model
 from ..engine.skeleton import Pause, RunSkeleton
 from ..engine.state import Position
@@ -39,6 +39,7 @@ from ..engine.step import TrainStep
 from ..methods import apply_method, count_parameters, get_declaration, save_base, save_trained
 from ..model.checkpoint import resolve_model_dir
 from ..tokenizer import copy_tokenizer_files, load_run_tokenizer
+from .card import write_model_card
 from .evaluate import EvalResult, Scorer, evaluate
 from .rows import RunTexts
 from .settings import PATH_SETTINGS, TrainConfig, TrainError
@@ -167,9 +168,15 @@ class Run(RunSkeleton):
         self.folder.paths.write_text(json.dumps(paths, indent=2) + "\n", encoding="utf-8")
 
     def check_settings(self) -> None:
-        """The method's options, parsed once and before anything is loaded, so a typo fails first."""
+        """The method's options, parsed once and before anything is loaded, so a typo fails first; with
+        ``push_to_hub``, the repository id and the token, so a run does not train for an upload it cannot make."""
         cfg = self.cfg
         self.method_config = get_declaration(cfg.method).config_class.from_options(cfg.method_options, cfg.method)
+        if cfg.push_to_hub:
+            from ..hub import check_repo_id, hub_token
+
+            check_repo_id(cfg.push_to_hub)
+            hub_token()
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -195,6 +202,7 @@ class Run(RunSkeleton):
         cfg = self.cfg
         model = build_model(cfg.model, cfg.init, cfg.seed, TrainError)
         model.set_dropout(cfg.dropout)
+        model.set_activation_checkpointing(cfg.activation_checkpointing)
         torch.manual_seed(cfg.seed)  # method initialisation is seeded on its own, whatever came before
         self.model = apply_method(model, cfg.method, config=self.method_config)
         self.method = self.model.peft.method
@@ -324,13 +332,27 @@ class Run(RunSkeleton):
         return self.evaluate_split(self.data.validation, "validation")
 
     def finish(self) -> dict[str, Any]:
-        """Write what the method trained to ``final/``, test it, and write ``results.json``."""
-        weights_file = save_trained(self.model, self.folder.final)
-        copy_tokenizer_files(self.tokenizer, self.folder.final)  # the folder carries its tokenizer, moved or copied
+        """Write what the method trained to ``final/`` (with the tokenizer), test it, write ``results.json`` and the
+        model card (into ``final/``), and upload ``final/`` when ``push_to_hub`` asks."""
+        final = self.folder.final
+        weights_file = save_trained(self.model, final)
+        copy_tokenizer_files(self.tokenizer, final)  # the folder carries its tokenizer, moved or copied
         test = self.evaluate_split(self.data.test, "test", progress=self.cfg.progress)
         results = self.results(test, self.final_validation(), weights_file)
         self.folder.results.write_text(json.dumps(results, indent=2) + "\n")
+        write_model_card(results, final)
+        if self.cfg.push_to_hub:
+            from .publish import push_run
+
+            url = push_run(self.folder.root, self.cfg.push_to_hub)
+            print(f"pushed {final} with its model card to {url}", flush=True)
         return results
+
+    def hparams(self, results: dict[str, Any]) -> dict[str, Any]:
+        return tensorboard_hparams(results)
+
+    def final_metrics(self, results: dict[str, Any]) -> dict[str, Any]:
+        return tensorboard_metrics(results)
 
     def results(self, test: EvalResult, validation: EvalResult, weights_file: Path) -> dict[str, Any]:
         pos = self.position
@@ -365,6 +387,45 @@ class Run(RunSkeleton):
             "environment": environment(self.device),
             "config": self.cfg.to_dict(),
         }
+
+
+def tensorboard_hparams(results: dict[str, Any]) -> dict[str, Any]:
+    """A run's HParams entry, from its ``results.json``: its settings (not where it writes) with what the
+    defaults came to (the method's options, the learning rate) and its weights."""
+    unrecorded = NOT_RESULTS | {"output"}
+    settings = {key: value for key, value in results["config"].items() if key not in unrecorded}
+    return {
+        **settings,
+        "method_options": results["method_options"],
+        "learning_rate": results["learning_rate"],
+        "weights": results["weights"],
+    }
+
+
+def tensorboard_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's metrics in the HParams table (``final/...`` scalars), from its ``results.json``."""
+    training = results["training"]
+    return {
+        "test_accuracy": results["test"]["accuracy"],
+        "test_loss": results["test"]["loss"],
+        "val_accuracy": results["validation"]["accuracy"],
+        "val_loss": results["validation"]["loss"],
+        "trainable_parameters": results["parameters"]["trainable"],
+        "train_seconds": training["seconds"],
+        "examples_per_s": training["examples_per_s"],
+    }
+
+
+def write_tensorboard_of_finished_run(run_folder: Path, directory: Path) -> None:
+    """TensorBoard events for a run that finished without them (``compare`` reusing it), from its
+    ``metrics.jsonl`` and ``results.json``: the same scalars and HParams entry, without the per-point
+    throughput and memory, which only the live run measured."""
+    from ..engine.tensorboard import write_events
+
+    folder = RunFolder(run_folder)
+    results = json.loads(folder.results.read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in folder.metrics.read_text(encoding="utf-8").splitlines() if line]
+    write_events(directory, records, tensorboard_hparams(results), tensorboard_metrics(results))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

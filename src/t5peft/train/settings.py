@@ -63,6 +63,9 @@ class TrainConfig(SettingsFile):
     progress: bool = True
     skip_empty: bool = False  # leave out rows with empty text (counted in results.json) instead of refusing the data
     allow_missing_classes: bool = False  # a split without reviews of some class: a loud warning, not an error
+    tensorboard: str | None = None  # a folder for TensorBoard events (engine.tensorboard); None: none
+    push_to_hub: str | None = None  # a Hub repository id the finished run is uploaded to (t5peft push)
+    activation_checkpointing: bool = False  # recompute each T5 block's activations in the backward pass
     task: str = "imdb"  # a built-in task (data/tasks.py), changed by the four settings below
     text_column: tuple[str, ...] | None = None  # None: the task's text column(s)
     label_column: str | None = None  # None: the task's

@@ -1,0 +1,115 @@
+"""``t5peft plan-memory``: the per-device memory of a run, from the meta device, against measured peaks on the CPU.
+
+What is compared: the growth of the resident set during a steady-state training step (the second: weights and AdamW
+state already resident, gradients freed by the previous step) against the plan's ``step_peak`` (see
+``ActivationTrace.step_peak``), at t5-small's real dimensions with random weights, float32. Measured on the 2-core dev
+machine (2026-12-03), plan / measured at batch 8 x 128 source x 4 target tokens: LoRA 1.002, LoRA with checkpointing
+1.067, full 0.993, full with checkpointing 0.998, prefix 1.012, prefix with checkpointing 0.86 (its encoder runs
+without gradient: the least exact case), IA3 with checkpointing 0.956; at batch 4 x 64: LoRA 1.01, LoRA with
+checkpointing 1.147, prefix with checkpointing 1.017, prompt with checkpointing 1.122; full with checkpointing at 2 x
+64: 0.996. The tests take the small shapes (each step runs in a fresh process). The issue's bound, 15 %, is the
+tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memory_probe import measure_peak
+from t5peft.cli import main
+from t5peft.engine.memory_plan import MemoryPlanError, PlanSettings, parse_size, plan_memory
+from t5peft.model.family import family_config
+
+TOLERANCE = 0.15
+
+STEP = """
+import torch
+from t5peft import T5ForConditionalGeneration, apply_method
+from t5peft.data.text2text import Batch
+from t5peft.engine.step import TrainStep
+from t5peft.model.family import family_config
+
+torch.manual_seed(0)
+model = apply_method(T5ForConditionalGeneration(family_config("t5-small")), {method!r}).train()
+model.set_activation_checkpointing({checkpointing})
+optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+step = TrainStep(model, optimizer, total_steps=10)
+generator = torch.Generator().manual_seed(0)
+ids = torch.randint(2, 32000, ({batch}, {source}), generator=generator)
+labels = torch.randint(2, 32000, ({batch}, {target}), generator=generator)
+batch = Batch.from_tensors(ids, torch.ones_like(ids), labels)
+step(batch)  # AdamW's state, and what a first step initialises once
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "checkpointing", "batch", "source"),
+    [("lora", False, 4, 64), ("full", True, 2, 64), ("prefix", True, 4, 64)],
+)
+def test_plan_is_within_15_percent_of_the_measured_peak_at_t5_small(method, checkpointing, batch, source):
+    shape = dict(batch=batch, source=source, target=4)
+    measured = measure_peak(
+        STEP.format(method=method, checkpointing=checkpointing, **shape), "step(batch)", timeout=600
+    )
+    settings = PlanSettings(
+        family_config("t5-small"),
+        "t5-small",
+        method,
+        batch_size=shape["batch"],
+        source_length=shape["source"],
+        target_length=shape["target"],
+        activation_checkpointing=checkpointing,
+    )
+    planned = plan_memory(settings).step_peak
+    ratio = planned / measured["growth_bytes"]
+    assert abs(ratio - 1) <= TOLERANCE, (ratio, planned, measured)
+
+
+def test_counts_and_strategies():
+    config = family_config("t5-base")
+    ddp = plan_memory(PlanSettings(config, "t5-base", "full", batch_size=8, world_size=2))
+    assert ddp.parameters == ddp.trainable == 222_903_552
+    assert ddp.weights == ddp.gradients == 4 * ddp.parameters and ddp.optimizer == 8 * ddp.parameters
+    assert ddp.gradient_buckets == ddp.gradients
+    fsdp = plan_memory(PlanSettings(config, "t5-base", "full", batch_size=8, world_size=2, strategy="fsdp"))
+    assert fsdp.weights == ddp.weights // 2 and fsdp.gradient_buckets == 0 and fsdp.gathered_blocks > 0
+    lora = plan_memory(PlanSettings(config, "t5-base", "lora", batch_size=8, base_dtype="bf16"))
+    assert lora.weights == 2 * (lora.parameters - lora.trainable) + 4 * lora.trainable
+    checkpointed = plan_memory(PlanSettings(config, "t5-base", "lora", batch_size=8, activation_checkpointing=True))
+    assert checkpointed.activations < lora.activations / 3
+    assert checkpointed.activations_other == lora.activations
+
+
+def test_cli_prints_the_plan_and_the_verdict(capsys):
+    argv = ["plan-memory", "--model", "t5-11b", "--batch-size", "64", "--base-dtype", "bf16", "--strategy", "fsdp"]
+    argv += ["--world-size", "8", "--activation-checkpointing", "--device-memory", "80GB"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "11,3" in out and "fits in 80 GB" in out
+    assert main([*argv, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["fits"] is True and record["world_size"] == 8 and record["bytes"]["total"] < 80e9
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--model", "t5-huge"],
+        ["--model", "t5-small", "--batch-size", "3", "--world-size", "2"],
+        ["--model", "t5-small", "--base-dtype", "nf4"],
+        ["--model", "t5-small", "--device-memory", "lots"],
+        ["--model", "t5-small", "--method", "nope"],
+    ],
+)
+def test_bad_input_is_one_line_exit_2(extra, capsys):
+    assert main(["plan-memory", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("t5peft plan-memory: error:")
+
+
+def test_sizes():
+    assert parse_size("80GB") == 80 * 10**9 and parse_size("24GiB") == 24 * 2**30 and parse_size("512") == 512
+    with pytest.raises(MemoryPlanError):
+        parse_size("12 parsecs")
