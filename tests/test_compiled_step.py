@@ -194,7 +194,7 @@ def test_model_forward_has_no_graph_breaks(method):
     _, total = loss_fn(batch["input_ids"], batch["attention_mask"], batch["labels"])
     total.backward()
     model.eval()
-    scorer = Scorer(model, [2841, 1465])
+    scorer = Scorer(model, [[2841, 1], [1465, 1]])  # single-token label words: first-token scoring
     score = torch.compile(scorer._score, fullgraph=True, backend="eager")
     loss_sum, tokens, pair = score(batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert pair.shape == (4, 2) and int(tokens) == 8 and torch.isfinite(loss_sum)

@@ -132,11 +132,32 @@ BAD_FILES: list[tuple[str, str | bytes | dict[str, Any], str | Reads, str | Read
         '{"text": 5, "label": 1}\n',
         *_both(r"num\.jsonl: line 1 \(1-based\): text must be a string, got int"),
     ),
+    ("arr.json", '[{"text": "a", "label": 1}]\n', Reads(("a",)), Reads(("a",))),  # a JSON array of objects
     (
-        "arr.json",
-        '[{"text": "a", "label": 1}]\n',
-        *_both(r"arr\.json: line 1 \(1-based\): expected a JSON object, got list"),
+        "arr_inner.json",
+        '[{"text": "a", "label": 1}, ["b", 0]]',
+        *_both(r"arr_inner\.json: element 2 \(1-based\): expected a JSON object, got list"),
     ),
+    (
+        "arr_keys.json",
+        '[{"text": "a", "label": 1},\n {"body": "b"}]',
+        r"arr_keys\.json: element 2 \(1-based\): missing text and label keys; found keys: body",
+        r"arr_keys\.json: element 2 \(1-based\): missing text key; found keys: body",
+    ),
+    (
+        "arr_cut.json",
+        '[{"text": "a", "label": 1},\n {"text": ',
+        *_both(r"arr_cut\.json: invalid JSON \(.* at line 2, column \d+\); expected an array of objects"),
+    ),
+    ("arr_label.json", '[{"text": "a", "label": 7}]', r"arr_label\.json: element 1 .*label 7", Reads(("a",))),
+    # TSV, and the delimiter of a CSV found by the columns its header names
+    ("tab.tsv", "text\tlabel\nsome, words\t1\n", Reads(("some, words",)), Reads(("some, words",))),
+    ("tab_fields.tsv", "text\tlabel\na\t1\tx\n", *_both(r"tab_fields\.tsv: data row 1 .*3 fields")),
+    ("semi.csv", "text;label\na, b;1\n", Reads(("a, b",)), Reads(("a, b",))),
+    ("pipe.csv", "label|text\n0|a; b\n", Reads(("a; b",)), Reads(("a; b",))),
+    ("semi_bad.csv", "text;label\na;2\n", r"semi_bad\.csv: data row 1 .*label '2'", Reads(("a",))),
+    ("bom.csv", "\ufefftext,label\nb,0\n", Reads(("b",)), Reads(("b",))),  # UTF-8 with a byte-order mark
+    ("bom.tsv", "\ufefftext\tlabel\nb\t0\n", Reads(("b",)), Reads(("b",))),
     (
         "bytes.jsonl",
         b'{"text": "a", "label": 1}\n{"text": "\xc3(", "label": 1}\n',

@@ -420,8 +420,12 @@ def test_unrecognised_folder(tmp_path: Path) -> None:
 
 
 def test_bad_split_name(tmp_path: Path) -> None:
+    """aclImdb folders have train and test only; Hub-layout folders have the splits their shards name."""
+    (tmp_path / "aclImdb" / "train" / "pos").mkdir(parents=True)
     with pytest.raises(ValueError, match="train, test"):
         load_split(tmp_path, "unsupervised")
+    with pytest.raises(ValueError, match="not a split name"):
+        load_split(tmp_path, "../train")
 
 
 # ---------------------------------------------------------------------------------------------------------

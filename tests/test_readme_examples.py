@@ -158,3 +158,10 @@ def test_quick_readme_example_is_what_the_code_prints(tmp_path: Path, shared_dir
 def test_headline_readme_example_is_what_the_code_prints(tmp_path: Path, shared_dir: Path) -> None:
     example = readme_example(HEADLINE)
     assert_same_output(example, run_example(example, tmp_path, shared_dir))
+
+
+@pytest.mark.slow
+def test_own_data_readme_example_is_what_the_code_prints(tmp_path: Path, shared_dir: Path) -> None:
+    """The "Your own data" run: a 3-class CSV with its own column names (about 40 s under load, hence slow)."""
+    example = readme_example("runs/own")
+    assert_same_output(example, run_example(example, tmp_path, shared_dir))

@@ -244,7 +244,9 @@ def test_report_writes_both_figures_and_the_table(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        pytest.param('{"schema_version": 1, "runs": []}', "schema_version 1, this t5peft reads 2", id="old-schema"),
+        pytest.param(
+            '{"schema_version": 1, "runs": []}', "schema_version 1, this t5peft reads 2 and 3", id="old-schema"
+        ),
         pytest.param("{not json", "not valid JSON", id="not-json"),
         pytest.param(
             '{"method": "lora", "test": {}, "config": {}}',

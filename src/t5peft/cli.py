@@ -92,6 +92,7 @@ def _tensorboard_dir(args: argparse.Namespace, default: Path) -> str | None:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .data.tasks import task_names
     from .engine.settings import BASE_DTYPES, QUANTIZE_SCHEMES
     from .methods.registry import method_names
     from .train.settings import TrainConfig
@@ -99,7 +100,28 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = _defaults(TrainConfig)
     p.add_argument("--model", default=d.model, help="folder with config.json (+ weights), or a Hub id")
     p.add_argument(
-        "--data", default=d.data, help="Hub-layout folder, stanfordnlp/imdb, aclImdb dir/tar.gz, csv/jsonl/parquet"
+        "--data",
+        default=None,
+        help="Hub-layout folder or Hub id, aclImdb dir/tar.gz, csv/tsv/jsonl/json/parquet file "
+        "(default: the task's Hub dataset, imdb: stanfordnlp/imdb)",
+    )
+    p.add_argument(
+        "--task",
+        default=d.task,
+        help=f"built-in task: {', '.join(task_names())}; the four options below change its columns and format",
+    )
+    p.add_argument(
+        "--text-column",
+        default=None,
+        metavar="NAME[,NAME]",
+        help="column(s) holding the text (default: the task's, imdb: text); several: give --template",
+    )
+    p.add_argument("--label-column", default=None, help="column holding the label (default: the task's, imdb: label)")
+    p.add_argument(
+        "--template",
+        default=None,
+        help="the source text, columns as {name}, e.g. 'premise: {premise} hypothesis: {hypothesis}' "
+        "(default: the task's, imdb: 'Review: {text}')",
     )
     p.add_argument(
         "--test-data",
@@ -154,13 +176,17 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="right keeps the head of a long review, left the tail, both head + tail",
     )
     p.add_argument("--strip-html", action="store_true", help="replace <br /> tags by spaces")
-    p.add_argument("--prefix", default=d.prefix, help=f"text put before each review (default: {d.prefix!r})")
+    p.add_argument(
+        "--prefix", default=None, help="text put before the text of a one-column task (default: the task's, 'Review: ')"
+    )
     p.add_argument(
         "--label-words",
-        nargs=2,
-        default=list(d.label_words),
-        metavar=("NEGATIVE", "POSITIVE"),
-        help=f"target words of the two classes (default: {' '.join(d.label_words)})",
+        nargs="+",
+        default=None,
+        metavar="WORD",
+        help="the target word(s) of each class, in class order, comma- or space-separated: neg,neu,pos; they name "
+        "the classes, and labels in the data may be the words or class indices (default: the task's, imdb: "
+        "negative,positive)",
     )
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument(
@@ -226,9 +252,16 @@ def _train_config(args: argparse.Namespace):
     from .train.settings import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    values.update(method_options=dict(args.option), label_words=tuple(args.label_words), progress=not args.no_progress)
+    values.update(method_options=dict(args.option), label_words=_words(args.label_words), progress=not args.no_progress)
     values["tensorboard"] = _tensorboard_dir(args, Path(args.output) / "tensorboard")
     return TrainConfig(**values)
+
+
+def _words(given: list[str] | None) -> tuple[str, ...] | None:
+    """``--label-words neg,neu,pos`` or ``--label-words neg neu pos`` as one tuple of words."""
+    if given is None:
+        return None
+    return tuple(word.strip() for item in given for word in item.split(",") if word.strip())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -260,13 +293,25 @@ def _print_data_checks(data: dict) -> None:
 def _print_summary(results: dict) -> None:
     test, params, timing, data = results["test"], results["parameters"], results["training"], results["data"]
     overlap = data["overlap"]
+    task = data.get("task", {"name": "imdb"})
+    rows = "reviews" if task["name"] == "imdb" else "examples"
     print(f"method {results['method']} ({results['weights']} weights), seed {results['seed']}")
+    if task["name"] != "imdb" or task.get("classes") not in (None, ["negative", "positive"]):
+        changed = " with your settings" if "with overrides" in task.get("origin", "") else ""
+        print(f"  task: {task['name']}{changed}, classes {', '.join(task['classes'])}, source {task['template']!r}")
     print(f"  trainable parameters: {params['trainable']:,} of {params['base']:,} ({params['trainable_percent']:.3f}%)")
-    print(f"  test accuracy: {test['accuracy']:.4f} on {test['n']:,} reviews, loss {test['loss']:.4f}")
+    print(f"  test accuracy: {test['accuracy']:.4f} on {test['n']:,} {rows}, loss {test['loss']:.4f}")
+    if len(test["confusion"]) > 2 or task["name"] != "imdb":
+        print(f"  test macro-F1: {test['macro_f1']:.4f}; confusion (rows true, columns predicted): {test['confusion']}")
+    metric = test.get("metric", {"name": "accuracy"})
+    if metric["name"] != "accuracy":
+        print(f"  test {metric['name']} (the task's metric of record): {metric['value']:.4f}")
     print(f"  test set: {data['test_from']}")
+    for split, skipped in data.get("unlabelled_rows", {}).items():
+        print(f"  unlabelled rows (label -1) left out of {split}, never scored: {skipped['count']:,}")
     print(
-        f"  overlap: {overlap['test_in_train']:,} of the {test['n']:,} test reviews also occur in the training "
-        f"reviews, {overlap['test_in_validation']:,} in the validation reviews"
+        f"  overlap: {overlap['test_in_train']:,} of the {test['n']:,} test {rows} also occur in the training "
+        f"{rows}, {overlap['test_in_validation']:,} in the validation {rows}"
     )
     print(f"  validation accuracy: {results['validation']['accuracy']:.4f}")
     _print_data_checks(data)
@@ -573,7 +618,10 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--data", default=None, help="another data source (default: the run's own test set)")
     p.add_argument(
-        "--split", default=None, choices=["train", "test"], help="split of --data or of the run's data (default: test)"
+        "--split",
+        default=None,
+        help="split of --data or of the run's data: train, test, or a Hub split such as validation (default: the "
+        "task's test split)",
     )
     p.add_argument(
         "--size",

@@ -1,25 +1,25 @@
-"""Data loading for the IMDb sentiment task: one reader of text files (:mod:`.files`) and the places they are
-found (:mod:`.sources`)."""
+"""Data loading: classification tasks declared as data (:mod:`.tasks`), one reader of text files (:mod:`.files`) and
+the places they are found (:mod:`.sources`). Names are imported on first use, so the torch- and pyarrow-free task
+declarations load alone (the command line's help reads them)."""
 
-from t5peft.data.files import Columns, SkippedRows
-from t5peft.data.sources import (
-    DataError,
-    LabeledTexts,
-    dataset_checksums,
-    is_single_split_file,
-    load_split,
-    shared_rows,
-    split_validation,
-)
+from .._lazy import lazy_getattr
 
-__all__ = [
-    "Columns",
-    "DataError",
-    "LabeledTexts",
-    "SkippedRows",
-    "dataset_checksums",
-    "is_single_split_file",
-    "load_split",
-    "shared_rows",
-    "split_validation",
-]
+_LAZY = {
+    "Columns": "files",
+    "SkippedRows": "files",
+    "DataError": "sources",
+    "LabeledTexts": "sources",
+    "dataset_checksums": "sources",
+    "is_single_split_file": "sources",
+    "load_split": "sources",
+    "shared_rows": "sources",
+    "split_validation": "sources",
+    "Task": "tasks",
+    "TaskError": "tasks",
+    "BUILTIN_TASKS": "tasks",
+    "resolve_task": "tasks",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -75,7 +75,7 @@ _COMPRESSED_OPENERS: tuple[tuple[bytes, Callable[..., Any]], ...] = (
 _REVIEW_NAME = re.compile(r"^(\d+)_\d+\.txt$")
 _LOCAL_ALTERNATIVES = (
     "a local source: a folder in the Hub parquet layout (plain_text/{split}-*.parquet), "
-    "an aclImdb folder or aclImdb_v1.tar.gz, or a .csv/.jsonl/.parquet file with text and label columns"
+    "an aclImdb folder or aclImdb_v1.tar.gz, or a .csv/.tsv/.jsonl/.json/.parquet file with text and label columns"
 )
 
 SourceKind = Literal["file", "folder", "hub"]
@@ -111,10 +111,19 @@ class LabeledTexts:
     labels: list[int]
     origin: str
     skipped_empty: SkippedRows = field(default_factory=SkippedRows)
+    more: dict[str, list[str]] = field(default_factory=dict)  # further text columns (sentence pairs), row for row
+    unlabelled: SkippedRows = field(default_factory=SkippedRows)  # rows with label -1 in the source, left out
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
             raise ValueError(f"{len(self.texts)} texts but {len(self.labels)} labels ({self.origin})")
+        for name, column in self.more.items():
+            if len(column) != len(self.texts):
+                raise ValueError(f"{len(self.texts)} texts but {len(column)} in column {name} ({self.origin})")
+
+    def row_texts(self, index: int) -> tuple[str, ...]:
+        """Every text column of row ``index``, the first text column first."""
+        return (self.texts[index], *(column[index] for column in self.more.values()))
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -125,6 +134,8 @@ class LabeledTexts:
             labels=[self.labels[i] for i in indices],
             origin=f"{self.origin} [subset of {len(indices)}/{len(self)} rows]",
             skipped_empty=self.skipped_empty,
+            more={name: [column[i] for i in indices] for name, column in self.more.items()},
+            unlabelled=self.unlabelled,
         )
 
 
@@ -139,13 +150,18 @@ def load_split(
     downloader: Callable[..., str] | None = None,
     columns: Columns = LABELLED,
     skip_empty: bool = False,
+    hub_config: str | None = None,
 ) -> LabeledTexts:
-    """Read the ``split`` ("train" or "test") of ``source``; see the module docstring for the sources.
+    """Read the ``split`` of ``source``; see the module docstring for the sources.
 
-    ``columns`` names the text and label columns of files and Hub shards (aclImdb folders and tarballs have
-    their own layout); ``skip_empty`` leaves out empty texts instead of refusing them, counted in the result.
+    ``split``: "train" or "test" for every source; a Hub-layout folder or id also has whatever splits its
+    shards name (``validation``, ``validation_matched``). ``columns`` names the text and label columns of files
+    and Hub shards (aclImdb folders and tarballs have their own layout); ``skip_empty`` leaves out empty texts
+    instead of refusing them, counted in the result. ``hub_config``: the folder of a multi-task Hub dataset
+    that holds the task's shards (``nyu-mll/glue``: ``sst2``); see :func:`hub_layout_dir`.
     """
-    _check_split(split)
+    if not split or "/" in split or "*" in split:
+        raise ValueError(f"not a split name: {split!r}")
     if columns.label is None:
         raise ValueError("load_split reads labelled texts; give Columns a label column")
     kind = source_kind(source)
@@ -153,8 +169,8 @@ def load_split(
     if kind == "file":
         return _load_file(path, split, columns, skip_empty)
     if kind == "folder":
-        return _load_dir(path, split, columns, skip_empty)
-    return _load_hub_id(str(source), split, downloader, columns, skip_empty)
+        return _load_dir(path, split, columns, skip_empty, hub_config)
+    return _load_hub_id(str(source), split, downloader, columns, skip_empty, hub_config)
 
 
 def source_kind(source: str | os.PathLike[str]) -> SourceKind:
@@ -195,7 +211,7 @@ def split_validation(data: LabeledTexts, size: int = 1000, seed: int = 0) -> tup
 
 
 def is_single_split_file(source: str | os.PathLike[str]) -> bool:
-    """True when ``source`` is one .csv/.jsonl/.json/.parquet file: one split, with no test split of its own."""
+    """True when ``source`` is one .csv/.tsv/.jsonl/.json/.parquet file: one split, with no test split of its own."""
     path = Path(source).expanduser()
     return path.is_file() and not path.name.lower().endswith(_TAR_SUFFIXES)
 
@@ -206,11 +222,13 @@ def shared_rows(data: LabeledTexts, reference: LabeledTexts) -> int:
     Exact matching only: near-duplicates (whitespace, case, HTML) are not found. IMDb: 123 of the 25,000
     ``test`` rows are texts that also occur in ``train``.
     """
-    seen = set(reference.texts)
-    return sum(text in seen for text in data.texts)
+    seen = {reference.row_texts(i) for i in range(len(reference))}
+    return sum(data.row_texts(i) in seen for i in range(len(data)))
 
 
-def dataset_checksums(source: str | os.PathLike[str]) -> dict[str, str]:
+def dataset_checksums(
+    source: str | os.PathLike[str], *, hub_config: str | None = None, splits: Sequence[str] = SPLITS
+) -> dict[str, str]:
     """SHA-256 (hex) of the data files ``load_split`` reads from a local ``source``, keyed by file name.
 
     Hub-layout folders give one entry per train/test shard, single files and tarballs one entry.
@@ -223,7 +241,7 @@ def dataset_checksums(source: str | os.PathLike[str]) -> dict[str, str]:
     if kind == "file":
         return {path.name: sha256_file(path)}
     if kind == "folder":
-        return _dir_checksums(path)
+        return _dir_checksums(path, hub_config, splits)
     return {}
 
 
@@ -249,20 +267,23 @@ def _check_split(split: str) -> None:
 def _load_file(path: Path, split: str, columns: Columns, skip_empty: bool) -> LabeledTexts:
     name = path.name.lower()
     if name.endswith(_TAR_SUFFIXES):
+        _check_split(split)
         return _load_tar(path, split, skip_empty)
     if not name.endswith(readable_suffixes(columns)):
         raise unsupported_file_type(path, [*readable_suffixes(columns), *_TAR_SUFFIXES])
     return _labelled(read_file(path, columns, skip_empty=skip_empty), str(path))
 
 
-def _load_dir(path: Path, split: str, columns: Columns, skip_empty: bool) -> LabeledTexts:
-    if hub_layout_dir(path) is not None:
-        return _load_hub_dir(path, split, columns, skip_empty)
+def _load_dir(path: Path, split: str, columns: Columns, skip_empty: bool, hub_config: str | None) -> LabeledTexts:
+    if hub_layout_dir(path, hub_config) is not None:
+        return _load_hub_dir(path, split, columns, skip_empty, hub_config)
     acl_root = _acl_root(path)
     if acl_root is not None:
+        _check_split(split)
         return _load_acl_dir(acl_root, split, skip_empty)
+    looked = ", ".join(f"{folder}/{split}-*.parquet" for folder in hub_folders(hub_config))
     raise DataError(
-        f"{path}: not a recognised data folder; looked for plain_text/{split}-*.parquet, "
+        f"{path}: not a recognised data folder; looked for {looked}, "
         f"{split}-*.parquet, aclImdb/{split}/pos|neg and {split}/pos|neg"
     )
 
@@ -271,23 +292,31 @@ def _load_dir(path: Path, split: str, columns: Columns, skip_empty: bool) -> Lab
 # Hub layout and Hub id
 
 
-def hub_layout_dir(path: Path) -> Path | None:
+def hub_folders(config: str | None = None) -> tuple[str, ...]:
+    """The folders of a Hub dataset that may hold a task's shards, first match wins: the task's own (a config of
+    a multi-task dataset, ``nyu-mll/glue``'s ``sst2``), then ``plain_text`` (``stanfordnlp/imdb``) and ``data``
+    (``stanfordnlp/sst2``, ``fancyzhx/ag_news``)."""
+    return tuple(dict.fromkeys((config or HUB_CONFIG_DIR, HUB_CONFIG_DIR, "data")))
+
+
+def hub_layout_dir(path: Path, config: str | None = None) -> Path | None:
     """The folder holding the parquet shards, or None when ``path`` is not in the Hub layout."""
-    nested = path / HUB_CONFIG_DIR
-    if nested.is_dir():
-        return nested
+    for folder in hub_folders(config):
+        nested = path / folder
+        if nested.is_dir():
+            return nested
     if any(path.glob("*.parquet")):
         return path
     return None
 
 
-def hub_split_shards(path: Path, split: str, *, missing_ok: bool = False) -> list[Path]:
+def hub_split_shards(path: Path, split: str, *, missing_ok: bool = False, config: str | None = None) -> list[Path]:
     """The parquet shards of ``split`` in the Hub-layout folder ``path``, in file-name order.
 
     ``split`` may be any split name (pretraining reads ``unsupervised``); none found is a :class:`DataError`
     unless ``missing_ok``.
     """
-    shard_dir = hub_layout_dir(path) or path
+    shard_dir = hub_layout_dir(path, config) or path
     pattern = f"{split}-*.parquet"
     shards = sorted(shard_dir.glob(pattern))
     if not shards and not missing_ok:
@@ -307,25 +336,37 @@ def download_hub_dataset(
         raise DataError(f"{repo_id}: not a local path, and {exc}") from exc
 
 
-def _load_hub_dir(path: Path, split: str, columns: Columns, skip_empty: bool) -> LabeledTexts:
-    shards = hub_split_shards(path, split)
+def _load_hub_dir(
+    path: Path, split: str, columns: Columns, skip_empty: bool, hub_config: str | None = None
+) -> LabeledTexts:
+    shards = hub_split_shards(path, split, config=hub_config)
     pattern = shards[0].parent / f"{split}-*.parquet"
     origin = str(shards[0]) if len(shards) == 1 else f"{pattern} ({len(shards)} shards)"
     return _labelled(read_files(shards, columns, source=origin, skip_empty=skip_empty), origin)
 
 
 def _load_hub_id(
-    repo_id: str, split: str, downloader: Callable[..., str] | None, columns: Columns, skip_empty: bool
+    repo_id: str,
+    split: str,
+    downloader: Callable[..., str] | None,
+    columns: Columns,
+    skip_empty: bool,
+    hub_config: str | None = None,
 ) -> LabeledTexts:
-    local = download_hub_dataset(repo_id, HUB_ALLOW_PATTERNS, what_instead=_LOCAL_ALTERNATIVES, downloader=downloader)
-    data = _load_hub_dir(local, split, columns, skip_empty)
+    patterns = HUB_ALLOW_PATTERNS
+    if hub_config is not None:
+        patterns = [f"{folder}/*.parquet" for folder in hub_folders(hub_config)]
+    local = download_hub_dataset(repo_id, patterns, what_instead=_LOCAL_ALTERNATIVES, downloader=downloader)
+    data = _load_hub_dir(local, split, columns, skip_empty, hub_config)
     data.origin = f"hf://datasets/{repo_id} ({data.origin})"
     return data
 
 
 def _labelled(rows: FileRows, origin: str) -> LabeledTexts:
     assert rows.labels is not None  # read with a label column
-    return LabeledTexts(rows.texts, rows.labels, origin, skipped_empty=rows.skipped)
+    return LabeledTexts(
+        rows.texts, rows.labels, origin, skipped_empty=rows.skipped, more=rows.more, unlabelled=rows.unlabelled
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -469,9 +510,10 @@ def _stratified_counts(class_sizes: Sequence[int], size: int) -> list[int]:
 # Checksums
 
 
-def _dir_checksums(path: Path) -> dict[str, str]:
-    if hub_layout_dir(path) is not None:
-        shards = sorted(f for split in SPLITS for f in hub_split_shards(path, split, missing_ok=True))
+def _dir_checksums(path: Path, hub_config: str | None, splits: Sequence[str]) -> dict[str, str]:
+    if hub_layout_dir(path, hub_config) is not None:
+        found = (hub_split_shards(path, split, missing_ok=True, config=hub_config) for split in splits)
+        shards = sorted(f for split_shards in found for f in split_shards)
         return {shard.name: sha256_file(shard) for shard in shards}
     acl_root = _acl_root(path)
     if acl_root is not None:

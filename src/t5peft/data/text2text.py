@@ -1,4 +1,5 @@
-"""IMDb sentiment as text-to-text: ``"Review: <text>"`` -> ``"positive"`` / ``"negative"``.
+"""A classification task as text-to-text: the task's template filled with a row's texts -> its class's label word
+(IMDb: ``"Review: <text>"`` -> ``"positive"`` / ``"negative"``; the task is declared in :mod:`.tasks`).
 
 Texts are tokenized once up front (the tokenizer is fast and a split is 25,000 reviews). Batches are padded
 to their longest member, or, for the compiled step, to fixed shapes (:class:`StaticShape`): sources to
@@ -16,33 +17,40 @@ import torch
 
 from ..tokenizer import TRUNCATION_SIDES, T5Tokenizer, pad_batch, truncate
 from .sources import DataError, LabeledTexts
+from .tasks import BUILTIN_TASKS, Task
 
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
+SCORINGS = ("first_token", "sequence")
+
+
 @dataclass
 class TaskFormat:
-    """How a labelled review becomes a (source, target) pair of token sequences."""
+    """How a labelled row becomes a (source, target) pair of token sequences: the task, and how long sources are
+    cut."""
 
-    prefix: str = "Review: "
-    label_words: tuple[str, str] = ("negative", "positive")  # index = label (0 = negative, 1 = positive)
+    task: Task = BUILTIN_TASKS["imdb"]
     max_source_length: int = 128
     truncation_side: str = "right"  # right keeps the head, left the tail, both head + tail
     strip_html: bool = False
 
     def __post_init__(self) -> None:
-        self.label_words = tuple(self.label_words)
-        if len(self.label_words) != 2 or len(set(self.label_words)) != 2 or not all(self.label_words):
-            raise DataError(f"label_words must be two different non-empty words, got {self.label_words!r}")
         if self.truncation_side not in TRUNCATION_SIDES:
             raise DataError(f"truncation_side must be one of {TRUNCATION_SIDES}, got {self.truncation_side!r}")
         if self.max_source_length < 2:
             raise DataError(f"max_source_length must be at least 2, got {self.max_source_length}")
 
-    def source_text(self, text: str) -> str:
+    @property
+    def label_words(self) -> tuple[str, ...]:
+        """The target word(s) of each class, index = class."""
+        return self.task.label_words
+
+    def source_text(self, *texts: str) -> str:
+        """The source of one row from its text columns, in the task's column order."""
         if self.strip_html:
-            text = _HTML_BREAK.sub(" ", text)
-        return self.prefix + text
+            texts = tuple(_HTML_BREAK.sub(" ", text) for text in texts)
+        return self.task.source(dict(zip(self.task.text_columns, texts, strict=True)))
 
 
 @dataclass
@@ -72,18 +80,29 @@ class EncodedSplit:
 
 
 def label_token_ids(tokenizer: T5Tokenizer, task: TaskFormat) -> list[list[int]]:
-    """Target ids of each class (word ids + ``</s>``); the first tokens must differ for one-step scoring."""
+    """Target ids of each class (word ids + ``</s>``); two classes whose words tokenize alike are an error."""
     targets = tokenizer.encode(list(task.label_words))
-    if targets[0][0] == targets[1][0]:
-        raise DataError(
-            f"label words {task.label_words!r} start with the same token ({targets[0][0]}); "
-            "one-step scoring needs different first tokens"
-        )
+    seen: dict[tuple[int, ...], str] = {}
+    for word, ids in zip(task.label_words, targets, strict=True):
+        other = seen.setdefault(tuple(ids), word)
+        if other != word:
+            raise DataError(
+                f"label words {other!r} and {word!r} of task {task.task.name!r} tokenize to the same ids {ids}: "
+                "the classes could not be told apart; choose other --label-words"
+            )
     return targets
 
 
+def scoring_of(targets: Sequence[Sequence[int]]) -> str:
+    """How classes are scored: ``first_token`` when every label word is one token and those differ (the argmax
+    over them at the first decoder step: IMDb's setup of record), else ``sequence``: the summed log-likelihood
+    of each class's whole target (word tokens + ``</s>``)."""
+    single = all(len(ids) == 2 for ids in targets) and len({ids[0] for ids in targets}) == len(targets)
+    return "first_token" if single else "sequence"
+
+
 def encode_split(data: LabeledTexts, tokenizer: T5Tokenizer, task: TaskFormat) -> EncodedSplit:
-    sources = [task.source_text(t) for t in data.texts]
+    sources = [task.source_text(*data.row_texts(i)) for i in range(len(data))]
     full = tokenizer.encode(sources)
     limit = task.max_source_length
     ids = [truncate(seq, limit, task.truncation_side) for seq in full]

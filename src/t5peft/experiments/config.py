@@ -18,6 +18,13 @@ options = { r = 8, lora_alpha = 16 }
 ```
 An unknown key, section or method is an error that names the file and the key.
 
+Tasks. A ``[task]`` table declares the one task of the comparison (keys: ``name``, the built-in task, and
+``text_column``, ``label_column``, ``label_words``, ``template``, ``prefix``: the same as the train options).
+Several tasks: ``tasks = ["imdb", "sst2", "rte"]`` in ``[experiment]``, and/or a ``[tasks.<name>]`` table per
+task with the task keys and any ``[train]`` setting (``data``, ``test_data``, sizes); ``name`` defaults to
+``<name>`` (a built-in task). Every (task, method, lr, seed) is a run, in ``runs/<task>-<method>-seed<seed>``;
+learning rates are chosen on each task's validation split.
+
 Paths. In the path settings (model, data, test_data, tokenizer), a relative path is taken from the folder of
 the experiment file, never from the current directory, so a copied file keeps working from anywhere. A value
 that is not an existing path but has the form of a Hugging Face Hub id (``google-t5/t5-small``,
@@ -41,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.tasks import TaskError, builtin_task
 from ..errors import T5PeftError
 from ..hub import looks_like_hub_id
 from ..methods import get_declaration
@@ -53,10 +61,32 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PER_RUN = ("output", "method", "method_options", "seed", "resume", "progress", "tensorboard", "push_to_hub")
+# the keys of a [task] / [tasks.<name>] table, and the TrainConfig setting each sets
+TASK_KEYS = {
+    "name": "task",
+    "text_column": "text_column",
+    "label_column": "label_column",
+    "label_words": "label_words",
+    "template": "template",
+    "prefix": "prefix",
+}
 PATH_SETTINGS = ("model", "data", "test_data", "tokenizer")
 SHARED = "${T5PEFT_SHARED}"
 # a name ending like a file is a missing file, never a Hub id
-FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".tar", ".gz", ".tgz", ".txt", ".bin", ".safetensors", ".model")
+FILE_SUFFIXES = (
+    ".json",
+    ".jsonl",
+    ".csv",
+    ".tsv",
+    ".parquet",
+    ".tar",
+    ".gz",
+    ".tgz",
+    ".txt",
+    ".bin",
+    ".safetensors",
+    ".model",
+)
 
 
 class ExperimentError(T5PeftError, ValueError):
@@ -156,20 +186,32 @@ class MethodPlan:
         return list(self.lr) if isinstance(self.lr, list) else [self.lr]
 
 
+@dataclass
+class TaskPlan:
+    """One task of a comparison over several: its name (folder names, tables) and the settings it sets."""
+
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings: task, data, text_column, ...
+
+
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of the plan: a method, a learning rate (None: the method's or [train]'s), a seed."""
+    """One run of the plan: a method, a learning rate (None: the method's or [train]'s), a seed, and the task of
+    a comparison over several tasks (None: the one task [train] / [task] declares)."""
 
     method: MethodPlan
     lr: float | None
     seed: int
+    task: TaskPlan | None = None
 
     @property
     def name(self) -> str:
-        """The run's folder name: ``lora-seed0``, or ``lora-lr0.001-seed0`` in a sweep."""
+        """The run's folder name: ``lora-seed0``, ``lora-lr0.001-seed0`` in a sweep, ``sst2-lora-seed0`` in a
+        comparison over several tasks."""
         stem = self.method.name.replace("+", "_").replace("@", "_")
         lr = f"-lr{format_lr(self.lr)}" if self.method.is_sweep and self.lr is not None else ""
-        return f"{stem}{lr}-seed{self.seed}"
+        task = f"{self.task.name}-" if self.task is not None else ""
+        return f"{task}{stem}{lr}-seed{self.seed}"
 
 
 @dataclass
@@ -182,6 +224,7 @@ class Experiment:
     source: str = ""
     shared: str | None = None  # the folder ${T5PEFT_SHARED} stood for, when the file used it
     tensorboard: bool | str = False  # true: events in <output>/tensorboard/<run>; a folder (absolute): there
+    tasks: list[TaskPlan] = field(default_factory=list)  # empty: the one task of [train] / [task]
 
     def tensorboard_root(self, output: Path) -> Path | None:
         """Where the runs' TensorBoard folders go (one per run), or None for none."""
@@ -189,9 +232,11 @@ class Experiment:
             return None
         return output / "tensorboard" if self.tensorboard is True else Path(self.tensorboard)
 
-    def run_config(self, plan: MethodPlan, seed: int, output: Path, lr: float | None = None) -> TrainConfig:
+    def run_config(
+        self, plan: MethodPlan, seed: int, output: Path, lr: float | None = None, task: TaskPlan | None = None
+    ) -> TrainConfig:
         """The settings of one run; ``lr`` picks one value of a sweep (default: the plan's only value)."""
-        values = {**self.train, **plan.overrides}
+        values = {**self.train, **(task.settings if task is not None else {}), **plan.overrides}
         values.update(method=plan.method, method_options=dict(plan.options), seed=seed, output=str(output))
         chosen = lr if lr is not None else plan.learning_rates[0]
         if chosen is not None:
@@ -199,7 +244,10 @@ class Experiment:
         return TrainConfig(**values)
 
     def runs(self) -> list[PlannedRun]:
-        return [PlannedRun(m, lr, s) for m in self.methods for lr in m.learning_rates for s in self.seeds]
+        tasks: list[TaskPlan | None] = list(self.tasks) or [None]
+        return [
+            PlannedRun(m, lr, s, t) for t in tasks for m in self.methods for lr in m.learning_rates for s in self.seeds
+        ]
 
     def describe(self) -> dict[str, Any]:
         """What the plan asks, as experiment.json and the results file record it."""
@@ -214,6 +262,7 @@ class Experiment:
                 for m in self.methods
             ],
             "train": self.train,
+            "tasks": [{"name": t.name, "settings": t.settings} for t in self.tasks],
         }
 
 
@@ -266,14 +315,19 @@ def _resolve_paths(values: dict[str, Any], folder: Path | None, where: str) -> d
 
 def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = None) -> Experiment:
     """An experiment from parsed TOML; ``folder`` is where relative paths are taken from (the file's folder)."""
-    _check_keys(values, {"experiment", "train", "methods"}, source)
+    _check_keys(values, {"experiment", "train", "methods", "task", "tasks"}, source)
     head = values.get("experiment", {})
-    _check_keys(head, {"name", "description", "methods", "seeds", "tensorboard"}, f"{source} [experiment]")
+    _check_keys(head, {"name", "description", "methods", "seeds", "tensorboard", "tasks"}, f"{source} [experiment]")
     tensorboard = _check_tensorboard(head.get("tensorboard", False), folder, f"{source} [experiment] tensorboard")
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - set(PER_RUN)
     train = values.get("train", {})
     _check_keys(train, train_keys, f"{source} [train]")
     train = _resolve_paths(train, folder, f"{source} [train]")
+    if "task" in values:
+        if "tasks" in values or "tasks" in head:
+            raise ExperimentError(f"{source}: give one [task] table or several tasks (tasks = [...]), not both")
+        train = {**train, **_task_settings(values["task"], set(), f"{source} [task]", folder)}
+    tasks = _parse_tasks(head.get("tasks"), values.get("tasks", {}), train_keys, source, folder)
     names = head.get("methods")
     if not names or not isinstance(names, list):
         raise ExperimentError(f"{source} [experiment]: methods must be a non-empty list")
@@ -331,14 +385,55 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
         source,
         str(shared) if shared else None,
         tensorboard,
+        tasks=tasks,
     )
-    for plan in plans:  # every run's settings must be valid before anything starts
-        for lr in plan.learning_rates:
-            try:
-                experiment.run_config(plan, seeds[0], Path("check"), lr)
-            except (ValueError, TypeError) as err:
-                raise ExperimentError(f"{source} [methods.{plan.name}]: {err}") from None
+    for task in tasks or [None]:  # every run's settings must be valid before anything starts
+        for plan in plans:
+            for lr in plan.learning_rates:
+                try:
+                    experiment.run_config(plan, seeds[0], Path("check"), lr, task)
+                except (ValueError, TypeError) as err:
+                    where = f"[tasks.{task.name}] " if task is not None else ""
+                    raise ExperimentError(f"{source} {where}[methods.{plan.name}]: {err}") from None
     return experiment
+
+
+def _task_settings(table: Any, train_keys: set[str], where: str, folder: Path | None) -> dict[str, Any]:
+    """The TrainConfig settings of a [task] / [tasks.<name>] table (task keys, and ``train_keys`` as they are)."""
+    if not isinstance(table, dict):
+        raise ExperimentError(f"{where}: must be a table of task keys ({', '.join(TASK_KEYS)})")
+    _check_keys(table, set(TASK_KEYS) | train_keys, where)
+    settings = {TASK_KEYS.get(key, key): value for key, value in table.items()}
+    if "task" in settings:
+        try:
+            builtin_task(str(settings["task"]), f"{where} name")
+        except TaskError as err:
+            raise ExperimentError(str(err)) from None
+    if isinstance(settings.get("label_words"), str):
+        settings["label_words"] = [word.strip() for word in settings["label_words"].split(",")]
+    return _resolve_paths(settings, folder, where)
+
+
+def _parse_tasks(names: Any, tables: Any, train_keys: set[str], source: str, folder: Path | None) -> list[TaskPlan]:
+    """The tasks of a comparison over several: ``tasks = [...]`` and ``[tasks.<name>]`` tables, in that order."""
+    if names is None and not tables:
+        return []
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)):
+        raise ExperimentError(f"{source} [experiment] tasks: must be a list of task names")
+    if not isinstance(tables, dict):
+        raise ExperimentError(f"{source}: tasks must be [tasks.<name>] tables")
+    order = list(dict.fromkeys([*(names or []), *tables]))
+    if len(order) != len(names or []) + len([t for t in tables if t not in (names or [])]):
+        raise ExperimentError(f"{source} [experiment] tasks: {names} lists a task twice")
+    plans = []
+    for name in order:
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ExperimentError(f"{source} tasks: {name!r} must be letters, digits, - and _ (it names folders)")
+        table = dict(tables.get(name, {}))
+        table.setdefault("name", name)
+        settings = _task_settings(table, train_keys, f"{source} [tasks.{name}]", folder)
+        plans.append(TaskPlan(name, settings))
+    return plans
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -151,6 +151,8 @@ def print_summary(output: Path, say: Say, tensorboard: Path | None = None) -> li
     say("outputs:")
     for name, text in OUTPUTS:
         say(f"  {output / name}: {text}")
+    for extra in sorted(output.glob("t5_peft_*-*.png")):  # the figures of the further tasks of a comparison
+        say(f"  {extra}: a figure of task {extra.stem.split('-', 1)[1]}")
     say(f"  {output / RUNS}/: one folder per run, with its run.log")
     if tensorboard is not None:
         say(f"  {shown(tensorboard)}/: TensorBoard events, one run per run (tensorboard --logdir {shown(tensorboard)})")

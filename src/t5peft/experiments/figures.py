@@ -233,10 +233,16 @@ def build_figure(results: dict[str, Any]):
     return fig
 
 
+def _task_title(results: dict[str, Any]) -> str:
+    tasks = list(results.get("tasks") or {"imdb": None})
+    return ", ".join("IMDb" if task == "imdb" else task for task in tasks)
+
+
 def _title(figure: str, results: dict[str, Any]) -> str:
     env = results.get("environment") or {}
     return (
-        f"{figure} — T5 PEFT on IMDb — {results['experiment'].get('name', '')} — weights: {results['weights']} — "
+        f"{figure} — T5 PEFT on {_task_title(results)} — {results['experiment'].get('name', '')} — "
+        f"weights: {results['weights']} — "
         f"{env.get('device_name', '')} — {(env.get('date') or '')[:10]}"
     )
 

@@ -21,3 +21,11 @@ COMPILE_CACHE = "compile-cache"  # torch's FX-graph and AOT-autograd caches, sha
 def run_dir(output: Path, method: str, seed: int) -> Path:
     """The folder of a (method, seed) run without a learning-rate sweep."""
     return Path(output) / RUNS / f"{method.replace('+', '_')}-seed{seed}"
+
+
+def task_figure_files(task: str, first: bool) -> tuple[str, str]:
+    """The two figures of one task of a comparison: the usual names for the first (or only) task, the names with
+    ``-<task>`` for each further one."""
+    if first:
+        return FIGURE_FILE, MEMORY_FIGURE_FILE
+    return tuple(name.replace(".png", f"-{task}.png") for name in (FIGURE_FILE, MEMORY_FIGURE_FILE))  # type: ignore[return-value]

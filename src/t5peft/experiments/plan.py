@@ -83,7 +83,7 @@ def build_requests(
     requests = []
     for run in experiment.runs():
         folder = RunFolder(output.resolve() / RUNS / run.name)
-        cfg = experiment.run_config(run.method, run.seed, folder.root, run.lr)
+        cfg = experiment.run_config(run.method, run.seed, folder.root, run.lr, run.task)
         cfg.device = resolve_device_setting(device or cfg.device)
         cfg.compile = resolve_compile_setting(compile or cfg.compile, cfg.device)
         cfg.progress = progress

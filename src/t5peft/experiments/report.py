@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .figures import render_figure, render_memory_figure
-from .layout import FIGURE_FILE, MEMORY_FIGURE_FILE, RESULTS_FILE, TABLE_FILE
+from .layout import FIGURE_FILE, MEMORY_FIGURE_FILE, RESULTS_FILE, TABLE_FILE, task_figure_files
 from .results import collect_results, read_results
-from .table import markdown_table
+from .table import markdown_table, task_view
 
 
 def render_report(results_path: str | Path, output: str | Path | None = None, *, html: bool = False) -> list[Path]:
@@ -26,11 +26,20 @@ def render_report(results_path: str | Path, output: str | Path | None = None, *,
     folder.mkdir(parents=True, exist_ok=True)
     table = folder / TABLE_FILE
     table.write_text(markdown_table(results), encoding="utf-8")
-    written = [
-        render_figure(results, folder / FIGURE_FILE),
-        render_memory_figure(results, folder / MEMORY_FIGURE_FILE),
-        table,
-    ]
+    tasks = list(results.get("tasks") or {})
+    if len(tasks) <= 1:
+        written = [
+            render_figure(results, folder / FIGURE_FILE),
+            render_memory_figure(results, folder / MEMORY_FIGURE_FILE),
+            table,
+        ]
+    else:
+        written = []
+        for index, task in enumerate(tasks):  # each task's figures, titled with the task
+            figure, memory = task_figure_files(task, index == 0)
+            view = task_view(results, task)
+            written += [render_figure(view, folder / figure), render_memory_figure(view, folder / memory)]
+        written.append(table)
     if html:
         from .html import HTML_FILE, write_html
 

@@ -5,7 +5,12 @@ record) into one record per run, chooses the learning rate of each swept method,
 over its seeds. The schema is ``results.schema.json`` beside this module (documented in the README);
 :func:`read_results` reads a file back for the report, refusing another schema version.
 
-Learning-rate sweeps: per method, the learning rate with the best mean validation accuracy over seeds is
+Tasks (schema 3): every run records its task; sweeps and the summary are made per task (``tasks``: one entry per
+task, in plan order), and ``mean_over_tasks`` averages each method's mean test accuracy and metric of record over
+the tasks, as GLUE reports. ``summary`` and ``sweeps`` at the top are the first task's (the only one in a
+comparison of one task, as in schema 2). A schema 2 file (IMDb only, before tasks) is read as one task, imdb.
+
+Learning-rate sweeps: per task and method, the learning rate with the best mean validation accuracy over seeds is
 chosen (ties: the lower mean validation loss, then the smaller rate); the test split is never used to
 choose. The summary, the table and the figures show the chosen rate's runs; the JSON keeps every run and
 every value's statistics (``sweeps``).
@@ -25,7 +30,9 @@ from .config import row_name
 from .layout import RESULTS_FILE
 from .share import method_share, read_stretches, run_share
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: before tasks (every run IMDb), read as one task
+OLD_TASK = "imdb"  # the task of every run in a schema 2 file
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 
 # Counted memory: t5peft keeps every parameter in float32 (bf16 is autocast only) and trains with AdamW, unless the
@@ -57,6 +64,7 @@ def run_record(run_folder: Path, root: Path | None = None) -> dict[str, Any]:
         folder = folder.resolve().relative_to(Path(root).resolve())
     config = r["config"]
     return {
+        "task": r.get("task", OLD_TASK),
         # the row: the method, and its base storage when that is not float32 ("lora@nf4")
         "method": row_name(r["method"], config.get("base_dtype", "fp32"), config.get("quantize", "none")),
         "seed": r["seed"],
@@ -70,6 +78,8 @@ def run_record(run_folder: Path, root: Path | None = None) -> dict[str, Any]:
         "test_n": r["test"]["n"],
         "test_confusion": r["test"]["confusion"],
         "test_per_class": r["test"]["per_class"],
+        "test_macro_f1": r["test"].get("macro_f1"),
+        "test_metric": r["test"].get("metric") or {"name": "accuracy", "value": r["test"]["accuracy"]},
         "validation_accuracy": r["validation"]["accuracy"],
         "validation_loss": r["validation"]["loss"],
         "curve": _curve(run_folder),
@@ -191,6 +201,7 @@ def summarize(runs: list[dict[str, Any]], sweeps: dict[str, dict[str, Any]] | No
             "learning_rate_chosen_on_validation": method in sweeps,
             "seeds": [r["seed"] for r in mine],
             "test_accuracy": _mean_std([r["test_accuracy"] for r in mine]),
+            "test_metric": {"name": _metric_name(mine), **_mean_std([_metric_value(r) for r in mine])},
             "validation_accuracy": _mean_std([r["validation_accuracy"] for r in mine]),
             "trainable_parameters": trainable,
             "trainable_percent": mine[0]["parameters"]["trainable_percent"],
@@ -209,13 +220,57 @@ def summarize(runs: list[dict[str, Any]], sweeps: dict[str, dict[str, Any]] | No
     return summary
 
 
+def _metric_value(run: dict[str, Any]) -> float:
+    return run.get("test_metric", {}).get("value", run["test_accuracy"])
+
+
+def _metric_name(runs: list[dict[str, Any]]) -> str:
+    names = {r.get("test_metric", {}).get("name", "accuracy") for r in runs}
+    return names.pop() if len(names) == 1 else "mixed"
+
+
+def _named_task(run: dict[str, Any], folder_name: str, experiment: dict[str, Any]) -> dict[str, Any]:
+    """In a comparison over several tasks, a run's task is the plan's name for it (``[tasks.reviews]`` may be the
+    built-in imdb task on other data), read from its folder name ``<task>-<method>-...``; the built-in task it ran
+    is kept as ``builtin_task``."""
+    names = sorted((t["name"] for t in experiment.get("tasks") or []), key=len, reverse=True)
+    for name in names:
+        if folder_name.startswith(f"{name}-"):
+            return {**run, "task": name, "builtin_task": run["task"]}
+    return run
+
+
+def by_task(runs: list[dict[str, Any]], experiment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per task (in the order the runs came): its sweeps, chosen on its own validation split, and its summary."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for task in dict.fromkeys(r.get("task", OLD_TASK) for r in runs):
+        mine = [r for r in runs if r.get("task", OLD_TASK) == task]
+        sweeps = choose_learning_rates(mine, experiment)
+        tasks[task] = {"sweeps": sweeps, "summary": summarize(mine, sweeps)}
+    return tasks
+
+
+def mean_over_tasks(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method run on every task: the mean over tasks of its mean test accuracy and metric of record."""
+    methods = [m for m in next(iter(tasks.values()))["summary"] if all(m in t["summary"] for t in tasks.values())]
+    return {
+        method: {
+            "tasks": list(tasks),
+            "test_accuracy": statistics.fmean(t["summary"][method]["test_accuracy"]["mean"] for t in tasks.values()),
+            "test_metric": statistics.fmean(t["summary"][method]["test_metric"]["mean"] for t in tasks.values()),
+        }
+        for method in methods
+    }
+
+
 def collect_results(
     experiment: dict[str, Any], run_folders: list[Path], missing: list[str] | None = None, root: Path | None = None
 ) -> dict[str, Any]:
-    """The results file: the plan, every finished run, learning-rate sweeps, the per-method summary."""
-    runs = [run_record(folder, root) for folder in run_folders]
+    """The results file: the plan, every finished run, learning-rate sweeps and the summary per task."""
+    runs = [_named_task(run_record(folder, root), Path(folder).name, experiment) for folder in run_folders]
     weights = sorted({r["weights"] for r in runs})
-    sweeps = choose_learning_rates(runs, experiment)
+    tasks = by_task(runs, experiment)
+    first = next(iter(tasks.values()), {"sweeps": {}, "summary": {}})
     return {
         "schema_version": SCHEMA_VERSION,
         "experiment": experiment,
@@ -223,9 +278,24 @@ def collect_results(
         "environment": runs[0]["environment"] if runs else None,
         "runs": runs,
         "not_finished": list(missing or []),
-        "sweeps": sweeps,
-        "summary": summarize(runs, sweeps),
+        "sweeps": first["sweeps"],
+        "summary": first["summary"],
+        "tasks": tasks,
+        "mean_over_tasks": mean_over_tasks(tasks) if len(tasks) > 1 else {},
     }
+
+
+def upgrade(results: dict[str, Any]) -> dict[str, Any]:
+    """A schema 2 file as schema 3 reads it: every run IMDb, one task."""
+    runs = [{"task": OLD_TASK, **run} for run in results["runs"]]
+    for run in runs:
+        run.setdefault("test_metric", {"name": "accuracy", "value": run["test_accuracy"]})
+    summary = {
+        method: {**s, "test_metric": s.get("test_metric", {"name": "accuracy", **s["test_accuracy"]})}
+        for method, s in results["summary"].items()
+    }
+    tasks = {OLD_TASK: {"sweeps": results.get("sweeps", {}), "summary": summary}}
+    return {**results, "runs": runs, "summary": summary, "tasks": tasks, "mean_over_tasks": {}}
 
 
 def read_results(results_path: str | Path) -> dict[str, Any]:
@@ -247,11 +317,12 @@ def read_results(results_path: str | Path) -> dict[str, Any]:
             f"report renders the {RESULTS_FILE} of a `t5peft compare`"
         )
     version = results.get("schema_version") if isinstance(results, dict) else None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
         raise ReportError(
-            f"{results_path}: schema_version {version!r}, this t5peft reads {SCHEMA_VERSION}; run `t5peft compare` "
+            f"{results_path}: schema_version {version!r}, this t5peft reads {readable}; run `t5peft compare` "
             "into the same folder again to rewrite it (finished runs are reused)"
         )
     if not results["runs"]:
         raise ReportError(f"{results_path}: no finished runs to report")
-    return results
+    return upgrade(results) if version == 2 else results

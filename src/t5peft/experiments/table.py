@@ -1,10 +1,11 @@
-"""The comparison's table, ``results.md``, from a results file alone (one row per method, the sweeps below)."""
+"""The comparison's table, ``results.md``, from a results file alone (one row per method, the sweeps below; over
+several tasks, one block per task and the mean over tasks)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .layout import FIGURE_FILE, MEMORY_FIGURE_FILE
+from .layout import FIGURE_FILE, MEMORY_FIGURE_FILE, task_figure_files
 from .results import BYTES_PER_ADAMW_STATE, BYTES_PER_GRADIENT, BYTES_PER_WEIGHT, CHOSEN_ON
 from .share import describe_share, shared
 
@@ -32,13 +33,52 @@ def _lr_cell(s: dict[str, Any]) -> str:
     return f"{s['learning_rate']:g}{'*' if s['learning_rate_chosen_on_validation'] else ''}"
 
 
+def task_view(results: dict[str, Any], task: str) -> dict[str, Any]:
+    """The results of one task of a comparison over several, laid out as a comparison of that task alone."""
+    entry = results["tasks"][task]
+    runs = [r for r in results["runs"] if r.get("task") == task]
+    return {**results, "runs": runs, "summary": entry["summary"], "sweeps": entry["sweeps"], "tasks": {task: entry}}
+
+
 def markdown_table(results: dict[str, Any]) -> str:
+    tasks = list(results.get("tasks") or {})
+    if len(tasks) <= 1:
+        return _one_task_table(results)
+    blocks = [f"# T5 PEFT comparison: {results['experiment'].get('name', '')}\n"]
+    for index, task in enumerate(tasks):
+        figures = task_figure_files(task, index == 0)
+        blocks.append(_one_task_table(task_view(results, task), heading=f"## Task {task}", figures=figures))
+    return "\n".join([*blocks, *_mean_lines(results, tasks)]) + "\n"
+
+
+def _mean_lines(results: dict[str, Any], tasks: list[str]) -> list[str]:
+    """The mean over tasks of each method's mean test accuracy and metric of record, as GLUE reports."""
+    metrics = {task: next(iter(results["tasks"][task]["summary"].values()))["test_metric"]["name"] for task in tasks}
+    lines = [
+        "## Mean over tasks",
+        "",
+        "Per task: the mean test accuracy over seeds, and the task's metric of record where it is not accuracy. "
+        "Mean: the mean over tasks of each task's metric of record (accuracy unless the task names another).",
+        "",
+        "| Method | " + " | ".join(f"{t} ({metrics[t]}, %)" for t in tasks) + " | Mean (%) |",
+        "|---|" + "---|" * (len(tasks) + 1),
+    ]
+    for method, mean in results.get("mean_over_tasks", {}).items():
+        cells = [f"{results['tasks'][t]['summary'][method]['test_metric']['mean'] * 100:.2f}" for t in tasks]
+        lines.append(f"| {method} | {' | '.join(cells)} | {mean['test_metric'] * 100:.2f} |")
+    return lines
+
+
+def _one_task_table(
+    results: dict[str, Any], heading: str | None = None, figures: tuple[str, str] = (FIGURE_FILE, MEMORY_FIGURE_FILE)
+) -> str:
     env = results.get("environment") or {}
     runs, sweeps = results["runs"], results.get("sweeps", {})
     test_n = sorted({r["test_n"] for r in runs})
     measured = "peak CUDA allocated memory on GPU, peak process resident memory (RSS) on CPU"
+    title = f"# T5 PEFT comparison: {results['experiment'].get('name', '')}"
     lines = [
-        f"# T5 PEFT comparison: {results['experiment'].get('name', '')}",
+        heading or title,
         "",
         f"Weights: **{results['weights']}**. Machine: {env.get('device_name', '?')}. Date: {env.get('date', '?')}. "
         f"Commit: {env.get('git_commit', '?')}. Test reviews per run: {', '.join(map(str, test_n))}.",
@@ -50,8 +90,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         )
         + f"Training state: counted, {BYTES_PER_WEIGHT + BYTES_PER_GRADIENT + BYTES_PER_ADAMW_STATE} bytes per "
         f"trainable parameter (fp32 weight, gradient, AdamW moments). Peak memory: measured, {measured}.",
-        f"Figure 1 (`{FIGURE_FILE}`): loss, validation accuracy, accuracy vs parameters, time and memory. "
-        f"Figure 2 (`{MEMORY_FIGURE_FILE}`): memory per method.",
+        f"Figure 1 (`{figures[0]}`): loss, validation accuracy, accuracy vs parameters, time and memory. "
+        f"Figure 2 (`{figures[1]}`): memory per method.",
         "",
         "| Method | LR | Test acc. (%) | Val. acc. (%) | Trainable params | % of base | Fewer than full "
         "| Training state | Peak memory | Train time (s) | Examples/s | Adapter file | Seeds |",

@@ -72,10 +72,19 @@ class PreparedData:
     info: dict[str, Any]
 
 
+def data_checksums(cfg: TrainConfig) -> dict[str, str]:
+    """SHA-256 of the local files the run reads (the task's splits of its data, and its test data)."""
+    assert cfg.data is not None  # settled by TrainConfig
+    task = cfg.resolved_task()
+    splits = ("train", "test") if task.test_split == "test" else ("train", task.test_split)
+    test = dataset_checksums(cfg.test_data) if cfg.test_data else {}
+    return {**dataset_checksums(cfg.data, hub_config=task.hub_config, splits=splits), **test}
+
+
 def check_classes(texts: RunTexts, cfg: TrainConfig) -> list[str]:
     """Every set holds reviews of every class, or (``allow_missing_classes``) a loud warning per set that does not,
     returned for ``results.json``."""
-    missing = texts.missing_classes(cfg.label_words)
+    missing = texts.missing_classes(cfg.resolved_task().classes)
     if missing and not cfg.allow_missing_classes:
         raise TrainError(
             f"{missing[0]}: its accuracy would say nothing; check the data's labels, or pass --allow-missing-classes"
@@ -98,10 +107,13 @@ def prepare_data(cfg: TrainConfig, tokenizer, task: TaskFormat) -> PreparedData:
         "test_from": texts.test_from,
         "test_held_out": rows.holds_out_test,
         "overlap": texts.overlap(),
-        "class_balance": texts.class_counts(cfg.label_words),
+        "class_balance": texts.class_counts(task.task.classes),
         "missing_classes": missing_classes,
         "skipped_empty": texts.skipped_empty() if cfg.skip_empty else None,
-        "checksums": {**dataset_checksums(cfg.data), **(dataset_checksums(cfg.test_data) if cfg.test_data else {})},
+        "checksums": data_checksums(cfg),
+        "task": task.task.describe(),
+        "test_split": rows.test_split_name if not rows.holds_out_test else None,
+        "unlabelled_rows": {name: d.unlabelled.as_dict() for name, d in parts.items() if d.unlabelled.count},
     }
     return PreparedData(encoded["train"], encoded["validation"], encoded["test"], info)
 
@@ -176,7 +188,7 @@ class Run(RunSkeleton):
         self.eval_batch_size = cfg.eval_batch_size or (512 if self.compiled else 64)
         self.tokenizer = load_run_tokenizer(cfg.tokenizer, cfg.model)
         self.task = cfg.task_format()
-        self.first_tokens = [ids[0] for ids in label_token_ids(self.tokenizer, self.task)]
+        self.targets = label_token_ids(self.tokenizer, self.task)
         self._setup_model()  # before the data: a wrong model or option fails in seconds, not after tokenizing
         self._setup_data()
         self._place_model()
@@ -212,7 +224,7 @@ class Run(RunSkeleton):
         self.runtime.place(self.model)
         self.base_storage = store_base(self.model, self.cfg.base_dtype, self.cfg.quantize, self.device, TrainError)
         self.forward = self.runtime.wrap(self.model)  # DDP / FSDP on many ranks; the model itself in one process
-        self.scorer = Scorer(self.model, self.first_tokens, self.bf16, self.compiled)
+        self.scorer = Scorer(self.model, self.targets, self.bf16, self.compiled)
 
     def _setup_optimizer(self) -> None:
         cfg = self.cfg
@@ -327,9 +339,10 @@ class Run(RunSkeleton):
             split,
             self.tokenizer.pad_token_id,
             self.eval_batch_size,
-            self.task.label_words,
+            self.task.task.classes,
             self.bf16,
             scorer=self.scorer,
+            metric=self.task.task.metric,
             max_source_length=self.cfg.max_source_length,
             progress=progress and self.dist.is_writer,
             desc=desc,
@@ -376,6 +389,7 @@ class Run(RunSkeleton):
         """The results (every rank computes them: the memory of every rank is gathered; the writer has the file)."""
         pos = self.position
         return {
+            "task": self.task.task.name,
             "method": self.cfg.method,
             "method_options": self.method.config.to_dict(),
             "learning_rate": self.cfg.learning_rate,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..data.files import EmptyTextError
+from ..data.files import Columns, EmptyTextError
 from ..data.sources import DataError, LabeledTexts, is_single_split_file, load_split, shared_rows, split_validation
+from ..data.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,22 @@ class RunTexts:
         return {"train": self.train.skipped_empty.as_dict(), "test": self.test.skipped_empty.as_dict()}
 
 
+def task_columns(task: Task) -> Columns:
+    """The columns a task's files are read with: its text and label columns, its classes (and their aliases);
+    rows labelled -1 are unlabelled (GLUE's test splits), left out and counted."""
+    return Columns(
+        text=task.text_columns[0],
+        label=task.label_column,
+        classes=task.classes,
+        more_texts=task.text_columns[1:],
+        aliases=task.aliases,
+        unlabelled_rows=True,
+    )
+
+
 @dataclass(frozen=True)
 class RowSelection:
+    task: Task
     data: str
     test_data: str | None
     seed: int
@@ -99,19 +114,42 @@ class RowSelection:
         """A single data file and no ``test_data``: the run's test set is held out from that file."""
         return self.test_data is None and is_single_split_file(self.data)
 
+    def load(self, source: str, split: str) -> LabeledTexts:
+        """One split of a source, read with the task's columns (and, in a multi-task Hub dataset, its folder)."""
+        try:
+            return load_split(
+                source,
+                split,
+                columns=task_columns(self.task),
+                hub_config=self.task.hub_config,
+                skip_empty=self.skip_empty,
+            )
+        except EmptyTextError as err:
+            hint = "--skip-empty (skip_empty = true in an experiment file) leaves such rows out, counted"
+            raise EmptyTextError(f"{err}; {hint}") from None
+
+    @property
+    def test_split_name(self) -> str:
+        """The split the test set is read from: ``test``, or the task's (``validation`` where test labels are
+        hidden) when the test source is the task's own data."""
+        return "test" if self.test_data is not None else self.task.test_split
+
     def texts(self) -> RunTexts:
         """Train, validation and test reviews (seeded, stratified subsets)."""
         if self.holds_out_test:
-            pool, test = self._hold_out_test(self._load(self.data, "train"))
+            pool, test = self._hold_out_test(self.load(self.data, "train"))
             test_from = (
                 f"held out from {self.data}, a single file: {len(test):,} of its {len(pool) + len(test):,} rows "
                 f"(stratified, seed {self.test_seed}), disjoint from the training and validation rows "
                 "(--test-data tests on another file)"
             )
         else:
-            pool, whole = self._load(self.data, "train"), self.test_split()
+            pool, whole = self.load(self.data, "train"), self.test_split()
             test = sample(whole, self.test_size, self.test_seed, "test_size")
-            test_from = f"the test split of {self.test_data or self.data}"
+            test_from = f"the {self.test_split_name} split of {self.test_data or self.data}"
+            if self.test_split_name != "test":
+                hidden = f"the test labels of {self.task.name} are hidden"
+                test_from += f" ({hidden}; its {self.test_split_name} split is the test set)"
             if len(test) < len(whole):
                 chosen = f"a stratified sample (seed {self.test_seed}) of {len(test):,} of the {len(whole):,} reviews"
                 test_from = f"{chosen} of {test_from}"
@@ -122,21 +160,14 @@ class RowSelection:
     def test_set(self) -> LabeledTexts:
         """The test set of the run, exactly as its training scored it: same source, size, seed (or hold-out)."""
         if self.holds_out_test:
-            return self._hold_out_test(self._load(self.data, "train"))[1]
+            return self._hold_out_test(self.load(self.data, "train"))[1]
         return sample(self.test_split(), self.test_size, self.test_seed, "test_size")
 
     def test_split(self) -> LabeledTexts:
         """All the test rows the run could have drawn from: the test split of its test source, or its hold-out."""
         if self.holds_out_test:
             return self.test_set()
-        return self._load(self.test_data or self.data, "test")
-
-    def _load(self, source: str, split: str) -> LabeledTexts:
-        try:
-            return load_split(source, split, skip_empty=self.skip_empty)
-        except EmptyTextError as err:
-            hint = "--skip-empty (skip_empty = true in an experiment file) leaves such rows out, counted"
-            raise EmptyTextError(f"{err}; {hint}") from None
+        return self.load(self.test_data or self.data, self.test_split_name)
 
     def _hold_out_test(self, whole: LabeledTexts) -> tuple[LabeledTexts, LabeledTexts]:
         """``(rest, test)``: a seeded, stratified test set taken out of a single data file, disjoint from the rest."""

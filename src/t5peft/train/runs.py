@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import torch
 
-from ..data.sources import DataError, LabeledTexts, load_split, shared_rows, source_kind
+from ..data.sources import DataError, LabeledTexts, shared_rows, source_kind
 from ..data.text2text import TaskFormat, encode_split
 from ..engine.layout import RunFolder, located
 from ..engine.precision import store_base
@@ -77,7 +77,7 @@ def evaluation_texts(run: TrainedRun, data: str | None, split: str | None, size:
         texts = rows.test_set()
         texts.origin = f"the run's test set: {texts.origin}"
         return texts
-    texts = rows.test_split() if own_test else load_split(data or run.config.data, split or "test")
+    texts = rows.test_split() if own_test else rows.load(data or rows.data, split or rows.test_split_name)
     return sample(texts, size, rows.test_seed, "--size")
 
 
@@ -140,10 +140,17 @@ def evaluate_run(
     run = load_run(run_dir, device)
     texts = evaluation_texts(run, data, split, size)
     encoded = encode_split(texts, run.tokenizer, run.task)
+    task = run.task.task
     result = evaluate(
-        run.model, encoded, run.tokenizer.pad_token_id, batch_size, run.task.label_words, progress=progress
+        run.model, encoded, run.tokenizer.pad_token_id, batch_size, task.classes, progress=progress, metric=task.metric
     )
-    report = {"run": str(run_dir), "split": split or "test", "source": texts.origin, **result.summary()}
+    report = {
+        "run": str(run_dir),
+        "task": task.name,
+        "split": split or run.config.rows().test_split_name,
+        "source": texts.origin,
+        **result.summary(),
+    }
     report["overlap"] = overlap_with_training(run, texts)
     if generate:
         generated = generation_predictions(run.model, encoded, run.tokenizer, run.task.label_words, batch_size)
@@ -214,19 +221,34 @@ def check_texts(texts: list[str]) -> None:
 
 @torch.no_grad()
 def predict(run: TrainedRun, texts: list[str], batch_size: int = 64) -> list[tuple[str, float]]:
-    """Label word and its probability (over the two label words) for each review.
+    """Class name and its probability (over the task's classes) for each text.
 
-    Scored as evaluation scores (one decoder step, the two label words): the reviews go through ``evaluate``
-    with a placeholder label, which changes nothing at the first decoder position, where the label is read.
+    Scored as evaluation scores them (the task's scoring: first token or whole label sequences): the texts go
+    through ``evaluate`` with a placeholder label, which changes only the loss, never the class scores. A task
+    with several text columns takes each text as its columns joined by a tab, in the task's column order.
     """
     check_texts(texts)
     if batch_size < 1:
         raise TrainError(f"batch size must be >= 1, got {batch_size}")
-    unlabelled = LabeledTexts(list(texts), [0] * len(texts), "reviews to label")
+    task = run.task.task
+    columns = [_columns_of(text, number, task.text_columns) for number, text in enumerate(texts, start=1)]
+    more = {name: [row[k] for row in columns] for k, name in enumerate(task.text_columns[1:], start=1)}
+    unlabelled = LabeledTexts([row[0] for row in columns], [0] * len(texts), "texts to label", more=more)
     split = encode_split(unlabelled, run.tokenizer, run.task)
-    result = evaluate(run.model, split, run.tokenizer.pad_token_id, batch_size, run.task.label_words)
-    words = run.task.label_words
+    result = evaluate(run.model, split, run.tokenizer.pad_token_id, batch_size, task.classes)
     return [
-        (words[guess], positive if guess == 1 else 1.0 - positive)
-        for guess, positive in zip(result.predictions, result.positive_probability, strict=True)
+        (task.classes[guess], row[guess]) for guess, row in zip(result.predictions, result.probabilities, strict=True)
     ]
+
+
+def _columns_of(text: str, number: int, columns: tuple[str, ...]) -> list[str]:
+    """A text to label split into the task's text columns (tab-separated when there are several)."""
+    if len(columns) == 1:
+        return [text]
+    parts = text.split("\t")
+    if len(parts) != len(columns) or not all(part.strip() for part in parts):
+        raise TrainError(
+            f"text {number}: this task reads {len(columns)} texts ({', '.join(columns)}), given as one line "
+            f"separated by tabs; got {len(parts)} part(s)"
+        )
+    return parts

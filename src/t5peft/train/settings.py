@@ -13,6 +13,7 @@ from ..engine.settings import STRATEGIES, SettingsFile, check_run_settings, chec
 from ..errors import T5PeftError
 
 if TYPE_CHECKING:
+    from ..data.tasks import Task
     from ..data.text2text import TaskFormat
     from .rows import RowSelection
 
@@ -30,7 +31,7 @@ class TrainConfig(SettingsFile):
 
     error: ClassVar[type[T5PeftError]] = TrainError
     model: str = "t5-small"
-    data: str = "stanfordnlp/imdb"
+    data: str | None = None  # None: the task's Hub dataset (imdb: stanfordnlp/imdb)
     output: str = "runs/t5peft"
     test_data: str | None = None  # default: the test split of `data`
     tokenizer: str | None = None  # default: the model's folder / Hub id
@@ -53,8 +54,8 @@ class TrainConfig(SettingsFile):
     max_source_length: int = 128
     truncation_side: str = "right"
     strip_html: bool = False
-    prefix: str = "Review: "
-    label_words: tuple[str, str] = ("negative", "positive")
+    prefix: str | None = None  # None: the task's (imdb: "Review: "); text put before a one-column task's text
+    label_words: tuple[str, ...] | None = None  # None: the task's (imdb: negative, positive); index = class
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU; or "fp32" / "bf16"
     compile: str = "auto"  # auto: torch.compile + CUDA graphs on CUDA, eager on the CPU; or "on" / "off"
@@ -68,6 +69,10 @@ class TrainConfig(SettingsFile):
     base_dtype: str = "fp32"  # "bf16": the frozen weights of an adapter method stored in bf16 (trained ones: float32)
     quantize: str = "none"  # "nf4" / "int8": the frozen q, k, v, o, wi weights quantized (torchao); see model.storage
     strategy: str = "auto"  # under torchrun: "ddp" (auto when more than one rank) or "fsdp"; see engine.distributed
+    task: str = "imdb"  # a built-in task (data/tasks.py), changed by the four settings below
+    text_column: tuple[str, ...] | None = None  # None: the task's text column(s)
+    label_column: str | None = None  # None: the task's
+    template: str | None = None  # the source, columns as {name}; None: the task's (or prefix + {column})
 
     def __post_init__(self) -> None:
         """Checked before anything is loaded, so a typo costs no data loading."""
@@ -87,8 +92,44 @@ class TrainConfig(SettingsFile):
         check_storage(self.base_dtype, self.quantize, self.method, TrainError)
         if self.strategy not in STRATEGIES:
             raise TrainError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        self.label_words = tuple(self.label_words)
+        self._settle_task()
         self.task_format()
+
+    def _settle_task(self) -> None:
+        """Resolve the task once and write what it decided into the settings that depend on it (data, label words,
+        prefix), so run_config.json says what the run used and an IMDb run's settings read as they always did."""
+        from ..data.tasks import TaskError, source_prefix
+
+        if isinstance(self.text_column, str):
+            self.text_column = tuple(name.strip() for name in self.text_column.split(","))
+        elif self.text_column is not None:
+            self.text_column = tuple(self.text_column)
+        if self.label_words is not None:
+            self.label_words = tuple(self.label_words)
+        try:
+            task = self.resolved_task()
+        except TaskError as err:
+            raise TrainError(str(err)) from None
+        self.label_words = task.label_words
+        if self.template is None and self.prefix is None:
+            self.prefix = source_prefix(task)
+        if self.data is None:
+            if task.hub_id is None:
+                raise TrainError(f"task {self.task!r} has no dataset of its own; give --data")
+            self.data = task.hub_id
+
+    def resolved_task(self) -> Task:
+        """The task of the run: the built-in ``task`` with this run's text/label columns, label words and template."""
+        from ..data.tasks import resolve_task
+
+        return resolve_task(
+            self.task,
+            text_columns=self.text_column,
+            label_column=self.label_column,
+            label_words=self.label_words,
+            template=self.template,
+            prefix=self.prefix,
+        )
 
     @property
     def learning_rate(self) -> float:
@@ -97,16 +138,18 @@ class TrainConfig(SettingsFile):
         return self.lr if self.lr is not None else get_declaration(self.method).default_lr
 
     def task_format(self) -> TaskFormat:
-        """How a review becomes a source and target (checked: label words, truncation side, source length)."""
+        """How a row becomes a source and target (checked: the task, truncation side, source length)."""
         from ..data.text2text import TaskFormat
 
-        return TaskFormat(self.prefix, self.label_words, self.max_source_length, self.truncation_side, self.strip_html)
+        return TaskFormat(self.resolved_task(), self.max_source_length, self.truncation_side, self.strip_html)
 
     def rows(self) -> RowSelection:
         """Which reviews the run trains, validates and tests on."""
         from .rows import RowSelection
 
+        assert self.data is not None  # settled in __post_init__
         return RowSelection(
+            task=self.resolved_task(),
             data=self.data,
             test_data=self.test_data,
             seed=self.seed,
