@@ -37,6 +37,7 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+@pytest.mark.slow  # 156 s: all 13 methods through compare (-m slow)
 def test_smoke_compare_end_to_end_and_resume(in_repo, tmp_path):
     experiment = load_experiment(SMOKE)
     methods = [m.name for m in experiment.methods]

@@ -52,6 +52,7 @@ def test_cli_bad_shard_is_one_line_exit_2_and_writes_nothing(tmp_path, shared_en
     assert not output.exists()
 
 
+@pytest.mark.slow  # 27 s of real compare runs; the share arithmetic and refusals stay in the default suite (-m slow)
 def test_shares_run_apart_and_merge_into_one_report(tmp_path, shared_env, capsys):
     config = write_experiment(tmp_path, methods=("lora", "ia3"), seeds=(0,))
     first, second, merged = tmp_path / "share1", tmp_path / "share2", tmp_path / "merged"

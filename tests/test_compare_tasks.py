@@ -40,6 +40,7 @@ def write_experiment(folder: Path, tokenizer: Path, body: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # 22 s; per-task CLI training stays in the default suite (-m slow)
 def test_compare_runs_each_task_and_reports_a_block_per_task_and_the_mean(t5_small_dir, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     glue = tmp_path / "glue"

@@ -72,6 +72,7 @@ def test_tiny_t5_overfits_32_real_reviews(imdb_dir, t5_small_dir, tmp_path):
     assert generated == on_test.predictions
 
 
+@pytest.mark.slow  # 120 s; the quick README example and the overfit test train in the default suite (-m slow)
 def test_random_init_t5_learns_sentiment_above_chance(imdb_dir, t5_small_dir, tmp_path):
     """Tiny random-init T5, 4,000 real reviews, 2 epochs (about a minute on 2 CPU cores).
 
