@@ -41,6 +41,26 @@ def tiny_base_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def method_base_dir(tiny_base_dir, tmp_path_factory):
+    """``method -> checkpoint``: the tiny T5 a method's cases run on (``tiny_base_dir`` unless its contract
+    overrides the architecture; those are written once per session)."""
+    from helpers import save_tiny_base
+    from method_cases import CONTRACTS
+
+    made: dict[str, Path] = {}
+
+    def base_dir(method: str) -> Path:
+        overrides = CONTRACTS[method].base
+        if not overrides:
+            return tiny_base_dir
+        if method not in made:
+            made[method] = save_tiny_base(tmp_path_factory.mktemp(f"tiny-base-{method}"), **overrides)
+        return made[method]
+
+    return base_dir
+
+
+@pytest.fixture(scope="session")
 def hf_base_dir(tmp_path_factory) -> Path:
     """A tiny random transformers T5 checkpoint (``oracles.hf_config``, seed 3), written once per session."""
     from oracles import save_hf_base

@@ -10,35 +10,17 @@ prefix table used by every block) in another order: a few float32 ulps, far belo
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 import torch
 
-from helpers import perturb, relative_error, save_tiny_base
+from helpers import perturb, relative_error
 from helpers import tiny_batch as _batch
-from method_cases import CASES, CONTRACTS, applied
+from method_cases import CASES, applied
 from t5peft import T5ForConditionalGeneration
 from t5peft.engine import step as step_module
 from t5peft.model.t5 import T5Block, T5LayerSelfAttention
 
 GRAD_TOLERANCE = 1e-6  # float32 reduction-order differences only; measured 0.0
-
-
-@pytest.fixture(scope="module")
-def base_for(tiny_base_dir, tmp_path_factory) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def base_dir(method: str) -> Path:
-        overrides = CONTRACTS[method].base
-        if not overrides:
-            return tiny_base_dir
-        if method not in made:
-            made[method] = save_tiny_base(tmp_path_factory.mktemp(f"ac-base-{method}"), **overrides)
-        return made[method]
-
-    return base_dir
 
 
 def _loss_and_grads(model: T5ForConditionalGeneration, seed: int = 5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -92,20 +74,20 @@ def _compare(model: T5ForConditionalGeneration) -> float:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_checkpointed_gradients_equal_plain_ones(base_for, case):
+def test_checkpointed_gradients_equal_plain_ones(method_base_dir, case):
     method, _ = CASES[case]
-    model = applied(base_for(method), case).train()
+    model = applied(method_base_dir(method), case).train()
     perturb(model)
     assert model.config.dropout_rate > 0  # the recomputation must draw the same dropout masks
     assert _compare(model) <= GRAD_TOLERANCE
 
 
 @pytest.mark.parametrize("case", ["lora", "prefix", "prompt", "adapter-houlsby"])
-def test_checkpointing_composes_with_compiled_blocks(base_for, case, monkeypatch):
+def test_checkpointing_composes_with_compiled_blocks(method_base_dir, case, monkeypatch):
     """The blocks compiled as the training step compiles them (aot_eager: the same tracing, no code generation)."""
     monkeypatch.setenv(step_module.BACKEND_VARIABLE, "aot_eager")
     method, _ = CASES[case]
-    model = applied(base_for(method), case).train()
+    model = applied(method_base_dir(method), case).train()
     model.set_dropout(0.0)  # compiled and eager dropout draw their random numbers differently
     perturb(model)
     _, eager = _loss_and_grads(model)

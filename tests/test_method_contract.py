@@ -21,13 +21,12 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from helpers import logits, perturb, relative_error, save_tiny_base, t5_small_meta, tiny_config, train_steps
+from helpers import logits, perturb, relative_error, t5_small_meta, tiny_config, train_steps
 from helpers import tiny_batch as _batch
 from method_cases import CASES, CONTRACTS, T5_SMALL_PARAMETERS, applied, peft_config
 from t5peft import T5Config, T5ForConditionalGeneration, apply_method, count_parameters, load_pretrained
@@ -48,23 +47,6 @@ def _cases(peft: bool | None = None) -> list:
         for case, (method, _) in CASES.items()
         if peft is None or get_declaration(method).file_format.peft_compatible == peft
     ]
-
-
-@pytest.fixture(scope="session")
-def method_base_dir(tiny_base_dir, tmp_path_factory) -> Callable[[str], Path]:
-    """``method -> checkpoint``: the tiny T5 a method's cases run on (``tiny_base_dir`` unless its contract
-    overrides the architecture; those are written once per session)."""
-    made: dict[str, Path] = {}
-
-    def base_dir(method: str) -> Path:
-        overrides = CONTRACTS[method].base
-        if not overrides:
-            return tiny_base_dir
-        if method not in made:
-            made[method] = save_tiny_base(tmp_path_factory.mktemp(f"tiny-base-{method}"), **overrides)
-        return made[method]
-
-    return base_dir
 
 
 def test_every_registered_method_has_a_contract():
