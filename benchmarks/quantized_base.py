@@ -1,10 +1,10 @@
 """The frozen base stored in fp32 / bf16 / int8 / NF4: its bytes for the big T5s, and LoRA vs QLoRA step time.
 
-1. **Memory of the base** for t5-small, t5-large and flan-t5-xl (their published architectures, written below), at
-   fp32, bf16, int8 and NF4 (the rest fp32 or bf16), counted on the meta device with
-   ``t5peft.model.storage.planned_bytes`` (shapes only: nothing is allocated). For t5-small the count is checked
-   against the storage torchao actually allocates on the CPU (random weights of t5-small's shapes, quantized,
-   every distinct untyped storage's ``nbytes`` summed).
+1. **Memory of the base** for t5-small, t5-base, t5-large and flan-t5-xl (their published architectures, written
+   below), at fp32, bf16, int8 and NF4 (the rest fp32 or bf16), counted on the meta device with
+   ``t5peft.model.storage.planned_bytes`` (shapes only: nothing is allocated). For t5-small and t5-base the count
+   is checked against the storage torchao actually allocates on the CPU (random weights of their shapes,
+   quantized, every distinct untyped storage's ``nbytes`` summed).
 2. **Step time** of LoRA (r 8 on q and v) on the fp32 base, the bf16 base, the int8 base and the NF4 base
    (QLoRA), t5-small dimensions, one batch of real IMDb reviews, the training loop's step (eager, fp32 compute),
    the four sides interleaved in one process, median and minimum of the timed steps.
@@ -13,6 +13,7 @@ Run from the repository root (needs the ``quant`` extra and the shared folder)::
 
     python benchmarks/quantized_base.py --output docs/benchmarks/quantized_base_cpu.json
     python benchmarks/quantized_base.py --repeats 2 --batch-size 4     # a quick check of the script
+    python benchmarks/quantized_base.py --memory-only --output docs/benchmarks/quantized_base_memory_cpu.json
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from t5peft.model.storage import is_quantized, planned_bytes, store_frozen
 # Published architectures (the config.json of each Hub checkpoint; architecture only)
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8, feed_forward_proj="relu"),
+    "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12, feed_forward_proj="relu"),
     "t5-large": dict(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16, feed_forward_proj="relu"),
     "flan-t5-xl": dict(
         d_model=2048,
@@ -59,6 +61,8 @@ STORAGES = [  # (label, base_dtype, quantize)
     ("nf4 (rest fp32)", "fp32", "nf4"),
     ("nf4 (rest bf16)", "bf16", "nf4"),
 ]
+CHECKED_ON_CPU = ("t5-small", "t5-base")  # counted bytes against what torchao allocates, random weights
+
 SIDES = [("lora fp32 base", "fp32", "none"), ("lora bf16 base", "bf16", "none")]
 SIDES += [("lora int8 base", "fp32", "int8"), ("qlora (nf4 base)", "fp32", "nf4")]
 
@@ -100,14 +104,16 @@ def memory_table() -> dict[str, Any]:
             "parameters": sum(p.numel() for p in meta.parameters()),
             "bytes": {label: planned_bytes(meta, dtype, scheme) for label, dtype, scheme in STORAGES},
         }
-    torch.manual_seed(0)
-    small = frozen(T5ForConditionalGeneration(config_of("t5-small")))
-    checked = {}
-    for label, dtype, scheme in STORAGES:
-        stored = copy.deepcopy(small)
-        store_frozen(stored, dtype, scheme)
-        checked[label] = {"counted": table["t5-small"]["bytes"][label], "allocated": allocated_bytes(stored)}
-    table["t5-small"]["checked_on_cpu"] = checked
+    for name in CHECKED_ON_CPU:
+        torch.manual_seed(0)
+        model = frozen(T5ForConditionalGeneration(config_of(name)))
+        checked = {}
+        for label, dtype, scheme in STORAGES:
+            stored = copy.deepcopy(model)
+            store_frozen(stored, dtype, scheme)
+            checked[label] = {"counted": table[name]["bytes"][label], "allocated": allocated_bytes(stored)}
+            del stored
+        table[name]["checked_on_cpu"] = checked
     return table
 
 
@@ -173,6 +179,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default=None, help="write the JSON here")
+    parser.add_argument("--memory-only", action="store_true", help="the memory table only, no step times")
     args = parser.parse_args()
     import torchao
 
@@ -183,8 +190,11 @@ def main() -> int:
         "torchao": torchao.__version__,
         "settings": vars(args),
         "memory": memory_table(),
-        "step_time": step_times(Path(args.shared), args.batch_size, args.max_source_length, args.warmup, args.repeats),
     }
+    if not args.memory_only:
+        results["step_time"] = step_times(
+            Path(args.shared), args.batch_size, args.max_source_length, args.warmup, args.repeats
+        )
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
