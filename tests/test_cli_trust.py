@@ -29,7 +29,7 @@ from t5peft.train.loop import Run
 from t5peft.train.rows import RunTexts, data_overlap
 from t5peft.train.runs import evaluation_texts, load_run, predict
 from t5peft.train.settings import TrainConfig, TrainError
-from tiny_runs import tiny_train_args
+from tiny_runs import tiny_train_args, write_reviews
 
 
 def tiny_args(t5_small_dir: Path, data: Path, output: Path, *extra: str) -> list[str]:
@@ -49,12 +49,7 @@ def stderr_lines(capsys) -> list[str]:
 def reviews_csv(tmp_path_factory, imdb_dir: Path) -> Path:
     """200 real training reviews (100 per class), one file: a single-split source."""
     _, sample = split_validation(load_split(imdb_dir, "train"), size=200, seed=7)
-    path = tmp_path_factory.mktemp("csv") / "reviews.csv"
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(zip(sample.texts, sample.labels, strict=True))
-    return path
+    return write_reviews(tmp_path_factory.mktemp("csv") / "reviews.csv", zip(sample.texts, sample.labels, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -515,14 +510,6 @@ def test_main_help_is_plain_text(capsys) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Data a real user has: one class only, empty reviews (issue 16.5, 16.9)
-
-
-def write_reviews(path: Path, rows: list[tuple[str, int]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return path
 
 
 def small_run_args(t5_small_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:

@@ -3,7 +3,6 @@ names the holder; a killed holder leaves no stale lock (issue 16.4)."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import signal
@@ -17,18 +16,13 @@ import pytest
 from t5peft.cli import main as cli_main
 from t5peft.data import load_split, split_validation
 from t5peft.engine.lock import LOCK_FILE, FolderBusyError, FolderLock
-from tiny_runs import TINY_MODEL, tiny_train_args
+from tiny_runs import TINY_MODEL, tiny_train_args, write_reviews
 
 
 @pytest.fixture(scope="module")
 def reviews_csv(tmp_path_factory, imdb_dir: Path) -> Path:
     _, sample = split_validation(load_split(imdb_dir, "train"), size=60, seed=3)
-    path = tmp_path_factory.mktemp("lock") / "reviews.csv"
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(zip(sample.texts, sample.labels, strict=True))
-    return path
+    return write_reviews(tmp_path_factory.mktemp("lock") / "reviews.csv", zip(sample.texts, sample.labels, strict=True))
 
 
 def train_args(data: Path, tokenizer: Path, output: Path, *extra: str) -> list[str]:

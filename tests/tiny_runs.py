@@ -4,6 +4,8 @@ the words of ``t5peft train``; each test states the sizes and settings it depend
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,12 @@ def tiny_train_args(
         elif value is not None:
             words += [flag, str(value)]
     return words
+
+
+def write_reviews(path: Path, rows: Iterable[tuple[str, int]]) -> Path:
+    """A ``text,label`` CSV of ``(text, label)`` rows: a single-file data source."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path

@@ -445,13 +445,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.file is not None and args.texts:
         raise TrainError("give reviews as arguments or with --file, not both")
     if args.file is not None or args.texts == ["-"]:
-        source = args.file or "-"
-        reviews = read_texts(source)
+        reviews = read_texts(args.file or "-")
         numbered = [("line", number) for number in reviews.numbers]
         texts = reviews.texts
         if reviews.blank_lines:
-            where = "standard input" if source == "-" else source
-            print(f"t5peft predict: {where}: {reviews.blank_lines} blank line(s) passed over", file=sys.stderr)
+            print(f"t5peft predict: {reviews.source}: {reviews.blank_lines} blank line(s) passed over", file=sys.stderr)
     elif args.texts:
         texts = args.texts
         check_texts(texts)

@@ -176,6 +176,7 @@ class ReviewLines:
     numbers: list[int]
     texts: list[str]
     blank_lines: int
+    source: str = "standard input"  # the file, or standard input, for messages
 
 
 def split_review_lines(text: str) -> ReviewLines:
@@ -205,6 +206,7 @@ def read_texts(path: str, stdin: TextIO | None = None) -> ReviewLines:
     except IsADirectoryError:
         raise TrainError(f"{where}: is a folder; expected a text file with one review per line") from None
     reviews = split_review_lines(text)
+    reviews.source = where
     if not reviews.texts:
         raise TrainError(f"{where}: no reviews (one review per line)")
     return reviews
