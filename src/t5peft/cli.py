@@ -572,7 +572,13 @@ def _add_plan_memory_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-source-length", type=int, default=128, help="source tokens per example")
     p.add_argument("--target-length", type=int, default=2, help="target tokens per example (IMDb: a label word)")
     p.add_argument(
-        "--base-dtype", default="fp32", choices=["fp32", "bf16", "nf4", "int8"], help="storage of the frozen weights"
+        "--base-dtype", default="fp32", choices=["fp32", "bf16"], help="storage of the frozen weights (as train's)"
+    )
+    p.add_argument(
+        "--quantize",
+        default="none",
+        choices=["none", "nf4", "int8"],
+        help="the frozen q, k, v, o, wi weights quantized (as train's --quantize)",
     )
     p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="how the world size shares the run")
     p.add_argument("--world-size", type=int, default=1, help="devices (processes) the run is spread over")
@@ -585,8 +591,6 @@ def cmd_plan_memory(args: argparse.Namespace) -> int:
     from .engine.memory_plan import MemoryPlanError, PlanSettings, format_plan, parse_size, plan_memory
     from .engine.runtime import architecture
 
-    if args.base_dtype in ("nf4", "int8"):
-        raise MemoryPlanError(f"--base-dtype {args.base_dtype}: quantized bases are not planned yet (use fp32 or bf16)")
     device_memory = None if args.device_memory is None else parse_size(args.device_memory)
     settings = PlanSettings(
         config=architecture(args.model, MemoryPlanError),
@@ -597,6 +601,7 @@ def cmd_plan_memory(args: argparse.Namespace) -> int:
         source_length=args.max_source_length,
         target_length=args.target_length,
         base_dtype=args.base_dtype,
+        quantize=args.quantize,
         strategy=args.strategy,
         world_size=args.world_size,
         activation_checkpointing=args.activation_checkpointing,

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from ..errors import T5PeftError
 from ..methods import apply_method
 from ..model.config import T5Config
+from ..model.storage import QUANTIZE_SCHEMES, dense_copy_bytes, planned_bytes
 from ..model.t5 import T5Block, T5ForConditionalGeneration
 
 STRATEGIES = ("ddp", "fsdp")
@@ -80,6 +81,7 @@ class PlanSettings:
     source_length: int = 128
     target_length: int = 2
     base_dtype: str = "fp32"
+    quantize: str = "none"  # "nf4" / "int8": the frozen q, k, v, o, wi weights (model.storage)
     strategy: str = "ddp"
     world_size: int = 1
     activation_checkpointing: bool = False
@@ -92,6 +94,8 @@ class PlanSettings:
             raise MemoryPlanError(f"--strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
         if self.base_dtype not in BASE_DTYPES:
             raise MemoryPlanError(f"--base-dtype {self.base_dtype!r}: expected one of {', '.join(BASE_DTYPES)}")
+        if self.quantize not in QUANTIZE_SCHEMES:
+            raise MemoryPlanError(f"--quantize {self.quantize!r}: expected one of {', '.join(QUANTIZE_SCHEMES)}")
         if self.batch_size % self.world_size:
             raise MemoryPlanError(
                 f"--batch-size {self.batch_size} does not split evenly over --world-size {self.world_size}"
@@ -100,6 +104,19 @@ class PlanSettings:
     @property
     def device_batch(self) -> int:
         return self.batch_size // self.world_size
+
+
+@dataclass(frozen=True)
+class StoredBaseTransients:
+    """The dense copies a frozen base stored in another form makes while it computes (``model.storage.linear``: a
+    weight is dequantized, or cast from bf16 to float32, for the forward and again for the backward, then freed):
+    ``head`` the LM head's (at the loss, when it is stored in bf16), ``block`` the largest a block's weights make.
+    Measured at t5-small on the CPU (8 x 128): a bf16 LM head adds its float32 size at the start of the backward
+    pass; an NF4 weight about 3.6 times its float32 size (torchao's dequantization makes intermediates), counted
+    4 times; an int8 one under its float32 size, counted once."""
+
+    head: int = 0
+    block: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,30 +136,53 @@ class ActivationTrace:
             return self.outside + sum(self.per_block)
         return self.outside + self.block_inputs + max(self.per_block)
 
-    def step_peak(self, checkpointing: bool, logits_bytes: int, head_grads: int, block_grads: list[int]) -> int:
+    def step_peak(
+        self,
+        checkpointing: bool,
+        logits_bytes: int,
+        head_grads: int,
+        block_grads: list[int],
+        encoder_blocks: int,
+        embedding_grad: int,
+        stored: StoredBaseTransients | None = None,
+    ) -> int:
         """The most a forward + backward pass holds beyond the weights and the optimizer state, gradients included.
 
         The backward pass runs from the loss through the decoder's blocks, last first, then the encoder's: at its
-        start it holds everything saved, the logits' two gradients and ``head_grads``; at each block, ``head_grads``,
-        the gradients of the blocks done (``block_grads``) and of this one, the saved tensors of the blocks not done
-        (with checkpointing: the blocks' inputs and this block's, recomputed) and the block's largest intermediate
-        gradient. The forward pass's own peak is in its last block: what the blocks before it saved (with
-        checkpointing, their inputs) plus its live intermediates, which a block saving nothing (checkpointed, or with
-        no gradient through it: the encoder under prefix tuning) still computes. No gradient exists then (the
-        previous step freed them)."""
+        start it holds everything saved (with checkpointing, no block's own tensors yet), the logits' two gradients and ``head_grads`` (the gradients of the
+        parameters outside the blocks: the LM head, tied to the embedding in t5-small and t5-base, and the final
+        norms); at each block, ``head_grads``, the gradients of the blocks done (``block_grads``) and of this one,
+        the saved tensors of the blocks not done (with checkpointing: the blocks' inputs and this block's,
+        recomputed) and the block's largest intermediate gradient. Once a stack's blocks are done, the backward
+        of its input embedding makes a dense gradient the size of the embedding and adds it to the one there
+        (``embedding_grad``: both, when the embedding is trained), while the encoder's saved tensors are still
+        held: measured on the CPU, that is full fine-tuning's peak at t5-small and t5-base (between the decoder's
+        first block and the encoder's last, 2 x 94 MiB above the memory around it at t5-base). The forward
+        pass's own peak is in its last block: what the blocks before it saved (with checkpointing, their inputs)
+        plus its live intermediates, which a block saving nothing (checkpointed, or with no gradient through it:
+        the encoder under prefix tuning) still computes. No gradient exists then (the previous step freed
+        them). A frozen base stored in bf16 or quantized adds its dequantized copies (``stored``): the LM head's
+        at the loss, a block's largest weight's in every block, forward and backward."""
+        stored = stored or StoredBaseTransients()
         before = self.outside - self.head
         if checkpointing:
             forward = before + self.block_inputs + max(self.working_sets)
         else:
             forward = before + max(sum(self.per_block[:i]) + ws for i, ws in enumerate(self.working_sets))
-        peak = max(forward, head_grads + self.total(checkpointing) + 2 * logits_bytes)
+        forward += stored.block
+        # at the loss, a checkpointed block has not been recomputed yet: only the blocks' inputs are held
+        at_loss = self.outside + (self.block_inputs if checkpointing else sum(self.per_block))
+        peak = max(forward, head_grads + at_loss + 2 * logits_bytes + stored.head)
         done = head_grads
         remaining = sum(self.per_block)
         for index in reversed(range(len(self.per_block))):
             saved = self.block_inputs + self.per_block[index] if checkpointing else remaining
-            peak = max(peak, done + block_grads[index] + before + saved + self.largest_saved)
+            peak = max(peak, done + block_grads[index] + before + saved + self.largest_saved + stored.block)
             done += block_grads[index]
             remaining -= self.per_block[index]
+            if index in (encoder_blocks, 0):  # a stack's blocks are done: its input embedding's backward
+                held = self.block_inputs if checkpointing and index else remaining
+                peak = max(peak, done + before + held + embedding_grad)
         return peak
 
 
@@ -181,6 +221,7 @@ class MemoryPlan:
             "source_length": s.source_length,
             "target_length": s.target_length,
             "base_dtype": s.base_dtype,
+            "quantize": s.quantize,
             "strategy": s.strategy,
             "world_size": s.world_size,
             "activation_checkpointing": s.activation_checkpointing,
@@ -222,6 +263,11 @@ def trace_activations(model: T5ForConditionalGeneration, batch: int, source: int
     trace = _trace(model, batch, source, target)
     config = model.config
     sets = [block_working_set(config, batch, source, source)] * config.num_layers
+    if not any(trace.per_block[: config.num_layers]):
+        # an encoder run without gradient (prefix tuning) saves nothing, yet its position bias (mask added, per
+        # example) and its hidden states live through every block (t5-small, batch 8 x 128: 6 MiB, measured)
+        live = batch * config.num_heads * source * source + batch * source * config.d_model
+        sets = [working + live * FLOAT32 for working in sets]
     sets += [block_working_set(config, batch, target, source)] * config.num_decoder_layers
     return dataclasses.replace(trace, working_sets=tuple(sets))
 
@@ -298,35 +344,65 @@ def _trace(model: T5ForConditionalGeneration, batch: int, source: int, target: i
     return ActivationTrace(outside[0], head[0], per_block, sum(kept.values()), largest[0])
 
 
+def _trainable_bytes(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad) * FLOAT32
+
+
+def _stored_bytes(module: nn.Module, settings: PlanSettings) -> int:
+    """``module``'s parameters as the run keeps them: trained ones in float32, the frozen base as stored."""
+    return _trainable_bytes(module) + planned_bytes(module, settings.base_dtype, settings.quantize)
+
+
+def stored_transients(model: T5ForConditionalGeneration, settings: PlanSettings) -> StoredBaseTransients:
+    """The dense copies the stored base makes while computing (:class:`StoredBaseTransients`)."""
+    copies = dense_copy_bytes(model, settings.base_dtype, settings.quantize)
+    head = "shared.weight" if model.lm_head.weight is model.shared.weight else "lm_head.weight"
+    block = max((size for name, size in copies.items() if ".block." in name), default=0)
+    return StoredBaseTransients(head=copies.get(head, 0), block=block)
+
+
+def _check_base(model: T5ForConditionalGeneration, settings: PlanSettings) -> None:
+    peft = getattr(model, "peft", None)
+    if peft is not None and peft.trains_base and (settings.base_dtype != "fp32" or settings.quantize != "none"):
+        raise MemoryPlanError(
+            f"--method {settings.method} trains base weights: the base must stay float32 (--base-dtype fp32, "
+            "--quantize none)"
+        )
+
+
 def plan_memory(settings: PlanSettings) -> MemoryPlan:
     model = meta_model(settings)
+    _check_base(model, settings)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = parameters - trainable
     world = settings.world_size
     fsdp = settings.strategy == "fsdp"
     shard = (lambda n: math.ceil(n / world)) if fsdp else (lambda n: n)
-    weights = shard(trainable * FLOAT32 + frozen * BASE_DTYPES[settings.base_dtype])
+    weights = shard(_stored_bytes(model, settings))
     gradients = shard(trainable * FLOAT32)
     optimizer = shard(trainable * ADAMW_STATE_BYTES)
     buckets = gradients if settings.strategy == "ddp" and world > 1 else 0
     gathered = 0
     if fsdp and world > 1:
-        block_bytes = max(
-            sum(p.numel() * (FLOAT32 if p.requires_grad else BASE_DTYPES[settings.base_dtype]) for p in b.parameters())
-            for b in model.modules()
-            if isinstance(b, T5Block)
-        )
-        gathered = 2 * block_bytes
+        gathered = 2 * max(_stored_bytes(b, settings) for b in model.modules() if isinstance(b, T5Block))
     trace = trace_activations(model, settings.device_batch, settings.source_length, settings.target_length)
     ac = settings.activation_checkpointing
     logits = settings.device_batch * settings.target_length * settings.config.vocab_size * FLOAT32
     largest_trainable = max((p.numel() for p in model.parameters() if p.requires_grad), default=0)
-    # Every gradient is counted from the start of the backward pass. Counting each block's only from its turn
-    # (they are allocated as the pass reaches them) undershoots full fine-tuning by 17 % at t5-small and 13 % at
-    # t5-base (measured): the saved tensors are not freed as early as that assumes. Counted whole, the plan is 1-16 %
-    # above the measured peaks, the side to err on for "does it fit".
-    pass_peak = trace.step_peak(ac, logits, gradients, [0] * len(trace.per_block))
+    blocks = [b for b in model.modules() if isinstance(b, T5Block)]
+    block_grads = [shard(_trainable_bytes(b)) for b in blocks]
+    head_grads = gradients - sum(block_grads)
+    embedding = model.shared.weight
+    embedding_grad = shard(2 * embedding.numel() * FLOAT32) if embedding.requires_grad else 0
+    pass_peak = trace.step_peak(
+        ac,
+        logits,
+        head_grads,
+        block_grads,
+        settings.config.num_layers,
+        embedding_grad,
+        stored_transients(model, settings),
+    )
     return MemoryPlan(
         settings=settings,
         parameters=parameters,
@@ -353,11 +429,12 @@ def _gib(value: int) -> str:
 def format_plan(plan: MemoryPlan, device_memory: int | None) -> str:
     s = plan.settings
     ac = "on" if s.activation_checkpointing else "off"
+    quantized = f" ({s.quantize} q, k, v, o, wi)" if s.quantize != "none" else ""
     lines = [
         f"model {s.model}, method {s.method}: {plan.parameters:,} parameters, {plan.trainable:,} trainable "
         f"({100 * plan.trainable / plan.parameters:.3f}%)",
         f"batch {s.batch_size} global = {s.device_batch} per device x {s.world_size} device(s), source "
-        f"{s.source_length} / target {s.target_length} tokens, base {s.base_dtype}, strategy {s.strategy}, "
+        f"{s.source_length} / target {s.target_length} tokens, base {s.base_dtype}{quantized}, strategy {s.strategy}, "
         f"activation checkpointing {ac}",
         "per device:",
         f"  weights            {_gib(plan.weights)}" + ("  (sharded)" if s.strategy == "fsdp" else ""),

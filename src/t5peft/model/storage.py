@@ -261,6 +261,21 @@ def planned_bytes(
     return total + sum(p.numel() * p.element_size() for p in rest)
 
 
+NF4_DEQUANTIZE_COPIES = 4  # float32-sized tensors torchao's NF4 dequantization holds at once (measured: about 3.6)
+
+
+def dense_copy_bytes(model: nn.Module, base_dtype: str = "fp32", quantize: str = "none") -> dict[str, int]:
+    """For every frozen weight that :func:`linear` computes with from another form (quantized, or bf16 under
+    float32), the bytes its dense float32 copy takes while it computes (NF4: its dequantization's intermediates
+    too), by parameter name; counted from shapes alone, as :func:`planned_bytes`."""
+    copies = {"quantize": NF4_DEQUANTIZE_COPIES if quantize == "nf4" else 1, "cast": 1}
+    return {
+        name: copies[what] * param.numel() * 4
+        for name, _, param, what in _plan(model, base_dtype, quantize, False)
+        if what != "keep"
+    }
+
+
 def storage_record(base_dtype: str, quantize: str, modules: list[str]) -> dict[str, Any]:
     """What an adapter trained on this base records about it (``base_quantization.json``): t5peft's settings, and
     the base's ``quantization_config`` in the form a transformers user would recreate it with (bitsandbytes' keys
