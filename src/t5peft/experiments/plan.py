@@ -1,11 +1,13 @@
-"""The plan of a comparison and what may be reused: one :class:`Request` per run, checked against its folder.  Reuse is
-checked, never assumed. Before anything runs, every run folder already in ``output`` is compared with the settings
-the plan now asks for (the whole run config, except ``progress`` and ``resume``, and ``output`` for a finished run,
-and for a finished run the number of processes it trained on, ``nproc_per_node``): a difference is an error naming
-the run and the settings, unless ``rerun_changed``, which moves the old folder to ``<output>/superseded/`` (nothing
-is deleted) and runs it again. A finished run (``results.json``) is then reused, a partial one (``run_config.json``)
-is resumed from its checkpoint; a folder holding only compare's own ``request.json`` and ``run.log`` (a run that
-failed before training began) has nothing to reuse and is started again with the settings asked for now.
+"""The plan of a comparison and what may be reused: one :class:`Request` per run, checked against its folder.
+
+Reuse is checked, never assumed. Before anything runs, every run folder already in ``output`` is compared
+with the settings the plan now asks for (the whole run config, except ``progress`` and ``resume``, and
+``output`` for a finished run; and for a finished run the number of processes it trained on,
+``nproc_per_node``): a difference is an error naming the run and the settings, unless ``rerun_changed``,
+which moves the old folder to ``<output>/superseded/`` (nothing is deleted) and runs it again. A finished
+run (``results.json``) is then reused, a partial one (``run_config.json``) is resumed from its checkpoint
+(on any number of processes); a folder holding only compare's own ``request.json`` and ``run.log`` (a run
+that failed before training began) has nothing to reuse and is started again with the settings asked for now.
 
 The plan is a list in a fixed order (:meth:`Experiment.runs`), so that any subset of it (the runs still to
 do, one machine's share of a plan) is a deterministic selection of that list.

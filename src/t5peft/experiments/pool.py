@@ -243,7 +243,7 @@ class WorkerPool:
         folder.request.write_text(json.dumps(request.config.to_dict(), indent=2) + "\n")
         resumes_checkpoint = resumed and folder.checkpoint.exists()
         start_record(folder, resumes_checkpoint)
-        visible = self.visible[slot % len(self.visible)] if self.visible else None
+        visible = slot_devices(self.visible, slot, request.nproc_per_node)
         device = device_key(request.config.device, visible)
         threads = rank_thread_share(cpu_threads, request.nproc_per_node, self.cores) if device == "cpu" else None
         log = open(folder.log, "a", encoding="utf-8")  # noqa: SIM115 (closed by Launch.close)
@@ -336,6 +336,15 @@ class WorkerPool:
                 launch.process.wait()
             outcomes.append(self._close(launch, "interrupted", launch.process.returncode))
         return outcomes
+
+
+def slot_devices(visible: list[str] | None, slot: int, nproc: int) -> str | None:
+    """The CUDA_VISIBLE_DEVICES of a job slot's run: one GPU of ``visible`` per slot, or ``nproc`` consecutive
+    ones (one per rank) for a run on several processes; None without ``--devices``."""
+    if not visible:
+        return None
+    first = slot * nproc
+    return ",".join(visible[(first + i) % len(visible)] for i in range(nproc))
 
 
 def worker_command(request: Path, nproc: int) -> list[str]:

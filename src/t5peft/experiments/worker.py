@@ -172,8 +172,8 @@ def launch_ending(nproc: int, endings: dict[int, Ending], failed: dict[int, int]
     if not bad:
         return Ending(130, "interrupted (Ctrl-C) before the ranks started") if interrupted else Ending(0)
     chosen = 0 if 0 in bad else bad[0]
-    for rank in bad:
-        if rank != chosen:
+    for rank in bad:  # the others' causes above the chosen one (a line the chosen rank says too: once)
+        if rank != chosen and ranks[rank].line != ranks[chosen].line:
             ranks[rank].say(f"rank {rank}: ")
     ending = ranks[chosen]
     return ending if chosen == 0 else Ending(ending.code, f"rank {chosen}: {ending.line}", ending.details)
