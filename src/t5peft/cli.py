@@ -672,7 +672,8 @@ COMPARE_DESCRIPTION = (
     "Finished runs are reused and partial ones resumed, but only when they were made with the settings the "
     "file asks for now; otherwise compare stops and names them (see --rerun-changed). A failed run is "
     "reported in one line and the others go on; compare then exits with status 2. Ctrl-C: exit 130, with "
-    "the command that continues."
+    "the command that continues. nproc_per_node = N in the file's [train] runs each run on N processes "
+    "(torchrun --standalone)."
 )
 
 
