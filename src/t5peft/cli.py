@@ -489,8 +489,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .experiments.compare import CompareInterrupted, run_compare
+    from .experiments.config import ExperimentError
     from .experiments.console import configure_logging
 
+    if args.merge is not None:  # compare --merge DIR... --output OUT: report DIR... --output OUT
+        if args.config is not None:
+            raise ExperimentError("--merge merges the folders of finished shares; it takes no --config")
+        return merge_folders([Path(p) for p in args.merge], Path(args.output), html=False)
+    if args.config is None:
+        raise ExperimentError("--config is required (or --merge DIR... to merge the shares of a plan)")
     configure_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         run_compare(
@@ -540,16 +547,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         for path in render_report(paths[0], args.output, html=args.html):
             print(path)
         return 0
-    from .experiments.shards import merge_shares
-
     if args.output is None:
         raise ExperimentError("merging compare folders needs --output (a folder for the merged results)")
-    results = merge_shares(paths, args.output)
+    return merge_folders(paths, Path(args.output), html=args.html)
+
+
+def merge_folders(paths: list[Path], output: Path, html: bool) -> int:
+    """``report DIR... --output OUT`` and ``compare --merge DIR... --output OUT``: the shares' run folders merged."""
+    from .experiments.shards import merge_shares
+
+    results = merge_shares(paths, output)
     print(results)
-    if args.html:
+    if html:
         from .experiments.report import render_report
 
-        for path in render_report(results, args.output, html=True):
+        for path in render_report(results, output, html=True):
             print(path)
     return 0
 
@@ -665,13 +677,14 @@ COMPARE_DESCRIPTION = (
     "Finished runs are reused and partial ones resumed, but only when they were made with the settings the "
     "file asks for now; otherwise compare stops and names them (see --rerun-changed). A failed run is "
     "reported in one line and the others go on; compare then exits with status 2. Ctrl-C: exit 130, with "
-    "the command that continues."
+    "the command that continues. nproc_per_node = N in the file's [train] runs each run on N processes "
+    "(torchrun --standalone)."
 )
 
 
 def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", required=True, help="experiment file (TOML); relative paths in it are taken from its folder"
+        "--config", default=None, help="experiment file (TOML); relative paths in it are taken from its folder"
     )
     p.add_argument("--output", required=True, help="comparison folder (created; reused by a later compare)")
     p.add_argument("--device", default=None, help="override the experiment's device (auto, cpu, cuda, cuda:N)")
@@ -705,7 +718,15 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "--shard",
         default=None,
         metavar="i/N",
-        help="run only the i-th of N shares of the plan (1-based; merge the shares with t5peft report DIR... --output)",
+        help="run only the i-th of N shares of the plan (1-based; merge the shares with --merge DIR... --output)",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="instead of running: merge the folders of the shares of one plan (--shard) into --output, as t5peft "
+        "report DIR... --output does",
     )
 
 

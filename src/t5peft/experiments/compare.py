@@ -120,9 +120,15 @@ def run_compare(
     visible = parse_devices(devices)
     if visible is not None and device is not None and device not in ("auto", "cuda"):
         raise ExperimentError(f"--devices {devices} spreads runs over GPUs; it cannot be used with --device {device}")
-    jobs = jobs if jobs is not None else (len(visible) if visible else 1)
+    nproc = max(experiment.nproc_per_node(run.method, run.task) for run in experiment.runs())
+    jobs = jobs if jobs is not None else (max(1, len(visible) // nproc) if visible else 1)
     if jobs < 1:
         raise ExperimentError(f"--jobs must be at least 1, got {jobs}")
+    if visible is not None and nproc > 1 and jobs * nproc > len(visible):
+        raise ExperimentError(
+            f"--devices {devices} gives {len(visible)} GPU(s); {jobs} run(s) at once (--jobs) on nproc_per_node = "
+            f"{nproc} processes each need {jobs * nproc}, one per rank"
+        )
     device = "cuda" if visible is not None else (None if device in (None, "auto") else device)
     tensorboard_root = Path(tensorboard) if tensorboard is not None else experiment.tensorboard_root(output)
     if tensorboard_root is not None:

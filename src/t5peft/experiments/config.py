@@ -11,6 +11,7 @@ tensorboard = true       # optional: TensorBoard events of every run in <output>
 [train]                  # any TrainConfig setting except output/method/seed, shared by every run
 model = "google-t5/t5-small"
 epochs = 3
+nproc_per_node = 1       # optional: each run on this many processes (torchrun --standalone); see LAUNCH_KEYS
 
 [methods.lora]           # per method: lr, options, and any [train] setting to override
 lr = 1e-3                # or a sweep: lr = [3e-4, 1e-3, 3e-3], each value run for every seed
@@ -33,6 +34,12 @@ environment variable when it is set (a relative value is taken from the current 
 typed), otherwise ``../shared`` from the experiment file's folder, or from the nearest folder above it that
 has a ``shared`` folder beside it (``configs/x.toml`` in a checkout finds the ``shared`` beside the
 checkout). A path that does not exist is an error naming the file, the key and where it looked.
+
+Launch. ``nproc_per_node = N`` (in ``[train]``, or a method's or task's table like any ``[train]`` setting; an
+integer >= 1, default 1) starts each run under ``torchrun --standalone --nproc-per-node N`` (:mod:`.worker`): one
+run on N processes (DDP or FSDP, ``strategy``), ``batch_size`` the global batch, so it must divide by N. It is no
+TrainConfig setting (``t5peft train`` is started by torchrun itself); the plan checks a finished run's recorded
+world size against it (:mod:`.plan`).
 
 A learning-rate sweep runs every (method, lr, seed) in its own run folder; the report picks, per method, the
 learning rate with the best mean validation accuracy over seeds (never the test split) and keeps every
@@ -60,6 +67,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+LAUNCH_KEYS = ("nproc_per_node",)  # [train] keys that say how a run is started, not what it computes
 PER_RUN = ("output", "method", "method_options", "seed", "resume", "progress", "tensorboard", "push_to_hub")
 # the keys of a [task] / [tasks.<name>] table, and the TrainConfig setting each sets
 TASK_KEYS = {
@@ -236,12 +244,20 @@ class Experiment:
         self, plan: MethodPlan, seed: int, output: Path, lr: float | None = None, task: TaskPlan | None = None
     ) -> TrainConfig:
         """The settings of one run; ``lr`` picks one value of a sweep (default: the plan's only value)."""
-        values = {**self.train, **(task.settings if task is not None else {}), **plan.overrides}
+        values = {k: v for k, v in self.settings(plan, task).items() if k not in LAUNCH_KEYS}
         values.update(method=plan.method, method_options=dict(plan.options), seed=seed, output=str(output))
         chosen = lr if lr is not None else plan.learning_rates[0]
         if chosen is not None:
             values["lr"] = chosen
         return TrainConfig(**values)
+
+    def settings(self, plan: MethodPlan, task: TaskPlan | None = None) -> dict[str, Any]:
+        """The [train] settings of a method's runs on a task: [train], the task's table, the method's table."""
+        return {**self.train, **(task.settings if task is not None else {}), **plan.overrides}
+
+    def nproc_per_node(self, plan: MethodPlan, task: TaskPlan | None = None) -> int:
+        """How many processes each run of ``plan`` (on ``task``) is started on (1: one, without torchrun)."""
+        return int(self.settings(plan, task).get("nproc_per_node", 1))
 
     def runs(self) -> list[PlannedRun]:
         tasks: list[TaskPlan | None] = list(self.tasks) or [None]
@@ -319,10 +335,11 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
     head = values.get("experiment", {})
     _check_keys(head, {"name", "description", "methods", "seeds", "tensorboard", "tasks"}, f"{source} [experiment]")
     tensorboard = _check_tensorboard(head.get("tensorboard", False), folder, f"{source} [experiment] tensorboard")
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - set(PER_RUN)
+    train_keys = ({f.name for f in dataclasses.fields(TrainConfig)} - set(PER_RUN)) | set(LAUNCH_KEYS)
     train = values.get("train", {})
     _check_keys(train, train_keys, f"{source} [train]")
     train = _resolve_paths(train, folder, f"{source} [train]")
+    _check_nproc(train.get("nproc_per_node", 1), f"{source} [train]")
     if "task" in values:
         if "tasks" in values or "tasks" in head:
             raise ExperimentError(f"{source}: give one [task] table or several tasks (tasks = [...]), not both")
@@ -390,12 +407,29 @@ def parse_experiment(values: dict[str, Any], source: str, folder: Path | None = 
     for task in tasks or [None]:  # every run's settings must be valid before anything starts
         for plan in plans:
             for lr in plan.learning_rates:
+                where = f"[tasks.{task.name}] " if task is not None else ""
                 try:
-                    experiment.run_config(plan, seeds[0], Path("check"), lr, task)
+                    cfg = experiment.run_config(plan, seeds[0], Path("check"), lr, task)
                 except (ValueError, TypeError) as err:
-                    where = f"[tasks.{task.name}] " if task is not None else ""
                     raise ExperimentError(f"{source} {where}[methods.{plan.name}]: {err}") from None
+                _check_launch(experiment.settings(plan, task), cfg, f"{source} {where}[methods.{plan.name}]")
     return experiment
+
+
+def _check_nproc(nproc: Any, where: str) -> None:
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ExperimentError(f"{where}: nproc_per_node must be an integer >= 1, got {nproc!r}")
+
+
+def _check_launch(settings: dict[str, Any], cfg: TrainConfig, where: str) -> None:
+    """``nproc_per_node``: an integer >= 1 that divides the global batch (each rank takes an equal part)."""
+    nproc = settings.get("nproc_per_node", 1)
+    _check_nproc(nproc, where)
+    if cfg.batch_size % nproc:
+        raise ExperimentError(
+            f"{where}: batch_size {cfg.batch_size} (the global batch) does not divide evenly over nproc_per_node = "
+            f"{nproc} processes; use a multiple of {nproc}"
+        )
 
 
 def _task_settings(table: Any, train_keys: set[str], where: str, folder: Path | None) -> dict[str, Any]:

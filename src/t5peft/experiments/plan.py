@@ -2,11 +2,12 @@
 
 Reuse is checked, never assumed. Before anything runs, every run folder already in ``output`` is compared
 with the settings the plan now asks for (the whole run config, except ``progress`` and ``resume``, and
-``output`` for a finished run): a difference is an error naming the run and the settings, unless
-``rerun_changed``, which moves the old folder to ``<output>/superseded/`` (nothing is deleted) and runs it
-again. A finished run (``results.json``) is then reused, a partial one (``run_config.json``) is resumed from
-its checkpoint; a folder holding only compare's own ``request.json`` and ``run.log`` (a run that failed
-before training began) has nothing to reuse and is started again with the settings asked for now.
+``output`` for a finished run; and for a finished run the number of processes it trained on,
+``nproc_per_node``): a difference is an error naming the run and the settings, unless ``rerun_changed``,
+which moves the old folder to ``<output>/superseded/`` (nothing is deleted) and runs it again. A finished
+run (``results.json``) is then reused, a partial one (``run_config.json``) is resumed from its checkpoint
+(on any number of processes); a folder holding only compare's own ``request.json`` and ``run.log`` (a run
+that failed before training began) has nothing to reuse and is started again with the settings asked for now.
 
 The plan is a list in a fixed order (:meth:`Experiment.runs`), so that any subset of it (the runs still to
 do, one machine's share of a plan) is a deterministic selection of that list.
@@ -36,6 +37,7 @@ class Request:
     run: PlannedRun
     folder: RunFolder
     config: TrainConfig
+    nproc_per_node: int = 1  # processes the run is started on (torchrun when more than one)
 
     @property
     def name(self) -> str:
@@ -89,7 +91,7 @@ def build_requests(
         cfg.progress = progress
         cfg.resume = False
         cfg.tensorboard = str(tensorboard.resolve() / run.name) if tensorboard is not None else None
-        requests.append(Request(run, folder, cfg))
+        requests.append(Request(run, folder, cfg, experiment.nproc_per_node(run.method, run.task)))
     return requests
 
 
@@ -145,6 +147,19 @@ def backbone_difference(request: Request) -> list[str]:
     return [f"the backbone in {model} was pretrained again since (its pretraining.json differs)"]
 
 
+def launch_difference(request: Request) -> list[str]:
+    """A finished run made on another number of processes than the plan now starts it on (``results.json``
+    records its world size; a result from before it did was made on one). A partial run is resumed on any
+    number: its checkpoint resumes with another world size."""
+    if not request.folder.results.is_file():
+        return []
+    results = json.loads(request.folder.results.read_text(encoding="utf-8"))
+    world = (results.get("distribution") or {}).get("world_size", 1)
+    if world == request.nproc_per_node:
+        return []
+    return [f"nproc_per_node {world} -> {request.nproc_per_node} (the processes it trained on)"]
+
+
 def check_existing(requests: list[Request]) -> list[tuple[Request, list[str]]]:
     """The runs whose folders hold results or a partial run made with other settings, with what differs."""
     changed = []
@@ -157,7 +172,7 @@ def check_existing(requests: list[Request]) -> list[tuple[Request, list[str]]]:
         if saved is None:
             continue
         differences = settings_differences(saved, request.config, request.folder.results.is_file())
-        differences += backbone_difference(request)
+        differences += backbone_difference(request) + launch_difference(request)
         if differences:
             changed.append((request, differences))
     return changed

@@ -42,6 +42,7 @@ from .share import (
     cpu_thread_share,
     device_key,
     inherited_threads,
+    rank_thread_share,
     start_record,
     thread_environment,
 )
@@ -242,19 +243,21 @@ class WorkerPool:
         folder.request.write_text(json.dumps(request.config.to_dict(), indent=2) + "\n")
         resumes_checkpoint = resumed and folder.checkpoint.exists()
         start_record(folder, resumes_checkpoint)
-        visible = self.visible[slot % len(self.visible)] if self.visible else None
+        visible = slot_devices(self.visible, slot, request.nproc_per_node)
         device = device_key(request.config.device, visible)
-        threads = cpu_threads if device == "cpu" else None
+        threads = rank_thread_share(cpu_threads, request.nproc_per_node, self.cores) if device == "cpu" else None
         log = open(folder.log, "a", encoding="utf-8")  # noqa: SIM115 (closed by Launch.close)
         started_at = now()
         how = "resumed from its checkpoint" if resumes_checkpoint else "started"
         where = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
         given = f", {threads} CPU thread(s) of {self.cores}" if threads is not None else ""
+        if request.nproc_per_node > 1:
+            given += f"{' each' if threads is not None else ''}, {request.nproc_per_node} processes (torchrun)"
         log.write(f"=== t5peft compare: {request.name} {how} at {started_at} (job slot {slot}{where}{given})\n")
         log.flush()
         logger.debug("%s %s (job slot %d%s%s), log: %s", request.name, how, slot, where, given, folder.log)
         columns = max(40, shutil.get_terminal_size().columns - len(request.name) - 4) if self.progress else None
-        command = [sys.executable, "-m", "t5peft.experiments.worker", str(folder.request)]
+        command = worker_command(folder.request, request.nproc_per_node)
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -304,6 +307,7 @@ class WorkerPool:
                 launch.runs_at_once,
                 launch.threads,
                 self.cores,
+                request.nproc_per_node,
             )
             add_stretch(request.folder, stretch)
         return RunOutcome(
@@ -332,6 +336,21 @@ class WorkerPool:
                 launch.process.wait()
             outcomes.append(self._close(launch, "interrupted", launch.process.returncode))
         return outcomes
+
+
+def slot_devices(visible: list[str] | None, slot: int, nproc: int) -> str | None:
+    """The CUDA_VISIBLE_DEVICES of a job slot's run: one GPU of ``visible`` per slot, or ``nproc`` consecutive
+    ones (one per rank) for a run on several processes; None without ``--devices``."""
+    if not visible:
+        return None
+    first = slot * nproc
+    return ",".join(visible[(first + i) % len(visible)] for i in range(nproc))
+
+
+def worker_command(request: Path, nproc: int) -> list[str]:
+    """The worker of one run: one process, or the launcher of its ``nproc`` ranks under torchrun (:mod:`.worker`)."""
+    launcher = ["--nproc-per-node", str(nproc)] if nproc > 1 else []
+    return [sys.executable, "-m", "t5peft.experiments.worker", *launcher, str(request)]
 
 
 def count_sharing(new: Launch, others: list[Launch]) -> None:

@@ -99,6 +99,7 @@ def run_record(run_folder: Path, root: Path | None = None) -> dict[str, Any]:
         "environment": r["environment"],
         "config": r["config"],
         "device_share": run_share(read_stretches(RunFolder(run_folder))),
+        "distribution": r.get("distribution"),
     }
 
 

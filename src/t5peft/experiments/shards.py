@@ -1,5 +1,5 @@
 """A comparison spread over machines: ``compare --shard i/N`` runs the i-th share of the plan, ``report DIR...``
-merges the shares' run folders into one results JSON, table and figures.
+(or ``compare --merge DIR...``) merges the shares' run folders into one results JSON, table and figures.
 
 The plan is a list in a fixed order (:meth:`Experiment.runs`: methods in file order, then learning rates, then
 seeds). Share ``i`` of ``N`` takes the runs at positions ``i-1, i-1+N, i-1+2N, ...``: every run is in exactly one

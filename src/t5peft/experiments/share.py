@@ -10,7 +10,8 @@ serial plan (both are recorded; neither changes what the run is asked to compute
 Every stretch of a run (a run resumed from its checkpoint has two) is recorded in its folder
 (``RunFolder.device_share``): the device, how many runs of the plan trained on that device at once at most
 while it ran, and the CPU threads it was given. The results file carries this per run and per method, and
-the table and figure 1 (d) say when times were measured on a shared device.
+the table and figure 1 (d) say when times were measured on a shared device. A run on several processes
+(``nproc_per_node``) divides its share among them (each at least 1 thread), and its stretches record how many.
 """
 
 from __future__ import annotations
@@ -54,6 +55,19 @@ def cpu_thread_share(jobs: int, cores: int | None = None) -> int | None:
     return min(share, inherited) if inherited is not None else share
 
 
+def rank_thread_share(threads: int | None, nproc: int, cores: int | None = None) -> int | None:
+    """Threads for each of the ``nproc`` processes of one CPU run: the run's share (``threads``; None: all the
+    cores, or the inherited ``OMP_NUM_THREADS`` when lower) divided among them, at least 1. ``threads`` itself
+    for a run of one process."""
+    if nproc <= 1:
+        return threads
+    whole = threads if threads is not None else (cores or available_cores())
+    inherited = inherited_threads()
+    if threads is None and inherited is not None:
+        whole = min(whole, inherited)
+    return max(1, whole // nproc)
+
+
 def thread_environment(threads: int | None) -> dict[str, str]:
     """The variables that give a worker ``threads`` CPU threads (nothing for None: the inherited ones)."""
     return {} if threads is None else dict.fromkeys(THREAD_VARIABLES, str(threads))
@@ -80,6 +94,7 @@ class Stretch:
     runs_at_once: int  # the most runs training on this device at one time while this one ran (1: alone)
     threads: int | None  # CPU threads it was given (None: not set by compare, what the environment gave)
     cores: int  # the machine's cores available to compare
+    processes: int = 1  # the run's processes (nproc_per_node); ``threads`` is each one's
 
 
 def start_record(folder: RunFolder, resumes_checkpoint: bool) -> None:
