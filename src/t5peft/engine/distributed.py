@@ -333,7 +333,7 @@ def shard_model(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module
 # The methods whose initialisation reads the base's shapes and the run's seed but no base weight's values: under FSDP
 # they are applied to a model whose base is not read yet (:class:`DeferredBase`), and each rank then reads only its
 # shards of the checkpoint. The others load the whole model on every rank first, then shard it: dora (its magnitude
-# is the norm of the base weight), prompt and hybrid (the prompt starts as rows of the vocabulary embedding),
+# is the norm of the base weight), prompt and lora+prompt (the prompt starts as rows of the vocabulary embedding),
 # ln_tuning (trainable copies of the base's norms). tests/test_fsdp_loading.py checks, for every method in this set,
 # that its initial values on a stand-in base equal those on the loaded one.
 SHARDED_LOAD_METHODS = frozenset({"lora", "full", "ia3", "adalora", "vera", "adapter", "prefix", "ptuning", "ptuning2"})
