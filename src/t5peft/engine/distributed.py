@@ -28,14 +28,16 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as tdist
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import T5PeftError
+from ..model.checkpoint import CheckpointStream, check_names, check_part, stream_checkpoint
+from ..model.t5 import T5ForConditionalGeneration
 from .settings import STRATEGIES
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -254,17 +256,29 @@ class Distribution:
     # ----------------------------------------------------------------------------------------------
     # The model
 
-    def wrap(self, model: nn.Module, device: torch.device, bf16: bool = False) -> nn.Module:
+    def wrap(
+        self, model: nn.Module, device: torch.device, bf16: bool = False, deferred: DeferredBase | None = None
+    ) -> nn.Module:
         """The module the training forward goes through: DDP over the trainable parameters, the FSDP2-sharded
-        model, or the model itself. The optimizer is built after this (FSDP replaces the parameters)."""
+        model, or the model itself. The optimizer is built after this (FSDP replaces the parameters). ``deferred``
+        (FSDP only): the model's base is read now, each rank its shards (:class:`DeferredBase`)."""
+        if deferred is not None and self.strategy != "fsdp":
+            raise ValueError(f"a deferred base is read into FSDP shards, not under strategy {self.strategy!r}")
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [device.index] if device.type == "cuda" else None
             return DistributedDataParallel(model, device_ids=ids)
         if self.strategy == "fsdp":
-            return shard_model(model, device, bf16)
+            shard_model(model, device, bf16)
+            if deferred is not None:
+                deferred.fill(model, device)
+            return model
         return model
+
+    def loads_shards(self, init: str, method: str, base_dtype: str = "fp32", quantize: str = "none") -> bool:
+        """Whether this run's model is built with a deferred base (:func:`loads_shards`)."""
+        return loads_shards(self.strategy, init, method, base_dtype, quantize)
 
     @contextlib.contextmanager
     def full_weights(self, model: nn.Module) -> Iterator[None]:
@@ -311,3 +325,134 @@ def shard_model(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module
         fully_shard(stack, **options)
     fully_shard(model, **options)
     return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading under FSDP: each rank reads only its part of the pretrained weights
+
+# The methods whose initialisation reads the base's shapes and the run's seed but no base weight's values: under FSDP
+# they are applied to a model whose base is not read yet (:class:`DeferredBase`), and each rank then reads only its
+# shards of the checkpoint. The others load the whole model on every rank first, then shard it: dora (its magnitude
+# is the norm of the base weight), prompt and lora+prompt (the prompt starts as rows of the vocabulary embedding),
+# ln_tuning (trainable copies of the base's norms). tests/test_fsdp_loading.py checks, for every method in this set,
+# that its initial values on a stand-in base equal those on the loaded one.
+SHARDED_LOAD_METHODS = frozenset({"lora", "full", "ia3", "adalora", "vera", "adapter", "prefix", "ptuning", "ptuning2"})
+
+
+def loads_shards(strategy: str, init: str, method: str, base_dtype: str = "fp32", quantize: str = "none") -> bool:
+    """Whether a run reads each rank's shards of the pretrained weights only (:class:`DeferredBase`): FSDP, a
+    pretrained start, a method in :data:`SHARDED_LOAD_METHODS`, and a float32 base (a bf16 or quantized base is
+    stored from the whole float32 weights, as in one process). ``--init random`` draws the whole model on every rank,
+    so that its values are those of one process."""
+    stored_as_loaded = base_dtype == "fp32" and quantize == "none"
+    return strategy == "fsdp" and init == "pretrained" and method in SHARDED_LOAD_METHODS and stored_as_loaded
+
+
+def _stand_in(param: nn.Parameter) -> nn.Parameter:
+    """A CPU parameter of ``param``'s shape and dtype that takes no memory: one zero seen everywhere (stride 0)."""
+    zero = torch.zeros((), dtype=param.dtype)
+    return nn.Parameter(zero.expand(param.shape), requires_grad=param.requires_grad)
+
+
+def _on_meta(param: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+
+
+def _swap_parameters(model: nn.Module, make: Callable[[nn.Parameter], nn.Parameter]) -> dict[int, nn.Parameter]:
+    """Replace every parameter of ``model`` by ``make(parameter)``, a parameter several modules share by one shared
+    replacement (tied weights stay tied); returns the replacements by the id of what they replaced."""
+    made: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # the replaced parameter is held: its id stays unique
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in made:
+                made[id(param)] = (param, make(param))
+            module._parameters[name] = made[id(param)][1]
+    return {key: new for key, (_, new) in made.items()}
+
+
+@dataclass
+class DeferredBase:
+    """A model for FSDP whose pretrained base is read only once the model is sharded, each rank reading its part.
+
+    :meth:`build` makes the model with every base parameter a stand-in that holds no memory (a zero of stride 0, on
+    the CPU, where one process builds its model), so that the method is applied as in one process: its parameters
+    are drawn on the CPU from the run's seed, in the same order, and come out the same (only methods whose
+    initialisation reads no base value: :data:`SHARDED_LOAD_METHODS`). :meth:`release` keeps the method's
+    parameters and every buffer and puts all the parameters on the meta device; the model is then sharded
+    (``fully_shard``) and given uninitialised local shards (``to_empty``), and :meth:`fill` copies into each rank's
+    shards their part of every checkpoint tensor, one weight file at a time, and of the kept parameters.
+
+    Peak host memory of a rank while loading: its shards of the model plus one weight file (measured in
+    tests/test_fsdp_loading.py)."""
+
+    stream: CheckpointStream
+    stand_ins: set[int]  # ids of the stand-in parameters (the base)
+    kept: dict[str, Tensor] = field(default_factory=dict)  # the method's parameters, by name, whole
+    buffers: list[tuple[nn.Module, str, Tensor]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, name_or_path: str) -> tuple[T5ForConditionalGeneration, DeferredBase]:
+        """The model of checkpoint ``name_or_path`` with a stand-in base, in eval mode as ``load_pretrained``
+        returns it; the checkpoint's names are checked here, before any tensor is read."""
+        config, stream = stream_checkpoint(name_or_path)
+        with torch.device("meta"):
+            model = T5ForConditionalGeneration(config)
+        check_names(model, stream.names, stream.source)
+        stand_ins = _swap_parameters(model, _stand_in)
+        return model.eval(), cls(stream, {id(p) for p in stand_ins.values()})
+
+    def release(self, model: nn.Module, device: torch.device) -> None:
+        """Keep the method's parameters (whole, as drawn) and the buffers (moved to ``device``), then put every
+        parameter on the meta device, ready for ``fully_shard``."""
+        self.kept = {
+            name: param.detach() for name, param in model.named_parameters() if id(param) not in self.stand_ins
+        }
+        seen: dict[int, Tensor] = {}
+        for module in model.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    moved = seen.setdefault(id(buffer), buffer.to(device))
+                    self.buffers.append((module, name, moved))
+        _swap_parameters(model, _on_meta)
+
+    def fill(self, model: nn.Module, device: torch.device) -> None:
+        """Give the sharded model its local shards on ``device`` and fill them: the checkpoint's tensors one weight
+        file at a time, then the kept parameters; the buffers are put back. Every parameter is filled or this
+        raises."""
+        model.to_empty(device=device)
+        for module, name, buffer in self.buffers:
+            module._buffers[name] = buffer
+        params = dict(model.named_parameters())
+        filled: set[str] = set()
+        for source, part in self.stream.parts():
+            check_part(model, part, source)
+            for name in list(part):
+                _fill_local(params[name], part.pop(name))
+                filled.add(name)
+            del part
+        for name, whole in self.kept.items():
+            _fill_local(params[name], whole)
+            filled.add(name)
+        self.kept.clear()
+        missing = sorted(set(params) - filled)
+        if missing:
+            raise RuntimeError(f"{self.stream.source}: parameters left unfilled after loading: {', '.join(missing)}")
+
+
+@torch.no_grad()
+def _fill_local(param: nn.Parameter, whole: Tensor) -> None:
+    """Copy into ``param`` its part of ``whole``: this rank's chunk of a sharded (DTensor) parameter, as DTensor
+    lays it out (``compute_local_shape_and_global_offset``), or all of a plain one."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if not isinstance(param, DTensor):
+        param.copy_(whole)
+        return
+    shape, offset = compute_local_shape_and_global_offset(whole.shape, param.device_mesh, param.placements)
+    local = whole
+    for dim, (start, length) in enumerate(zip(offset, shape, strict=True)):
+        local = local.narrow(dim, start, length)
+    param.to_local().copy_(local)

@@ -17,7 +17,7 @@ from ..model.checkpoint import CheckpointError, resolve_model_dir
 from ..model.config import T5Config
 from ..model.family import FAMILY, canonical_name, family_config
 from ..model.t5 import T5ForConditionalGeneration, load_pretrained
-from .distributed import Distribution, rank_device
+from .distributed import DeferredBase, Distribution, rank_device
 from .env import memory_report
 from .step import resolve_compile
 
@@ -82,13 +82,30 @@ class Runtime:
         """As results record it."""
         return "bf16-autocast" if self.bf16 else "fp32"
 
-    def place(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` to the device (in place; also returned)."""
+    def build_model(
+        self, model: str, init: str, seed: int, error: type[T5PeftError], *, method: str, base_dtype: str, quantize: str
+    ) -> tuple[T5ForConditionalGeneration, DeferredBase | None]:
+        """The model a run starts from (:func:`build_model`), and, where this run reads each rank's shards of the
+        weights only (:meth:`Distribution.loads_shards`), the model with its base deferred and what reads it once
+        sharded (:class:`~.distributed.DeferredBase`; pass it to :meth:`place` and :meth:`wrap`)."""
+        if not self.dist.loads_shards(init, method, base_dtype, quantize):
+            return build_model(model, init, seed, error), None
+        try:
+            return DeferredBase.build(model)
+        except CheckpointError as err:
+            raise error(f"{err} (no pretrained weights? pass --init random to start from random weights)") from err
+
+    def place(self, model: nn.Module, deferred: DeferredBase | None = None) -> nn.Module:
+        """Move ``model`` to the device (in place; also returned); with a deferred base, keep what the method drew
+        and leave the parameters on the meta device until :meth:`wrap` reads them."""
+        if deferred is not None:
+            deferred.release(model, self.device)
+            return model
         return model.to(self.device)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, deferred: DeferredBase | None = None) -> nn.Module:
         """The module the training forward goes through (DDP, FSDP or ``model``: :meth:`Distribution.wrap`)."""
-        return self.dist.wrap(model, self.device, self.bf16)
+        return self.dist.wrap(model, self.device, self.bf16, deferred)
 
     def sync(self) -> None:
         """Wait until the device has done the work queued so far."""

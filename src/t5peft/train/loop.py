@@ -36,7 +36,6 @@ from ..data.text2text import (
 from ..engine.env import environment
 from ..engine.layout import NOT_RESULTS, PRETRAINED_HERE, PRETRAINING_RECORD, RunFolder, resolved_paths
 from ..engine.precision import store_base
-from ..engine.runtime import build_model
 from ..engine.skeleton import Pause, RunSkeleton
 from ..engine.state import Position
 from ..engine.step import TrainStep
@@ -206,7 +205,11 @@ class Run(RunSkeleton):
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        model = build_model(cfg.model, cfg.init, cfg.seed, TrainError)
+        storage = {"base_dtype": cfg.base_dtype, "quantize": cfg.quantize}
+        # under FSDP (most methods): the base is read once sharded, each rank its part (runtime.place / wrap)
+        model, self.deferred = self.runtime.build_model(
+            cfg.model, cfg.init, cfg.seed, TrainError, method=cfg.method, **storage
+        )
         model.set_dropout(cfg.dropout)
         model.set_activation_checkpointing(cfg.activation_checkpointing)
         torch.manual_seed(cfg.seed)  # method initialisation is seeded on its own, whatever came before
@@ -221,9 +224,11 @@ class Run(RunSkeleton):
             if self.dist.is_writer:
                 save_base(self.model, self.folder.base)
             self.model.config.name_or_path = str(self.folder.base)  # the adapter's config points at it
-        self.runtime.place(self.model)
+        self.runtime.place(self.model, self.deferred)
         self.base_storage = store_base(self.model, self.cfg.base_dtype, self.cfg.quantize, self.device, TrainError)
-        self.forward = self.runtime.wrap(self.model)  # DDP / FSDP on many ranks; the model itself in one process
+        # DDP / FSDP on many ranks; the model itself in one process
+        self.forward = self.runtime.wrap(self.model, self.deferred)
+        self.deferred = None  # read: nothing of it is needed again
         self.scorer = Scorer(self.model, self.targets, self.bf16, self.compiled)
 
     def _setup_optimizer(self) -> None:
