@@ -150,9 +150,10 @@ class ActivationTrace:
         """The most a forward + backward pass holds beyond the weights and the optimizer state, gradients included.
 
         The backward pass runs from the loss through the decoder's blocks, last first, then the encoder's: at its
-        start it holds everything saved (with checkpointing, no block's own tensors yet), the logits' two gradients and ``head_grads`` (the gradients of the
-        parameters outside the blocks: the LM head, tied to the embedding in t5-small and t5-base, and the final
-        norms); at each block, ``head_grads``, the gradients of the blocks done (``block_grads``) and of this one,
+        start it holds everything saved (with checkpointing, no block's own tensors yet), the logits' two
+        gradients and ``head_grads`` (the gradients of the parameters outside the blocks: the LM head, tied to the
+        embedding in t5-small and t5-base, and the final norms); at each block, ``head_grads``, the gradients of
+        the blocks done (``block_grads``) and of this one,
         the saved tensors of the blocks not done (with checkpointing: the blocks' inputs and this block's,
         recomputed) and the block's largest intermediate gradient. Once a stack's blocks are done, the backward
         of its input embedding makes a dense gradient the size of the embedding and adds it to the one there
