@@ -4,6 +4,8 @@ tensors, errors, and a few training steps through the one training step."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,3 +119,13 @@ def train_steps(
         losses.append(runner.read_loss()[0])
         runner.reset_loss()
     return losses
+
+
+def interrupt(process: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    """Ctrl-C to ``process`` (one SIGINT) and its output once it has ended; killed if it outlives ``timeout``."""
+    try:
+        process.send_signal(signal.SIGINT)
+        return process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()

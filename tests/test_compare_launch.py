@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import interrupt
 from t5peft.cli import main
 from t5peft.engine.layout import RunFolder
 from t5peft.experiments.compare import run_compare
@@ -329,12 +330,7 @@ def test_ctrl_c_stops_every_rank_and_the_checkpoint_resumes(tmp_path, shared_dir
     """Ctrl-C to compare: one SIGINT to the launcher, which torchrun passes to both ranks; compare exits 130 and
     says the checkpoint will be resumed; no process of the run is left."""
     process, run = _start_long_compare(tmp_path, shared_dir)
-    try:
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stdout, stderr = interrupt(process)
     assert process.returncode == 130, stdout + stderr
     assert "Traceback" not in stdout + stderr
     assert any(line.startswith("interrupted lora seed 0") and "will be resumed" in line for line in stdout.splitlines())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from helpers import interrupt
 from t5peft.experiments.compare import continue_command, run_compare
 from t5peft.experiments.config import ExperimentError, load_experiment
 from t5peft.experiments.layout import RESULTS_FILE
@@ -287,10 +287,13 @@ def _start(args: list[str], shared_dir: Path, cwd: Path) -> subprocess.Popen:
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until ``path`` exists; a process that ended first fails the test, one still running at the deadline is killed."""
     deadline = time.time() + timeout
     while not path.exists():
         assert process.poll() is None, process.communicate()
-        assert time.time() < deadline, f"{path} did not appear"
+        if time.time() >= deadline:
+            process.kill()
+            raise AssertionError(f"{path} did not appear")
         time.sleep(0.05)
 
 
@@ -299,13 +302,8 @@ def test_ctrl_c_names_the_run_keeps_its_checkpoint_and_the_same_command_resumes_
     args = ["--config", "exp.toml", "--output", "out", "--no-progress"]
     process = _start(args, shared_dir, tmp_path)
     run = tmp_path / "out" / "runs" / "lora-seed0"
-    try:
-        _wait_for(run / "checkpoint" / "state.json", process)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    _wait_for(run / "checkpoint" / "state.json", process)
+    stdout, stderr = interrupt(process)
     assert not (run / "results.json").exists(), "the run finished before it could be interrupted"
     assert process.returncode == 130, stdout + stderr
     assert "Traceback" not in stdout + stderr
@@ -329,13 +327,8 @@ def test_ctrl_c_before_training_leaves_no_run_folder(tmp_path, shared_dir):
     write_experiment(tmp_path)
     process = _start(["--config", "exp.toml", "--output", "out", "--no-progress"], shared_dir, tmp_path)
     run = tmp_path / "out" / "runs" / "lora-seed0"
-    try:
-        _wait_for(run / "request.json", process)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    _wait_for(run / "request.json", process)
+    stdout, stderr = interrupt(process)
     assert process.returncode == 130, stdout + stderr
     assert "Traceback" not in stdout + stderr
     assert "before it began training; its folder was removed" in stdout
