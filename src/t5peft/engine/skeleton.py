@@ -257,10 +257,10 @@ class RunSkeleton:
                 lost = self.dist.lost_contact(err)
                 if lost is None:
                     raise
-                raise self.error(
-                    f"rank {self.dist.rank} stopped: another rank left the run ({lost}); torchrun's report names it; "
-                    f"{self.resume_hint()}"
-                ) from err
+                raise self.error(f"rank {self.dist.rank} stopped: {lost}; {self.resume_hint()}") from err
+        except BaseException as err:
+            self.dist.leaving(err)  # for the line of the ranks that stay, before this one closes its connections
+            raise
         finally:
             for sink in self.sinks:
                 sink.close()
