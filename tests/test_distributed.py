@@ -442,7 +442,6 @@ def test_a_run_that_loses_no_rank_is_unchanged():
     assert Distribution.single().lost_contact(RuntimeError("Connection closed by peer")) is None
 
 
-
 def start_long_run(imdb_dir, t5_small_dir, run: Path) -> tuple[subprocess.Popen, str]:
     """A 2-rank run far longer than the test, in its own session (as a terminal's job); returns it once it has
     written its first log point, and that line."""
@@ -463,8 +462,8 @@ def rank_pid(launcher: int, rank: int) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["kill rank 1", "ctrl-c"])
 def test_a_rank_that_stops_stops_the_run_within_seconds(stop, imdb_dir, t5_small_dir, tmp_path):
-    """A rank killed (SIGKILL): the other stops within seconds, with one line saying another rank left (torchrun's
-    report names the rank that failed). Ctrl-C (SIGINT to every process of the job): one line, the writer's, says
+    """A rank killed (SIGKILL): the other stops within seconds, with one line naming the rank that left. Ctrl-C
+    (SIGINT to every process of the job): one line, the writer's, says
     where the run stopped. Measured (2026-12-03, 2 CPU cores under load): 1.8 s and 3.9 s."""
     process, first = start_long_run(imdb_dir, t5_small_dir, tmp_path / "run")
     try:
@@ -487,5 +486,7 @@ def test_a_rank_that_stops_stops_the_run_within_seconds(stop, imdb_dir, t5_small
         assert len(ours) == 1 and ours[0].startswith("t5peft train: interrupted in epoch 1 of 500, after step"), ours
     else:
         assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s+exitcode\s*:\s*-9", stderr), stderr[-2000:]
-        # rank 0 says so unless torchrun's SIGTERM reached it first
-        assert len(ours) <= 1 and all("rank 0 stopped: another rank left the run" in line for line in ours), ours
+        # rank 0 names the rank (torchrun's SIGTERM, within 0.1 s, is given the grace of Termination)
+        assert len(ours) == 1 and ours[0].startswith(
+            "t5peft train: error: rank 0 stopped: rank 1 left the run (killed or crashed; "
+        ), ours
