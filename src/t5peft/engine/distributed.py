@@ -20,7 +20,25 @@ What depends on the distribution, and where it is decided:
   score, so the numbers are the single-process numbers;
 * writing: only the writer (rank 0) writes files and shows a progress bar (:attr:`Distribution.is_writer`);
 * the final weights: :meth:`Distribution.full_weights` puts the whole parameters in place (FSDP) while the writer
-  saves them in the usual layout.
+  saves them in the usual layout;
+* a rank that stops (killed, crashed, Ctrl-C): the others' next collective fails, and
+  :meth:`Distribution.lost_contact` names the rank that left (:class:`Liveness`).
+
+Which rank left. A collective's failure says only that a connection closed (gloo gives an address, NCCL less), so
+each rank of a run on many ranks keeps a liveness record in the process group's own key-value store (the store that
+torchrun's agent hosts, or rank 0 under a plain ``MASTER_ADDR``/``MASTER_PORT`` start): a daemon thread adds 1 to
+``t5peft/alive/<rank>`` every :data:`BEAT_SECONDS`, and a rank that leaves through Python (an error, Ctrl-C)
+writes why to ``t5peft/left/<rank>`` before it closes its connections. When a collective fails, the survivor reads
+the records, and the counters twice :data:`STILL_SECONDS` apart: a rank that wrote why it left is named with its
+reason, one whose counter stood still is named as killed or crashed. Only the store is asked, so it holds across
+machines (no process ids); a beat is one small request every quarter second, nothing beside a training step. If
+the store itself no longer answers, the line names the rank that hosted it (a plain start) or says what it says
+without the liveness record (torchrun's report then names the rank).
+
+Why waiting is safe under torchrun: its agent sends SIGTERM to the surviving ranks within a tenth of a second of a
+rank's death, before a survivor could tell a stopped counter from a slow one. So a run on many ranks catches
+SIGTERM (:class:`Termination`): the process still ends, :data:`TERM_GRACE_SECONDS` after the signal at the latest
+(exit status 143), which leaves the survivor the time to say which rank left and where the run can resume.
 """
 
 from __future__ import annotations
@@ -28,6 +46,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import signal
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -38,12 +60,18 @@ from torch import Tensor, nn
 from ..errors import T5PeftError
 from ..model.checkpoint import CheckpointStream, check_names, check_part, stream_checkpoint
 from ..model.t5 import T5ForConditionalGeneration
-from .settings import STRATEGIES
+from .settings import STRATEGIES, TrainInterrupted
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT_VARIABLE = "T5PEFT_DIST_TIMEOUT"  # seconds a collective may wait for the other ranks (default 600)
 # what gloo and NCCL say when the rank at the other end of a collective is gone
 LOST_RANK_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator")
+ALIVE_KEY = "t5peft/alive/{rank}"  # in the process group's store: a counter each rank's heartbeat adds 1 to
+LEFT_KEY = "t5peft/left/{rank}"  # why a rank left through Python ("interrupted", "failed: ...")
+BEAT_SECONDS = 0.25  # how often a rank adds to its counter
+STILL_SECONDS = 1.5  # a counter that has not moved for this long (six beats) belongs to a rank that stopped
+TERM_GRACE_SECONDS = 5.0  # after SIGTERM the process ends by itself or is ended (exit 143) this much later
+KILLED = "killed or crashed"
 
 
 def launched() -> bool:
@@ -71,6 +99,239 @@ def rank_device(device: torch.device) -> torch.device:
     return device
 
 
+class Termination:
+    """SIGTERM for a run on many ranks: noted rather than fatal at once, and the process ended
+    :data:`TERM_GRACE_SECONDS` after it unless it has ended by itself (see the module docstring: the survivor of a
+    lost rank gets to say which rank left).
+
+    The handler only notes the time. :meth:`check`, called on every heartbeat from another thread, ends the process
+    (``os._exit(143)``, as a shell reports a SIGTERM) once the grace is over; a wakeup socket (``signal.set_wakeup_fd``)
+    lets it see the signal while the main thread waits inside a collective, where Python runs no handler. Installed
+    from the main thread only (elsewhere signals cannot be handled), and the wakeup socket only where no other one is
+    set (an event loop's stays)."""
+
+    def __init__(self) -> None:
+        self.received_at: float | None = None
+        self.installed = threading.current_thread() is threading.main_thread()
+        self.previous: Callable[..., object] | int | None = None
+        self.reader: socket.socket | None = None
+        self.writer: socket.socket | None = None
+        if self.installed:
+            self.previous = signal.signal(signal.SIGTERM, self._note)
+            self._set_wakeup()
+
+    def _set_wakeup(self) -> None:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        if previous != -1:  # someone else's: theirs stays, and SIGTERM is seen when the main thread runs Python
+            signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
+            return
+        self.reader, self.writer = reader, writer
+
+    def _note(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
+        if self.received_at is None:
+            self.received_at = time.monotonic()
+
+    def _woken(self) -> bool:
+        if self.reader is None:
+            return False
+        try:
+            return int(signal.SIGTERM) in self.reader.recv(256)
+        except OSError:  # nothing there (BlockingIOError), or the socket already closed
+            return False
+
+    def check(self) -> None:
+        """Note a SIGTERM the main thread has not run its handler for yet; end the process once the grace is over."""
+        if self._woken():
+            self._note()
+        if self.received_at is not None and time.monotonic() - self.received_at >= TERM_GRACE_SECONDS:
+            os._exit(128 + signal.SIGTERM)
+
+    def restore(self) -> None:
+        """The handler before; a SIGTERM already received still ends the process at the end of its grace."""
+        if not self.installed:
+            return
+        self.installed = False
+        signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+        if self.reader is not None and self.writer is not None:
+            signal.set_wakeup_fd(-1)
+            self.reader.close()
+            self.writer.close()
+            self.reader = None
+        if self.received_at is not None:
+            left = max(0.0, self.received_at + TERM_GRACE_SECONDS - time.monotonic())
+            timer = threading.Timer(left, os._exit, args=(128 + signal.SIGTERM,))
+            timer.daemon = True
+            timer.start()
+
+
+class Liveness:
+    """This rank's liveness record in the process group's store, and what the records of the others say when a
+    collective fails (see the module docstring). A daemon thread adds to this rank's counter every
+    :data:`BEAT_SECONDS` (and keeps :class:`Termination`'s time); :meth:`stop` ends it with the run."""
+
+    def __init__(self, store: tdist.Store, rank: int, world_size: int, host: int | None) -> None:
+        self.store = store
+        self.rank = rank
+        self.world_size = world_size
+        self.host = host  # the rank whose process serves the store; None: torchrun's agent (or no process)
+        self.termination = Termination()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"t5peft-liveness-{rank}", daemon=True)
+
+    @classmethod
+    def start(cls, rank: int, world_size: int) -> Liveness | None:
+        """The record of this rank of a run on many ranks, its heartbeat started (None: no store to keep it in)."""
+        store = _default_store()
+        if store is None:
+            return None
+        liveness = cls(store, rank, world_size, _store_host(store))
+        liveness.thread.start()
+        return liveness
+
+    def _beat(self) -> None:
+        beating = True
+        while True:
+            if beating:
+                try:
+                    self.store.add(ALIVE_KEY.format(rank=self.rank), 1)
+                except (RuntimeError, OSError):  # the store is gone (the run is ending): no more beats
+                    beating = False
+            self.termination.check()
+            if self.stopped.wait(BEAT_SECONDS):
+                return
+
+    def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout=2 * BEAT_SECONDS + 5)
+        self.termination.restore()
+
+    def record(self, why: str) -> None:
+        """Write why this rank leaves, for the others to say; never fails (the store may be gone already)."""
+        with contextlib.suppress(RuntimeError, OSError):
+            self.store.set(LEFT_KEY.format(rank=self.rank), why)
+
+    # ----------------------------------------------------------------------------------------------
+    def _counts(self, ranks: Sequence[int]) -> dict[int, int]:
+        return {rank: self.store.add(ALIVE_KEY.format(rank=rank), 0) for rank in ranks}  # adding 0 reads it
+
+    def _reasons(self, ranks: Sequence[int]) -> dict[int, str]:
+        keys = {rank: LEFT_KEY.format(rank=rank) for rank in ranks}
+        found = {rank: key for rank, key in keys.items() if self.store.check([key])}
+        return {rank: self.store.get(key).decode("utf-8", "replace") for rank, key in found.items()}
+
+    def survey(self) -> dict[int, str]:
+        """The other ranks that left, with why: the reason a rank wrote, or :data:`KILLED` for one whose counter
+        stood still for :data:`STILL_SECONDS`. Ends early once every other rank has moved or written why."""
+        others = [rank for rank in range(self.world_size) if rank != self.rank]
+        first = self._counts(others)
+        deadline = time.monotonic() + STILL_SECONDS
+        moved: set[int] = set()
+        while True:
+            reasons = self._reasons(others)
+            if set(others) <= moved | reasons.keys() or time.monotonic() >= deadline:
+                break
+            time.sleep(BEAT_SECONDS / 2)
+            moved |= {rank for rank, count in self._counts(others).items() if count != first[rank]}
+        return {rank: reasons.get(rank, KILLED) for rank in others if rank in reasons or rank not in moved}
+
+    def departed(self) -> dict[int, str] | None:
+        """:meth:`survey`, bounded in time (a store that no longer answers must not hold the report up): None when
+        the store could not be asked."""
+        found: list[dict[int, str]] = []
+
+        def ask() -> None:
+            with contextlib.suppress(RuntimeError, OSError):
+                found.append(self.survey())
+
+        asking = threading.Thread(target=ask, name="t5peft-liveness-survey", daemon=True)
+        asking.start()
+        asking.join(timeout=STILL_SECONDS + 3.0)
+        return found[0] if found else None
+
+
+def _default_store() -> tdist.Store | None:
+    """The default process group's key-value store (None if this torch does not say which it is)."""
+    from torch.distributed import distributed_c10d
+
+    try:
+        return distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+
+
+def _store_host(store: tdist.Store) -> int | None:
+    """Which rank serves a store: rank 0 for a TCP store of a plain start (``init_process_group`` makes rank 0 its
+    server), none under torchrun (its agent serves it) or for a file store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return None
+    while isinstance(store, tdist.PrefixStore):
+        store = store.underlying_store
+    return 0 if isinstance(store, tdist.TCPStore) else None
+
+
+def departure(err: BaseException) -> str:
+    """Why a rank leaves, in a few words, for the others' line: "interrupted" (Ctrl-C), or "failed: TYPE: FIRST
+    LINE"."""
+    if isinstance(err, (KeyboardInterrupt, TrainInterrupted)):
+        return INTERRUPTED
+    lines = str(err).strip().splitlines()
+    return f"failed: {type(err).__name__}" + (f": {lines[0][:150]}" if lines else "")
+
+
+def _name_ranks(ranks: Sequence[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(str(rank) for rank in ranks)
+
+
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class LostContact:
+    """What a survivor knows of the ranks that left: its one line, and whether every rank named left by Ctrl-C
+    (then the run was interrupted, not broken: see ``RunSkeleton.run``)."""
+
+    line: str
+    interrupted: bool = False
+
+
+def describe_departures(gone: dict[int, str] | None, words: str, me: int, host: int | None) -> LostContact:
+    """What a survivor says about the ranks that left (``gone``: rank -> why, None: the store no longer answered),
+    beside the backend's ``words``: the ranks named with why, or (nothing known) that another rank left."""
+    if gone is None and host is not None and host != me:
+        return LostContact(f"rank {host} left the run (it served the run's store, which no longer answers; {words})")
+    if not gone:
+        return LostContact(f"another rank left the run ({words}); torchrun's report names it")
+    by_reason: dict[str, list[int]] = {}
+    for rank, why in sorted(gone.items()):
+        by_reason.setdefault(why, []).append(rank)
+    interrupted = set(by_reason) == {INTERRUPTED}
+    if len(by_reason) == 1:
+        ((why, ranks),) = by_reason.items()
+        return LostContact(f"{_name_ranks(ranks)} left the run ({why}; {words})", interrupted)
+    named = " and ".join(f"{_name_ranks(ranks)} ({why})" for why, ranks in by_reason.items())
+    return LostContact(f"{named} left the run ({words})", interrupted)
+
+
+def backend_words(err: BaseException) -> str | None:
+    """A collective's failure in the backend's words, one line, when it says another rank is gone; None for any
+    other error."""
+    if not isinstance(err, RuntimeError):
+        return None
+    text = str(err)
+    if isinstance(err, tdist.DistError) or any(sign in text for sign in LOST_RANK_SIGNS):
+        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        return first.split("] ", 1)[-1].split(". ", 1)[0][:200]  # gloo prefixes the source file and line
+    return None
+
+
 @dataclass(frozen=True)
 class Distribution:
     """The ranks of a run and its strategy (``"none"``, ``"ddp"``, ``"fsdp"``); see the module docstring."""
@@ -83,6 +344,8 @@ class Distribution:
     # the group of the run's small host-side agreements (Ctrl-C): gloo, so that under NCCL they never wait for the
     # GPU; None: the default group (gloo already)
     control: object | None = field(default=None, compare=False, repr=False)
+    # this rank's liveness record, which names the rank that left when a collective fails; None for one process
+    liveness: Liveness | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def single(cls) -> Distribution:
@@ -108,7 +371,8 @@ class Distribution:
             tdist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
         resolved = strategy if strategy != "auto" else ("ddp" if world > 1 else "none")
         control = tdist.new_group(backend="gloo") if backend == "nccl" else None
-        return cls(world, rank, local, resolved, backend, control)
+        liveness = Liveness.start(rank, world) if world > 1 else None
+        return cls(world, rank, local, resolved, backend, control, liveness)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -126,9 +390,16 @@ class Distribution:
         return {"world_size": self.world_size, "strategy": self.strategy, "backend": self.backend}
 
     def close(self) -> None:
-        """Leave the process group this run joined (nothing for one process)."""
+        """Leave the process group this run joined and end the heartbeat (nothing for one process)."""
         if self.distributed and tdist.is_initialized():
             tdist.destroy_process_group()
+        if self.liveness is not None:
+            self.liveness.stop()
+
+    def leaving(self, err: BaseException) -> None:
+        """Record why this rank leaves the run (``err``: what ends it), for the line of the ranks that stay."""
+        if self.liveness is not None:
+            self.liveness.record(departure(err))
 
     # ----------------------------------------------------------------------------------------------
     # Batches
@@ -229,17 +500,17 @@ class Distribution:
                     "more): the ranks no longer train one model"
                 )
 
-    def lost_contact(self, err: BaseException) -> str | None:
+    def lost_contact(self, err: BaseException) -> LostContact | None:
         """What a collective's failure says when another rank stopped (killed, crashed, Ctrl-C) rather than this
-        one failing: the backend's words, in one line; None for any other error (which is then reported as
-        itself)."""
-        if not self.distributed or not isinstance(err, RuntimeError):
+        one failing: which rank left and why, as its liveness record says (:class:`Liveness`; this waits up to
+        :data:`STILL_SECONDS` for a rank that stopped without a word), with the backend's words, in one line; None
+        for any other error (which is then reported as itself)."""
+        words = backend_words(err) if self.distributed else None
+        if words is None:
             return None
-        text = str(err)
-        if isinstance(err, tdist.DistError) or any(sign in text for sign in LOST_RANK_SIGNS):
-            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-            return first.split("] ", 1)[-1].split(". ", 1)[0][:200]  # gloo prefixes the source file and line
-        return None
+        if self.liveness is None:
+            return describe_departures(None, words, self.rank, None)
+        return describe_departures(self.liveness.departed(), words, self.rank, self.liveness.host)
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any rank (a collective on many ranks: every rank asks at the same point)."""

@@ -72,6 +72,8 @@ from .tensorboard import check_available as check_tensorboard
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound="RunSkeleton")
+# a second SIGINT this soon after the first is the same Ctrl-C (torchrun passes it on to its ranks: see CtrlC)
+SAME_PRESS_SECONDS = 1.0
 
 
 class Folder(Protocol):
@@ -148,6 +150,7 @@ class RunSkeleton:
         self.bar: tqdm | None = None
         self.compile_seconds = 0.0
         self.stopped_by: str | None = None
+        self.ctrl_c_pressed = False  # whether Ctrl-C reached this rank during fit (a lost rank is then the same Ctrl-C)
         self.setup()
 
     @property
@@ -257,10 +260,13 @@ class RunSkeleton:
                 lost = self.dist.lost_contact(err)
                 if lost is None:
                     raise
-                raise self.error(
-                    f"rank {self.dist.rank} stopped: another rank left the run ({lost}); torchrun's report names it; "
-                    f"{self.resume_hint()}"
-                ) from err
+                if lost.interrupted or self.ctrl_c_pressed:  # Ctrl-C reached another rank a moment before this one
+                    where, quiet = self.where_stopped(), not self.dist.is_writer
+                    raise TrainInterrupted(where, self.folder.root, resumable=True, quiet=quiet) from None
+                raise self.error(f"rank {self.dist.rank} stopped: {lost.line}; {self.resume_hint()}") from err
+        except BaseException as err:
+            self.dist.leaving(err)  # for the line of the ranks that stay, before this one closes its connections
+            raise
         finally:
             for sink in self.sinks:
                 sink.close()
@@ -386,6 +392,7 @@ class RunSkeleton:
                         break
             ctrl_c.check()
         finally:
+            self.ctrl_c_pressed = ctrl_c.pressed
             ctrl_c.restore()
             _close(batches)  # a pretraining loader stops its workers
             self.bar.close()
@@ -464,7 +471,10 @@ class RunSkeleton:
 
 class CtrlC:
     """Ctrl-C during the loop, taken between steps: the first SIGINT is noted and raised as ``KeyboardInterrupt``
-    at the next :meth:`check` (after the step, or the log point, under way); a second one raises at once.
+    at the next :meth:`check` (after the step, or the log point, under way); a second one raises at once, unless it
+    comes within :data:`SAME_PRESS_SECONDS` of the first: torchrun's agent passes the terminal's SIGINT on to its
+    ranks, so each rank of a run under torchrun gets one Ctrl-C twice in a moment, and raising at the second would
+    leave the other ranks inside a collective.
 
     Why not Python's own handler: it raises wherever the interpreter is, and a ``KeyboardInterrupt`` raised
     inside a finalizer (``__del__``, a weakref callback) is printed as "Exception ignored" and lost, so now and
@@ -474,13 +484,16 @@ class CtrlC:
     def __init__(self, dist: Distribution | None = None) -> None:
         self.dist = dist if dist is not None else Distribution.single()
         self.pressed = False
+        self.pressed_at = 0.0
         self.installed = threading.current_thread() is threading.main_thread()
         self.previous = signal.signal(signal.SIGINT, self._note) if self.installed else None
 
     def _note(self, signum: int, frame: object) -> None:
-        if self.pressed:
+        now = time.monotonic()
+        if self.pressed and now - self.pressed_at > SAME_PRESS_SECONDS:
             raise KeyboardInterrupt
-        self.pressed = True
+        if not self.pressed:
+            self.pressed, self.pressed_at = True, now
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed; on many ranks, if it reached any of them, on all of
