@@ -189,6 +189,10 @@ del warm
 """
 
 
+# the untied head with -m slow: the same loading path, the tied layout's one more tensor aside
+@pytest.mark.parametrize(
+    "sharded_uneven", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["tied", "untied"], indirect=True
+)
 def test_a_rank_holds_about_its_part_plus_one_shard_while_loading(sharded_uneven, tmp_path):
     """Two ranks load a 185 MiB checkpoint in 24 MiB shards with LoRA under FSDP: each rank's resident growth is
     about half the model plus one shard, not the whole model (the old path holds the whole model on each rank).

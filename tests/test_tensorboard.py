@@ -160,6 +160,7 @@ logs_per_two_epochs = 2
 """
 
 
+@pytest.mark.slow  # a whole two-method compare (33 s here); one run's events are checked in the default suite
 def test_compare_of_two_methods_opens_as_two_runs(imdb_dir, t5_small_dir, tmp_path):
     from t5peft.experiments.compare import run_compare
     from tiny_runs import TINY_MODEL
