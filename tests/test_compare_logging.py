@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from t5peft.cli import main
 from t5peft.experiments.console import Console, configure_logging, log
 from tiny_runs import TINY_MODEL
@@ -43,6 +45,7 @@ def test_levels_of_the_console_lines(capsys):
     assert log.propagate is False  # not twice, not with the root logger's "INFO " prefix
 
 
+@pytest.mark.slow  # three compares (19 s here); what each level prints, no number of a result
 def test_verbose_quiet_and_default_compare(imdb_dir, t5_small_dir, tmp_path, capsys):
     config = tmp_path / "exp.toml"
     config.write_text(EXPERIMENT.format(model=TINY_MODEL, tokenizer=t5_small_dir, data=imdb_dir))

@@ -297,6 +297,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> No
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # 31 s here; Ctrl-C before training and train's own Ctrl-C tests stay in the default suite
 def test_ctrl_c_names_the_run_keeps_its_checkpoint_and_the_same_command_resumes_it(tmp_path, shared_dir):
     write_experiment(tmp_path, epochs=6)
     args = ["--config", "exp.toml", "--output", "out", "--no-progress"]
