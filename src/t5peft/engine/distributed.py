@@ -71,7 +71,8 @@ LEFT_KEY = "t5peft/left/{rank}"  # why a rank left through Python ("interrupted"
 BEAT_SECONDS = 0.25  # how often a rank adds to its counter
 STILL_SECONDS = 1.5  # a counter that has not moved for this long (six beats) belongs to a rank that stopped
 TERM_GRACE_SECONDS = 5.0  # after SIGTERM the process ends by itself or is ended (exit 143) this much later
-KILLED = "killed or crashed"
+KILLED = "killed or crashed"  # why a rank left, when its counter stood still
+INTERRUPTED = "interrupted"  # why a rank left, when Ctrl-C ended it
 
 
 def launched() -> bool:
@@ -161,7 +162,7 @@ class Termination:
             signal.set_wakeup_fd(-1)
             self.reader.close()
             self.writer.close()
-            self.reader = None
+            self.reader = self.writer = None
         if self.received_at is not None:
             left = max(0.0, self.received_at + TERM_GRACE_SECONDS - time.monotonic())
             timer = threading.Timer(left, os._exit, args=(128 + signal.SIGTERM,))
@@ -288,9 +289,6 @@ def departure(err: BaseException) -> str:
 
 def _name_ranks(ranks: Sequence[int]) -> str:
     return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(str(rank) for rank in ranks)
-
-
-INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)

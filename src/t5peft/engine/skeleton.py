@@ -254,15 +254,13 @@ class RunSkeleton:
                     sink.finish(self.hparams(results), self.final_metrics(results))
                 return results
             except KeyboardInterrupt:
-                quiet = not self.dist.is_writer  # under torchrun every rank gets Ctrl-C; one says where it stopped
-                raise TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True, quiet=quiet) from None
+                raise self.interruption() from None
             except RuntimeError as err:
                 lost = self.dist.lost_contact(err)
                 if lost is None:
                     raise
                 if lost.interrupted or self.ctrl_c_pressed:  # Ctrl-C reached another rank a moment before this one
-                    where, quiet = self.where_stopped(), not self.dist.is_writer
-                    raise TrainInterrupted(where, self.folder.root, resumable=True, quiet=quiet) from None
+                    raise self.interruption() from None
                 raise self.error(f"rank {self.dist.rank} stopped: {lost.line}; {self.resume_hint()}") from err
         except BaseException as err:
             self.dist.leaving(err)  # for the line of the ranks that stay, before this one closes its connections
@@ -455,6 +453,10 @@ class RunSkeleton:
         """Which point a checkpoint holds ("step 6")."""
         return f"step {position.global_step}"
 
+    def interruption(self) -> TrainInterrupted:
+        """Ctrl-C's end of the run: where it stopped. Under torchrun every rank gets Ctrl-C; the writer says it."""
+        return TrainInterrupted(self.where_stopped(), self.folder.root, resumable=True, quiet=not self.dist.is_writer)
+
     def where_stopped(self) -> str:
         """Where an interrupted run stopped and which checkpoint it can resume from."""
         return f"interrupted {self.where()}; {self.resume_hint()}"
@@ -483,17 +485,20 @@ class CtrlC:
 
     def __init__(self, dist: Distribution | None = None) -> None:
         self.dist = dist if dist is not None else Distribution.single()
-        self.pressed = False
-        self.pressed_at = 0.0
+        self.pressed_at: float | None = None  # when the first SIGINT came
         self.installed = threading.current_thread() is threading.main_thread()
         self.previous = signal.signal(signal.SIGINT, self._note) if self.installed else None
 
+    @property
+    def pressed(self) -> bool:
+        return self.pressed_at is not None
+
     def _note(self, signum: int, frame: object) -> None:
         now = time.monotonic()
-        if self.pressed and now - self.pressed_at > SAME_PRESS_SECONDS:
+        if self.pressed_at is None:
+            self.pressed_at = now
+        elif now - self.pressed_at > SAME_PRESS_SECONDS:
             raise KeyboardInterrupt
-        if not self.pressed:
-            self.pressed, self.pressed_at = True, now
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed; on many ranks, if it reached any of them, on all of
